@@ -1,0 +1,95 @@
+"""Predict with a saved bundle.
+
+    python -m flows.predict --model runs/<run>/model --input new.csv --output predictions.csv
+
+Input is CSV, Parquet or NPZ (array `X`). CSV and Parquet columns are matched
+to the training features by name, in any order; other columns are ignored.
+The output CSV has `prediction` (the class name, or the value for regression)
+and, for classification, one `proba_<class>` column per class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows._cli import prefect_session, run_command
+from schemas.errors import ConfigError, DataError
+from tasks.bundle import LoadedBundle, load_model_task
+from tasks.data import read_table
+from tasks.rundir import atomic_write_text
+
+SUFFIX_KIND = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
+
+
+@task(name="predict", cache_policy=NO_CACHE)
+def predict_file(bundle: LoadedBundle, input_path: Path) -> pd.DataFrame:
+    """Predictions for every row of `input_path`."""
+    kind = SUFFIX_KIND.get(input_path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{input_path}: unsupported input type {input_path.suffix!r}; use .csv, .parquet or .npz")
+    if kind == "npz":
+        return bundle.predict_array(_read_npz_features(input_path, bundle.spec.n_features), str(input_path))
+    frame = read_table(input_path, kind)
+    if frame.shape[0] == 0:
+        raise DataError(f"{input_path}: has a header but no rows to predict")
+    return bundle.predict_frame(frame, str(input_path))
+
+
+def _read_npz_features(path: Path, n_features: int) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"input file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "X" not in archive.files:
+                raise DataError(f"{path}: missing array X; found: {', '.join(archive.files) or 'none'}")
+            X = archive["X"]
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: not a readable .npz archive with numeric X: {exc}") from None
+    X = X.reshape(X.shape[0], -1) if X.ndim > 1 else X
+    if X.ndim != 2 or X.shape[1] != n_features:
+        raise DataError(f"{path}: X has shape {X.shape}; the model expects rows of {n_features} features")
+    if not np.issubdtype(X.dtype, np.number):
+        raise DataError(f"{path}: X has dtype {X.dtype}; expected numbers")
+    return X
+
+
+@flow(name="predict", validate_parameters=True)
+def predict_flow(model: str, input: str, output: str) -> str:
+    """Load the bundle at `model`, predict every row of `input`, write the CSV `output`."""
+    bundle = load_model_task(Path(model))
+    predictions = predict_file(bundle, Path(input))
+    out = Path(output)
+    atomic_write_text(out, predictions.to_csv(index=False))
+    return str(out.resolve())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.predict", description="Predict with a saved model bundle."
+    )
+    parser.add_argument("--model", required=True, type=Path, help="bundle directory, e.g. runs/<run>/model")
+    parser.add_argument("--input", required=True, type=Path, help="CSV, Parquet or NPZ file of feature rows")
+    parser.add_argument("--output", required=True, type=Path, help="CSV file to write")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's logs")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        if args.output.exists() and args.output.is_dir():
+            raise ConfigError(f"--output {args.output}: is a directory; give a file name")
+        with prefect_session(args.debug):
+            written = predict_flow(model=str(args.model), input=str(args.input), output=str(args.output))
+        print(f"wrote predictions to {written}")
+        return 0
+
+    return run_command(body, args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

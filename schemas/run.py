@@ -1,0 +1,88 @@
+"""The run config: every stage's schema composed into one frozen object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from schemas.base import StrictModel
+from schemas.data import DataConfig
+from schemas.device import DeviceConfig
+from schemas.evaluate import EvaluateConfig, SaveConfig
+from schemas.model import MLPConfig, ModelConfig
+from schemas.optim import (
+    CLASSIFICATION_LOSSES,
+    REGRESSION_LOSSES,
+    AdamConfig,
+    LossConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+)
+from schemas.train import TrainConfig
+
+
+class RunConfig(StrictModel):
+    """One training run, from device to saved bundle.
+
+    This is the single source of truth for the CLI (`--set key=value`), YAML
+    presets in `configs/`, and the Prefect flow parameters.
+    """
+
+    name: str = Field(
+        "digits-mlp",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Run name, used in the run directory name.",
+    )
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds splits, init, batch order, dropout.")
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=MLPConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = Field(default_factory=AdamConfig)
+    scheduler: SchedulerConfig | None = Field(None, description="Optional LR schedule.")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    save: SaveConfig = Field(default_factory=SaveConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _device_shorthand(cls, data: Any) -> Any:
+        # `device: cpu` in YAML is shorthand for `device: {name: cpu}`.
+        if isinstance(data, dict) and isinstance(data.get("device"), str):
+            data = {**data, "device": {"name": data["device"]}}
+        return data
+
+    @model_validator(mode="after")
+    def _task_rules(self) -> "RunConfig":
+        # Only checkable here when the task type is stated; with `auto` the
+        # same rules run once the data has been read (tasks.model).
+        task = self.data.task
+        if task == "auto":
+            return self
+        check_task_compatibility(
+            task, loss=self.loss.name, monitor=self.train.monitor, model_kind=self.model.kind
+        )
+        return self
+
+
+def check_task_compatibility(
+    task: str, *, loss: str | None = None, monitor: str | None = None, model_kind: str | None = None
+) -> None:
+    """Raise ValueError naming the key when loss, monitor or model don't fit the task."""
+    if task == "classification" and loss in REGRESSION_LOSSES:
+        raise ValueError(
+            f"loss.name={loss!r} is a regression loss but the task is classification; "
+            f"use one of {', '.join(('auto',) + CLASSIFICATION_LOSSES)}"
+        )
+    if task == "regression" and loss in CLASSIFICATION_LOSSES:
+        raise ValueError(
+            f"loss.name={loss!r} is a classification loss but the task is regression; "
+            f"use one of {', '.join(('auto',) + REGRESSION_LOSSES)}"
+        )
+    if task == "classification" and monitor == "val_mae":
+        raise ValueError("train.monitor='val_mae' needs a regression task; use val_loss or val_accuracy")
+    if task == "regression" and monitor == "val_accuracy":
+        raise ValueError("train.monitor='val_accuracy' needs a classification task; use val_loss or val_mae")
+    if task == "regression" and model_kind == "logistic":
+        raise ValueError("model.kind='logistic' needs a classification task; use 'linear' for regression")

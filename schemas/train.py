@@ -1,0 +1,32 @@
+"""Training loop schema."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from schemas.base import RetryPolicy, StrictModel
+
+
+class EarlyStoppingConfig(StrictModel):
+    """Stop when the monitored metric stops improving; restore the best weights."""
+
+    enabled: bool = True
+    patience: int = Field(5, ge=1, description="Epochs without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
+
+
+class TrainConfig(StrictModel):
+    """The plain loop: forward, loss, zero_grad, backward, step; validate each epoch."""
+
+    epochs: int = Field(30, ge=1, le=100_000)
+    batch_size: int = Field(64, ge=1, le=1_000_000)
+    monitor: Literal["val_loss", "val_accuracy", "val_mae"] = Field(
+        "val_loss", description="Validation metric for early stopping, best weights and plateau LR."
+    )
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    restore_best: bool = Field(True, description="End with the weights of the best epoch by monitor.")
+    grad_clip_norm: float | None = Field(None, gt=0, description="Clip the gradient norm to this.")
+    progress: bool = Field(True, description="Print one line per epoch.")
+    retry: RetryPolicy = Field(default_factory=lambda: RetryPolicy(retries=1, delay_seconds=2.0))

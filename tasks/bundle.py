@@ -1,0 +1,274 @@
+"""Stage 6: save and reload a self-describing model bundle.
+
+    from tasks.bundle import load_model
+    bundle = load_model("runs/<run>/model")
+    bundle.predict_frame(pandas.read_csv("new_rows.csv"))
+
+A bundle is a directory:
+
+    weights.safetensors   the weights (no pickle)
+    config.yaml           the resolved run config, which rebuilds the model
+    bundle.json           format version, data spec (feature and class names,
+                          scaler statistics), metrics, versions, sha256 of the
+                          other files
+
+It is written to a temporary sibling directory and renamed into place, so a
+failed save leaves nothing half-written. Loading verifies every hash before
+using a byte, and never unpickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import safetensors
+import safetensors.torch
+import torch
+import yaml
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import ValidationError
+from torch import nn
+
+from schemas.errors import BundleError, ConfigError, DataError
+from schemas.loading import config_to_yaml, validate_config
+from schemas.run import RunConfig
+from tasks.data import DataSpec, frame_to_features
+from tasks.evaluate import EvalReport, model_outputs
+from tasks.model import build_network
+
+FORMAT = "pytorch-workflow-bundle"
+FORMAT_VERSION = 1
+WEIGHTS = "weights.safetensors"
+CONFIG = "config.yaml"
+MANIFEST = "bundle.json"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pytorch-workflow": version("pytorch-workflow"),
+        "safetensors": safetensors.__version__,
+        "numpy": np.__version__,
+    }
+
+
+@dataclass
+class Predictor:
+    """A model plus its preprocessing: raw feature rows in, predictions out."""
+
+    model: nn.Module
+    spec: DataSpec
+    device: torch.device = torch.device("cpu")
+
+    def outputs(self, X: np.ndarray, source: str = "input") -> np.ndarray:
+        """Raw model outputs (logits, or the scaled regression value) for raw rows."""
+        features = torch.from_numpy(self.spec.preprocessing.transform(X, source))
+        return model_outputs(self.model, features, self.device).numpy()
+
+    def predict_proba(self, X: np.ndarray, source: str = "input") -> np.ndarray:
+        """Class probabilities, one column per `spec.class_names` entry."""
+        if self.spec.task != "classification":
+            raise DataError("predict_proba needs a classification model")
+        return _softmax(self.outputs(X, source))
+
+    def predict(self, X: np.ndarray, source: str = "input") -> np.ndarray:
+        """Class names for classification, values in the target's units for regression."""
+        return self._decode(self.outputs(X, source))
+
+    def predict_frame(self, frame: pd.DataFrame, source: str = "input") -> pd.DataFrame:
+        """Predict rows of a frame whose columns are matched to the features by name."""
+        return self.predict_array(self.features_from_frame(frame, source), source)
+
+    def predict_array(self, X: np.ndarray, source: str = "input") -> pd.DataFrame:
+        """One row per input row: `prediction`, plus `proba_<class>` columns for classification."""
+        out = self.outputs(X, source)
+        result = pd.DataFrame({"prediction": self._decode(out)})
+        if self.spec.task == "classification":
+            assert self.spec.class_names is not None
+            proba = _softmax(out)
+            for i, name in enumerate(self.spec.class_names):
+                result[f"proba_{name}"] = proba[:, i]
+        return result
+
+    def features_from_frame(self, frame: pd.DataFrame, source: str = "input") -> np.ndarray:
+        """Select the training feature columns by name, in any order; extra columns are ignored."""
+        names = list(self.spec.feature_names)
+        frame = frame.rename(columns=str)
+        missing = [n for n in names if n not in frame.columns]
+        if missing:
+            raise DataError(
+                f"{source}: missing feature column(s): {_shorten(missing)}; "
+                f"the model was trained on {len(names)} column(s): {_shorten(names)}"
+            )
+        return frame_to_features(frame[names], source)
+
+    def _decode(self, out: np.ndarray) -> np.ndarray:
+        if self.spec.task == "classification":
+            assert self.spec.class_names is not None
+            return np.asarray(self.spec.class_names, dtype=object)[out.argmax(axis=1)]
+        return self.spec.preprocessing.inverse_target(out[:, 0])
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+
+def _shorten(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" ... and {len(names) - limit} more" if len(names) > limit else "")
+
+
+@dataclass
+class LoadedBundle(Predictor):
+    """A reloaded bundle: the predictor plus its config and manifest."""
+
+    config: RunConfig | None = None
+    manifest: dict[str, Any] | None = None
+    path: Path | None = None
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return (self.manifest or {}).get("metrics", {})
+
+
+def write_bundle(
+    model: nn.Module,
+    config: RunConfig,
+    spec: DataSpec,
+    report: EvalReport | None,
+    path: Path,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the bundle atomically to `path`, which must not exist yet."""
+    path = Path(path).resolve()
+    if path.exists():
+        raise BundleError(f"{path}: already exists; a bundle is never written over another")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    weights = safetensors.torch.save(state, metadata={"format": FORMAT})
+    config_text = config_to_yaml(config).encode()
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seed": config.seed,
+        "task": spec.task,
+        "spec": spec.model_dump(mode="json"),
+        "metrics": None if report is None else report.model_dump(mode="json"),
+        "versions": package_versions(),
+        "files": {WEIGHTS: _sha256(weights), CONFIG: _sha256(config_text)},
+        **(extra or {}),
+    }
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.mkdir()
+    try:
+        (tmp / WEIGHTS).write_bytes(weights)
+        (tmp / CONFIG).write_bytes(config_text)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedBundle:
+    """Rebuild the model from a bundle, verify hashes, and return a predictor."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"no model bundle at {path}: not a directory")
+    manifest = _read_manifest(path)
+    contents: dict[str, bytes] = {}
+    for name in (WEIGHTS, CONFIG):
+        expected = manifest["files"].get(name)
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"{path}: bundle is missing {name}")
+        data = file.read_bytes()
+        if expected is None or _sha256(data) != expected:
+            raise BundleError(
+                f"{file}: sha256 does not match the one recorded in {MANIFEST}; "
+                "the file was modified or corrupted after saving"
+            )
+        contents[name] = data
+    try:
+        config_data = yaml.safe_load(contents[CONFIG].decode())
+        config = validate_config(config_data if isinstance(config_data, dict) else {}, source=str(path / CONFIG))
+    except (ConfigError, yaml.YAMLError) as exc:
+        raise BundleError(f"{path / CONFIG}: not a valid run config: {exc}") from None
+    try:
+        spec = DataSpec.model_validate(manifest["spec"])
+    except (ValidationError, KeyError) as exc:
+        raise BundleError(f"{path / MANIFEST}: invalid data spec: {str(exc).splitlines()[0]}") from None
+    network = build_network(config.model, spec)
+    try:
+        state = safetensors.torch.load(contents[WEIGHTS])
+        network.load_state_dict(state, strict=True)
+    except (RuntimeError, safetensors.SafetensorError) as exc:
+        raise BundleError(f"{path / WEIGHTS}: weights do not fit the model in {CONFIG}: {str(exc).splitlines()[0]}") from None
+    device = torch.device(device)
+    network.to(device).eval()
+    return LoadedBundle(model=network, spec=spec, device=device, config=config, manifest=manifest, path=path)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    file = path / MANIFEST
+    if not file.is_file():
+        raise BundleError(f"{path}: missing {MANIFEST}; is this a bundle written by save_model?")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{file}: not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{file}: not a {FORMAT} manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{file}: bundle format version {version!r} is not supported; "
+            f"this version of pytorch-workflow reads version {FORMAT_VERSION}"
+        )
+    if not isinstance(manifest.get("files"), dict):
+        raise BundleError(f"{file}: has no 'files' table of hashes")
+    return manifest
+
+
+@task(name="save-model", cache_policy=NO_CACHE)
+def save_model(
+    model: nn.Module,
+    config: RunConfig,
+    spec: DataSpec,
+    report: EvalReport | None,
+    path: Path,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the bundle for `model` to `path` (atomically); returns the bundle path."""
+    return write_bundle(model, config, spec, report, path, extra)
+
+
+@task(name="load-model", cache_policy=NO_CACHE)
+def load_model_task(path: Path, device: str = "cpu") -> LoadedBundle:
+    return load_model(path, device)

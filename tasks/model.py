@@ -1,0 +1,257 @@
+"""Stage 3: build the model and what trains it (loss, optimizer, LR scheduler).
+
+    from tasks.model import build_model
+    parts = build_model.fn(MLPConfig(), LossConfig(), AdamConfig(), None, spec,
+                           device=torch.device("cpu"), seed=0, epochs=30, monitor="val_loss")
+    parts.model, parts.loss_fn, parts.optimizer, parts.scheduler
+
+`build_network(config, spec)` builds just the `nn.Module`; bundles use it to
+rebuild a saved model from its config.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from torch import nn
+
+from schemas.errors import ConfigError
+from schemas.model import CNNConfig, CustomModelConfig, LinearConfig, MLPConfig, ModelConfig
+from schemas.optim import (
+    AdamConfig,
+    AdamWConfig,
+    CosineLRConfig,
+    LossConfig,
+    OptimizerConfig,
+    PlateauLRConfig,
+    SchedulerConfig,
+    SGDConfig,
+    StepLRConfig,
+)
+from schemas.run import check_task_compatibility
+from tasks.data import DataSpec
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+
+class MLP(nn.Module):
+    def __init__(
+        self, in_features: int, out_features: int, hidden_sizes: tuple[int, ...], activation: str, dropout: float
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for size in hidden_sizes:
+            layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        layers.append(nn.Linear(width, out_features))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """Conv blocks (conv, activation, 2x2 max-pool while the map is big enough), then a dense head.
+
+    Takes flat rows and reshapes them to `input_shape` (C, H, W), so the data
+    stage and the bundle treat images like any other feature rows.
+    """
+
+    def __init__(self, config: CNNConfig, input_shape: tuple[int, int, int], out_features: int) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        channels, height, width = input_shape
+        blocks: list[nn.Module] = []
+        for out_channels in config.channels:
+            blocks += [
+                nn.Conv2d(channels, out_channels, config.kernel_size, padding=config.kernel_size // 2),
+                ACTIVATIONS[config.activation](),
+            ]
+            if min(height, width) >= 2:
+                blocks.append(nn.MaxPool2d(2))
+                height, width = height // 2, width // 2
+            channels = out_channels
+        self.features = nn.Sequential(*blocks)
+        head: list[nn.Module] = [nn.Flatten(), nn.Linear(channels * height * width, config.hidden)]
+        head.append(ACTIVATIONS[config.activation]())
+        if config.dropout > 0:
+            head.append(nn.Dropout(config.dropout))
+        head.append(nn.Linear(config.hidden, out_features))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.view(-1, *self.input_shape)))
+
+
+class RegressionLoss(nn.Module):
+    """A regression loss over an (N, 1) output and an (N,) target."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(output.squeeze(-1), target)
+
+
+@dataclass
+class TrainingComponents:
+    """The model and what trains it, on the chosen device."""
+
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any | None  # a torch LR scheduler
+    monitor_mode: str  # "min" or "max", for the plateau scheduler and early stopping
+
+
+def _load_factory(config: CustomModelConfig) -> Callable[..., nn.Module]:
+    module_name, _, attr = config.target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"model.target = {config.target!r}: cannot import {module_name!r}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"model.target = {config.target!r}: {module_name} has no callable {attr!r}")
+    return factory
+
+
+def build_network(config: ModelConfig, spec: DataSpec) -> nn.Module:
+    """The bare `nn.Module` for `config`, sized from the data; raises ConfigError on a mismatch."""
+    n_in, n_out = spec.n_features, spec.n_outputs
+    if isinstance(config, MLPConfig):
+        model: nn.Module = MLP(n_in, n_out, config.hidden_sizes, config.activation, config.dropout)
+    elif isinstance(config, CNNConfig):
+        if len(spec.input_shape) != 3:
+            raise ConfigError(
+                f"model.kind = 'cnn' needs image-shaped input (channels x height x width), but "
+                f"{spec.source} has {n_in} flat feature(s); use model.kind=mlp, or image data "
+                "(builtin digits, or an NPZ whose X is N x C x H x W)"
+            )
+        model = SmallCNN(config, spec.input_shape, n_out)  # type: ignore[arg-type]
+    elif isinstance(config, LinearConfig):
+        model = nn.Linear(n_in, n_out)
+    else:
+        factory = _load_factory(config)
+        kwargs: dict[str, Any] = dict(config.kwargs)
+        params = inspect.signature(factory).parameters
+        if "input_shape" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            kwargs["input_shape"] = spec.input_shape
+        try:
+            model = factory(in_features=n_in, out_features=n_out, **kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"model.target = {config.target!r}: calling it failed: {exc}") from None
+        if not isinstance(model, nn.Module):
+            raise ConfigError(
+                f"model.target = {config.target!r}: returned {type(model).__name__}, expected a torch.nn.Module"
+            )
+    _check_output_shape(model, config, spec)
+    return model
+
+
+def _check_output_shape(model: nn.Module, config: ModelConfig, spec: DataSpec) -> None:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = model(torch.zeros(2, spec.n_features))
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"model.kind = {config.kind!r}: forward pass on input of {spec.n_features} features failed: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if tuple(out.shape) != (2, spec.n_outputs):
+        raise ConfigError(
+            f"model.kind = {config.kind!r}: output shape per batch of 2 is {tuple(out.shape)}, "
+            f"expected (2, {spec.n_outputs}) for {spec.task} with {spec.n_outputs} output(s)"
+        )
+
+
+def build_loss(config: LossConfig, task: str) -> nn.Module:
+    name = config.name
+    if name == "auto":
+        name = "cross_entropy" if task == "classification" else "mse"
+    if name == "cross_entropy":
+        return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    base = {"mse": nn.MSELoss, "mae": nn.L1Loss, "huber": nn.HuberLoss}[name]()
+    return RegressionLoss(base)
+
+
+def build_optimizer(config: OptimizerConfig, params: Any) -> torch.optim.Optimizer:
+    if isinstance(config, SGDConfig):
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
+            weight_decay=config.weight_decay,
+        )
+    cls = torch.optim.AdamW if isinstance(config, AdamWConfig) else torch.optim.Adam
+    assert isinstance(config, (AdamConfig, AdamWConfig))
+    return cls(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+
+
+def build_scheduler(
+    config: SchedulerConfig | None, optimizer: torch.optim.Optimizer, epochs: int, monitor_mode: str
+) -> Any | None:
+    if config is None:
+        return None
+    if isinstance(config, StepLRConfig):
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+    if isinstance(config, CosineLRConfig):
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=config.t_max or epochs, eta_min=config.eta_min
+        )
+    assert isinstance(config, PlateauLRConfig)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode=monitor_mode, factor=config.factor, patience=config.patience, min_lr=config.min_lr
+    )
+
+
+def monitor_mode(monitor: str) -> str:
+    return "max" if monitor == "val_accuracy" else "min"
+
+
+@task(name="build-model", task_run_name="build-model[{model.kind}]", cache_policy=NO_CACHE)
+def build_model(
+    model: ModelConfig,
+    loss: LossConfig,
+    optimizer: OptimizerConfig,
+    scheduler: SchedulerConfig | None,
+    spec: DataSpec,
+    device: torch.device,
+    seed: int,
+    epochs: int,
+    monitor: str = "val_loss",
+) -> TrainingComponents:
+    """Seeded model init on `device`, with its loss, optimizer and optional scheduler."""
+    try:
+        check_task_compatibility(spec.task, loss=loss.name, monitor=monitor, model_kind=model.kind)
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (task inferred from {spec.source})") from None
+    torch.manual_seed(seed)
+    network = build_network(model, spec).to(device)
+    opt = build_optimizer(optimizer, network.parameters())
+    mode = monitor_mode(monitor)
+    return TrainingComponents(
+        model=network,
+        loss_fn=build_loss(loss, spec.task),
+        optimizer=opt,
+        scheduler=build_scheduler(scheduler, opt, epochs, mode),
+        monitor_mode=mode,
+    )

@@ -1,0 +1,197 @@
+"""The run directory: what outlives the process, and the run's recorded state.
+
+    runs/<YYYYmmdd-HHMMSS>-<name>/
+        run.json       state (running, completed, failed), times, error
+        config.yaml    the resolved config
+        metrics.json   {"test": {...}, "baseline": {...}, ...}
+        history.csv    one row per epoch
+        model/         the bundle
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import traceback
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+from pydantic import BaseModel
+
+from schemas.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tasks.data import DataSpec
+    from tasks.device import DeviceInfo
+    from tasks.evaluate import EvalReport
+    from tasks.train import TrainResult
+
+DEFAULT_ROOT = Path("runs")
+RUN_STATE = "run.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_csv(path: Path, rows: Iterable[BaseModel]) -> None:
+    rows = [r.model_dump() for r in rows]
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def create_run_dir(run_dir: str | Path | None, name: str, root: Path = DEFAULT_ROOT) -> Path:
+    """A new, empty run directory; never shared with another run.
+
+    With `run_dir`, that directory (created if absent) must hold no earlier
+    run. Without it, `root/<timestamp>-<name>`, with a numeric suffix when two
+    runs start in the same second.
+    """
+    if run_dir is not None:
+        path = Path(run_dir).expanduser().resolve()
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"--run-dir {path}: exists and is not a directory")
+        if path.is_dir() and any(path.iterdir()):
+            raise ConfigError(f"--run-dir {path}: already holds files; choose a new or empty directory")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    root = Path(root).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1000):
+        path = root / (f"{stamp}-{name}" if attempt == 0 else f"{stamp}-{name}-{attempt}")
+        try:
+            path.mkdir()  # atomic: exactly one process creates a given directory
+            return path
+        except FileExistsError:
+            continue
+    raise ConfigError(f"could not create a unique run directory under {root}")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def mark_running(run_dir: Path, extra: dict[str, Any] | None = None) -> None:
+    write_json(run_dir / RUN_STATE, {"state": "running", "started_at": _now(), "pid": os.getpid(), **(extra or {})})
+
+
+def mark_finished(run_dir: Path, error: BaseException | None = None) -> None:
+    """Record `completed`, or `failed` with the error's type, message and traceback."""
+    path = run_dir / RUN_STATE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        state = {}
+    state.update({"state": "completed" if error is None else "failed", "finished_at": _now()})
+    if error is not None:
+        state["error"] = {
+            "type": type(error).__name__,
+            "message": str(error),
+            "traceback": "".join(traceback.format_exception(error)),
+        }
+    write_json(path, state)
+
+
+def read_run_state(run_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / RUN_STATE).read_text(encoding="utf-8"))
+
+
+class RunSummary(BaseModel):
+    """What a training run produced; also the flow's return value."""
+
+    run_dir: str
+    device: str
+    device_reason: str
+    threads: int
+    task: str
+    source: str
+    rows: dict[str, int]
+    epochs_run: int
+    best_epoch: int
+    monitor: str
+    best_score: float
+    stopped_early: bool
+    train_seconds: float
+    test: dict[str, float]
+    baseline: dict[str, float]
+    baseline_kind: str
+    bundle: str | None
+
+
+def record_results(
+    run_dir: Path,
+    device: "DeviceInfo",
+    spec: "DataSpec",
+    result: "TrainResult",
+    report: "EvalReport",
+    bundle: Path | None,
+) -> RunSummary:
+    """Write metrics.json and history.csv; return the run summary."""
+    summary = RunSummary(
+        run_dir=str(run_dir),
+        device=device.device,
+        device_reason=device.reason,
+        threads=device.threads,
+        task=spec.task,
+        source=spec.source,
+        rows={"train": spec.n_train, "val": spec.n_val, "test": spec.n_test},
+        epochs_run=result.epochs_run,
+        best_epoch=result.best_epoch,
+        monitor=result.monitor,
+        best_score=result.best_score,
+        stopped_early=result.stopped_early,
+        train_seconds=result.seconds,
+        test=report.metrics,
+        baseline=report.baseline,
+        baseline_kind=report.baseline_kind,
+        bundle=None if bundle is None else str(bundle),
+    )
+    write_json(
+        run_dir / "metrics.json",
+        {
+            "test": report.metrics,
+            "baseline": report.baseline,
+            "baseline_kind": report.baseline_kind,
+            "task": spec.task,
+            "n_test": report.n_test,
+            "per_class": None if report.per_class is None else [c.model_dump() for c in report.per_class],
+            "confusion_matrix": report.confusion_matrix,
+            "training": {
+                "epochs_run": result.epochs_run,
+                "best_epoch": result.best_epoch,
+                "monitor": result.monitor,
+                "best_score": result.best_score,
+                "stopped_early": result.stopped_early,
+                "seconds": result.seconds,
+                "samples_per_second": result.samples_per_second,
+            },
+            "device": device.model_dump(),
+            "data": {"source": spec.source, "hash": spec.data_hash, "rows": summary.rows},
+        },
+    )
+    write_csv(run_dir / "history.csv", result.history)
+    return summary

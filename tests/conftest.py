@@ -1,0 +1,75 @@
+"""Shared fixtures. Prefect gets a private home; flow tests share one harness."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before anything imports prefect: a private, throw-away Prefect home, and no telemetry.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="pw-prefect-home-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> str:
+    """One Prefect test server for the whole session; returns its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def run_cli(prefect_api: str, tmp_path: Path):
+    """Run `python -m <module> args...` against the session's Prefect server.
+
+    Returns the CompletedProcess; the working directory is a fresh tmp dir.
+    """
+
+    def run(module: str, *args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_LOGGING")}
+        env["PREFECT_API_URL"] = prefect_api
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        return subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=cwd or tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
+
+
+def tiny_overrides(**extra: str) -> list[str]:
+    """Overrides for a seconds-long run on iris."""
+    sets = {
+        "name": "iris-test",
+        "data.source.name": "iris",
+        "model.hidden_sizes": "[16]",
+        "train.epochs": "5",
+        "train.batch_size": "16",
+        "train.progress": "false",
+        "optimizer.lr": "0.01",
+        "device": "cpu",
+    }
+    sets.update(extra)
+    return [f"{k}={v}" for k, v in sets.items()]
+
+
+@pytest.fixture
+def tiny_config():
+    from schemas.loading import load_config
+
+    return load_config(None, tiny_overrides())
