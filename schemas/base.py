@@ -22,31 +22,32 @@ def union_discriminator(field: FieldInfo) -> str | None:
 class StrictModel(BaseModel):
     """Frozen, `extra="forbid"`, and friendly to sparse YAML.
 
-    A tagged-union field given as a mapping without its tag takes the tag of
-    the field's default, so `--set optimizer.lr=0.01` works without also
-    naming `optimizer.name`.
+    A nested section given as a mapping is laid over the field's default, so
+    `data: {retry: {delay_seconds: 0}}` keeps the data stage's default retry
+    count. A tagged-union section without its tag takes the default's tag, so
+    `--set optimizer.lr=0.01` works without also naming `optimizer.name`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
     @model_validator(mode="before")
     @classmethod
-    def _fill_default_tags(cls, data: Any) -> Any:
+    def _lay_over_defaults(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        filled = None
+        merged = dict(data)
         for name, field in cls.model_fields.items():
             value = data.get(name)
-            disc = union_discriminator(field)
-            if disc is None or not isinstance(value, dict) or disc in value:
+            if not isinstance(value, dict):
                 continue
             default = field.get_default(call_default_factory=True)
-            tag = getattr(default, disc, None)
-            if tag is None:
+            if not isinstance(default, BaseModel):
                 continue
-            filled = filled if filled is not None else dict(data)
-            filled[name] = {disc: tag, **value}
-        return filled if filled is not None else data
+            disc = union_discriminator(field)
+            if disc is not None and value.get(disc, getattr(default, disc)) != getattr(default, disc):
+                continue  # another choice than the default: its own defaults apply
+            merged[name] = {**default.model_dump(exclude_unset=False), **value}
+        return merged
 
 
 class RetryPolicy(StrictModel):

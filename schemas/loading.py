@@ -75,9 +75,11 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
                 prefix = ".".join(parts[: i + 1])
                 raise ConfigError(f"--set {key}: {prefix} is {child!r}, not a mapping of keys")
             node = child
-        if _is_union_tag(parts) and node.get(parts[-1], value) != value:
-            # Switching a choice (model.kind=cnn) drops the old choice's settings.
-            node.clear()
+        member = _union_member_for_tag(parts, value)
+        if member is not None:
+            # Switching a choice (model.kind=cnn) drops settings the new choice lacks.
+            for key in [k for k in node if k not in member.model_fields]:
+                del node[key]
         node[parts[-1]] = value
         result = _normalize(result)
     return result
@@ -163,14 +165,19 @@ def _allowed_keys(raw_loc: tuple[Any, ...]) -> list[str]:
     return list(cls.model_fields)
 
 
-def _is_union_tag(parts: list[str]) -> bool:
-    """True when `parts` names the tag of a tagged-union field, like model.kind."""
+def _union_member_for_tag(parts: list[str], tag: Any) -> type[BaseModel] | None:
+    """The union member selected when `parts` names a tagged-union's tag (like model.kind)."""
+    if len(parts) < 2:
+        return None
     cls: Any = RunConfig
     for part in parts[:-2]:
         cls = _field_type(cls, part)
     if not _is_model(cls) or parts[-2] not in cls.model_fields:
-        return False
-    return union_discriminator(cls.model_fields[parts[-2]]) == parts[-1]
+        return None
+    if union_discriminator(cls.model_fields[parts[-2]]) != parts[-1]:
+        return None
+    members = _union_members(_field_type(cls, parts[-2])) or {}
+    return members.get(tag) if isinstance(tag, str) else None
 
 
 def _is_model(tp: Any) -> bool:

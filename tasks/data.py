@@ -25,9 +25,6 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
-from sklearn.impute import SimpleImputer
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
 from schemas.data import BuiltinSource, CsvSource, DataConfig, NpzSource, ParquetSource, SplitConfig
 from schemas.errors import DataError
@@ -398,6 +395,9 @@ def fit_preprocessing(
     X_train: np.ndarray, raw: RawData, config: DataConfig, y_train: np.ndarray | None
 ) -> Preprocessing:
     """Fit imputer, scaler and target scaler on the training rows only."""
+    from sklearn.impute import SimpleImputer  # imported here: scikit-learn takes seconds to import
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
     fill = None
     X_fit = X_train
     if config.impute != "none":
@@ -431,6 +431,8 @@ def fit_preprocessing(
 
 def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
     """Validate, split, fit preprocessing on train, and build tensors."""
+    from sklearn.model_selection import train_test_split
+
     task = infer_task(raw, config.task)
     if config.impute == "none":
         bad = ~np.isfinite(raw.X)

@@ -15,7 +15,6 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
-from sklearn import metrics as skm
 from torch import nn
 
 from tasks.data import DataSpec, PreparedData
@@ -54,6 +53,8 @@ def model_outputs(model: nn.Module, X: torch.Tensor, device: torch.device, batch
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, float]:
+    from sklearn import metrics as skm
+
     labels = list(range(n_classes))
     return {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
@@ -64,6 +65,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    from sklearn import metrics as skm
+
     mse = float(skm.mean_squared_error(y_true, y_pred))
     return {
         "mse": mse,
@@ -75,6 +78,8 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
 
 def evaluate_predictions(spec: DataSpec, outputs: torch.Tensor, y_test: torch.Tensor, y_train: torch.Tensor) -> EvalReport:
     """Compare outputs with targets and with the training-split baseline."""
+    from sklearn import metrics as skm
+
     if spec.task == "classification":
         assert spec.class_names is not None
         k = len(spec.class_names)

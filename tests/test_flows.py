@@ -1,0 +1,232 @@
+"""The flows end to end, under one session-scoped Prefect server."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import tasks.data
+from schemas import DataError, load_config
+from tasks.bundle import load_model
+from tasks.rundir import read_run_state
+from tests.conftest import tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def _train(config, run_dir: Path, **kwargs):
+    from flows.train import train_flow
+
+    return train_flow(config=config, run_dir=str(run_dir), **kwargs)
+
+
+def test_train_flow_writes_a_complete_run(prefect_api, tmp_path, tiny_config):
+    summary = _train(tiny_config, tmp_path / "run")
+    run = tmp_path / "run"
+    assert read_run_state(run)["state"] == "completed"
+    assert load_config(run / "config.yaml") == tiny_config
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"accuracy", "macro_f1", "macro_precision", "macro_recall"}
+    assert set(metrics["baseline"]) == set(metrics["test"])
+    assert metrics["test"] == summary.test
+    with open(run / "history.csv") as handle:
+        history = list(csv.DictReader(handle))
+    assert len(history) == summary.epochs_run == 5
+    assert {"epoch", "train_loss", "val_loss", "val_accuracy", "lr"} <= set(history[0])
+    bundle = load_model(run / "model")
+    assert bundle.metrics["metrics"] == metrics["test"]
+    assert summary.bundle == str(run / "model")
+
+
+def test_same_seed_twice_gives_identical_metrics(prefect_api, tmp_path, tiny_config):
+    a = _train(tiny_config, tmp_path / "a")
+    b = _train(tiny_config, tmp_path / "b")
+    assert a.test == b.test
+    assert (tmp_path / "a" / "history.csv").read_text().splitlines()[1].split(",")[1:3] == (
+        tmp_path / "b" / "history.csv"
+    ).read_text().splitlines()[1].split(",")[1:3]
+    weights_a = (tmp_path / "a" / "model" / "weights.safetensors").read_bytes()
+    weights_b = (tmp_path / "b" / "model" / "weights.safetensors").read_bytes()
+    assert weights_a == weights_b
+
+
+def test_task_runs_have_meaningful_names(prefect_api, tmp_path, tiny_config):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.train import train_flow
+
+    state = train_flow(config=tiny_config, run_dir=str(tmp_path / "run"), return_state=True)
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    names = {r.name for r in runs}
+    assert flow_run.name == "iris-test"
+    assert {"prepare-data[iris]", "build-model[mlp]"} <= names
+    assert any(n.startswith("train-model") for n in names)
+    assert any(n.startswith("save-model") for n in names)
+
+
+def test_transient_io_error_is_retried(prefect_api, tmp_path, monkeypatch):
+    real = tasks.data.load_raw
+    calls = []
+
+    def flaky(source):
+        calls.append(source)
+        if len(calls) == 1:
+            raise ConnectionResetError("network share hiccup")
+        return real(source)
+
+    monkeypatch.setattr(tasks.data, "load_raw", flaky)
+    config = load_config(None, tiny_overrides(**{"data.retry.delay_seconds": "0"}))
+    summary = _train(config, tmp_path / "run")
+    assert len(calls) == 2 and summary.test["accuracy"] > 0
+
+
+def test_data_error_fails_at_once_and_marks_the_run_failed(prefect_api, tmp_path, monkeypatch):
+    csv_path = tmp_path / "t.csv"
+    pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [1, 0, 1]}).to_csv(csv_path, index=False)
+    real = tasks.data.load_raw
+    calls = []
+    monkeypatch.setattr(tasks.data, "load_raw", lambda s: calls.append(s) or real(s))
+    config = load_config(
+        None,
+        tiny_overrides(**{"data.source": f"{{kind: csv, path: {csv_path}, target: label}}", "data.retry.retries": "3",
+                          "data.retry.delay_seconds": "0"}),
+    )
+    with pytest.raises(DataError, match="target column 'label' not found; columns are: a, b"):
+        _train(config, tmp_path / "run")
+    assert len(calls) == 1  # never retried
+    state = read_run_state(tmp_path / "run")
+    assert state["state"] == "failed"
+    assert state["error"]["type"] == "DataError" and "label" in state["error"]["message"]
+    assert not (tmp_path / "run" / "model").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_default_run_reaches_095_accuracy(run_cli, tmp_path):
+    result = run_cli("flows.train")
+    assert result.returncode == 0, result.stderr
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.endswith("-digits-mlp")
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] >= 0.95
+    assert metrics["baseline"]["accuracy"] < 0.2
+    out = result.stdout
+    assert "device    cpu" in out and "accuracy" in out and f"bundle    {runs[0] / 'model'}" in out
+    assert "epoch  1/30" in result.stderr
+    assert "Traceback" not in result.stderr and "prefect" not in result.stderr.lower()
+
+
+def test_cli_print_config(capsys, tmp_path, monkeypatch):
+    from flows.train import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--print-config", "--set", "optimizer.lr=0.5", "--set", "model.kind=cnn"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.5" in out and "kind: cnn" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_help(capsys):
+    from flows.train import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--config", "--set", "--run-dir", "--print-config", "--debug"):
+        assert option in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "code"),
+    [
+        (["--set", "train.epochs=-1"], "train.epochs = -1", 2),
+        (["--config", "nope.yaml"], "config file not found: nope.yaml", 2),
+        (["--set", "device=cuda:7"], "device.name = 'cuda:7': not available on this machine; available: cpu", 2),
+        (["--set", "data.source={kind: npz, path: none.npz}"], "data file not found: none.npz", 3),
+    ],
+)
+def test_cli_bad_input_exits_nonzero_with_one_line(prefect_api, capsys, tmp_path, monkeypatch, args, message, code):
+    from flows.train import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == code
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err
+    assert "Traceback" not in err
+    assert list(tmp_path.glob("runs/*/model")) == []
+
+
+def test_cli_bad_config_in_a_real_process(run_cli, tmp_path):
+    result = run_cli("flows.train", "--set", "optimizer.lrr=1")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: invalid config: optimizer.lrr: unknown key (did you mean optimizer.lr?); "
+        "expected one of: name, lr, betas, weight_decay\n"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_bad_data_names_the_column_and_debug_shows_traceback(run_cli, capsys, tmp_path, monkeypatch):
+    csv_path = tmp_path / "t.csv"
+    pd.DataFrame({"a": ["x", "y", "z"] * 4, "b": [1.0] * 12, "label": [0, 1, 2] * 4}).to_csv(csv_path, index=False)
+    args = ["--set", f"data.source={{kind: csv, path: {csv_path}, target: label}}", "--run-dir"]
+    result = run_cli("flows.train", *args, "run")
+    assert result.returncode == 3
+    assert "non-numeric feature column(s): a (" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert read_run_state(tmp_path / "run")["state"] == "failed"
+    assert not (tmp_path / "run" / "model").exists()
+
+    from flows.train import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "run2", "--debug"]) == 3
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_cli_train_then_predict_matches_the_bundle(run_cli, tmp_path):
+    overrides = [a for o in tiny_overrides() for a in ("--set", o)]
+    trained = run_cli("flows.train", *overrides, "--run-dir", "run")
+    assert trained.returncode == 0, trained.stderr
+    from sklearn.datasets import load_iris
+
+    frame = load_iris(as_frame=True).frame.sample(12, random_state=0)
+    shuffled = frame[list(reversed(frame.columns))]  # other column order, plus the target column
+    shuffled.to_csv(tmp_path / "in.csv", index=False)
+    result = run_cli("flows.predict", "--model", "run/model", "--input", "in.csv", "--output", "out.csv")
+    assert result.returncode == 0, result.stderr
+    predicted = pd.read_csv(tmp_path / "out.csv")
+    bundle = load_model(tmp_path / "run" / "model")
+    expected = bundle.predict_frame(frame)
+    assert list(predicted.columns) == ["prediction", "proba_setosa", "proba_versicolor", "proba_virginica"]
+    assert list(predicted["prediction"]) == list(expected["prediction"])
+    assert np.allclose(predicted.iloc[:, 1:].to_numpy(), expected.iloc[:, 1:].to_numpy(), atol=1e-6)
+
+
+
+def test_cli_predict_missing_column(prefect_api, capsys, tmp_path, monkeypatch, tiny_config):
+    from sklearn.datasets import load_iris
+
+    from flows.predict import main
+
+    _train(tiny_config, tmp_path / "run")
+    frame = load_iris(as_frame=True).frame.head(5)
+    frame.drop(columns=["petal width (cm)"]).to_csv(tmp_path / "missing.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--model", "run/model", "--input", "missing.csv", "--output", "m.csv"]) == 3
+    err = capsys.readouterr().err
+    assert "missing feature column(s): petal width (cm)" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "m.csv").exists()
