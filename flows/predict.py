@@ -52,6 +52,8 @@ def _read_npz_features(path: Path, n_features: int) -> np.ndarray:
             X = archive["X"]
     except (ValueError, OSError) as exc:
         raise DataError(f"{path}: not a readable .npz archive with numeric X: {exc}") from None
+    if X.ndim == 0 or X.shape[0] == 0:
+        raise DataError(f"{path}: X has no rows to predict")
     X = X.reshape(X.shape[0], -1) if X.ndim > 1 else X
     if X.ndim != 2 or X.shape[1] != n_features:
         raise DataError(f"{path}: X has shape {X.shape}; the model expects rows of {n_features} features")

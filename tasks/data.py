@@ -348,8 +348,13 @@ def split_sizes(n: int, split: SplitConfig) -> tuple[int, int, int]:
     """(train, val, test) row counts as scikit-learn's splitter makes them."""
     n_test = math.ceil(n * split.test)
     rest = n - n_test
-    n_val = math.ceil(rest * split.val / (1 - split.test))
+    n_val = math.ceil(rest * val_fraction_of_rest(split))
     return rest - n_val, n_val, n_test
+
+
+def val_fraction_of_rest(split: SplitConfig) -> float:
+    """The validation share of the rows left after the test split: the second splitter's test_size."""
+    return split.val / (1 - split.test)
 
 
 def _check_split(n: int, split: SplitConfig, source: str) -> None:
@@ -456,7 +461,7 @@ def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
     )
     train_idx, val_idx = train_test_split(
         rest,
-        test_size=config.split.val / (1 - config.split.test),
+        test_size=val_fraction_of_rest(config.split),
         random_state=seed,
         stratify=y[rest] if stratify else None,
     )

@@ -48,8 +48,9 @@ class EvalReport(BaseModel):
 def model_outputs(model: nn.Module, X: torch.Tensor, device: torch.device, batch_size: int = 4096) -> torch.Tensor:
     """Raw model outputs for X (on CPU), in eval mode, in batches."""
     model.eval()
-    outs = [model(X[i : i + batch_size].to(device)).cpu() for i in range(0, len(X), batch_size)]
-    return torch.cat(outs) if outs else torch.empty(0)
+    # At least one pass, so zero rows still give outputs of shape (0, n_outputs).
+    outs = [model(X[i : i + batch_size].to(device)).cpu() for i in range(0, max(len(X), 1), batch_size)]
+    return torch.cat(outs)
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, float]:

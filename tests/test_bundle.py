@@ -1,0 +1,404 @@
+"""Model bundles: write, reload, predict, and every way a bundle can be broken."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import safetensors.torch
+import torch
+import yaml
+from sklearn import datasets
+
+import tasks.bundle as bundle_module
+from schemas import BundleError, DataError, RunConfig
+from schemas.loading import load_config
+from tasks.bundle import FORMAT, FORMAT_VERSION, LoadedBundle, Predictor, load_model, write_bundle
+from tasks.data import DataSpec, PreparedData, prepare_data
+from tasks.evaluate import EvalReport, evaluate_model
+from tasks.model import build_model
+from tasks.train import train_model
+from tests.conftest import tiny_overrides
+
+CPU = torch.device("cpu")
+FILES = {"weights.safetensors", "config.yaml", "bundle.json"}
+
+
+@dataclass
+class Run:
+    config: RunConfig
+    data: PreparedData
+    model: torch.nn.Module
+    report: EvalReport
+    raw: np.ndarray  # raw feature rows of the dataset, in spec.feature_names order
+
+    @property
+    def spec(self) -> DataSpec:
+        return self.data.spec
+
+
+def _train(**overrides: str) -> Run:
+    config = load_config(None, tiny_overrides(**overrides))
+    data = prepare_data.fn(config.data, seed=config.seed)
+    parts = build_model.fn(
+        config.model, config.loss, config.optimizer, config.scheduler, data.spec, CPU,
+        config.seed, config.train.epochs, config.train.monitor,
+    )
+    train_model.fn(parts, data, config.train, CPU, config.seed)
+    report = evaluate_model.fn(parts.model, data, CPU, config.evaluate.batch_size)
+    raw = getattr(datasets, f"load_{config.data.source.name}")().data
+    return Run(config, data, parts.model, report, np.asarray(raw, dtype=np.float64))
+
+
+RUNS = {
+    "iris": {},
+    "diabetes": {"name": "diabetes-test", "data.source.name": "diabetes", "train.monitor": "val_loss"},
+    "digits-cnn": {
+        "name": "digits-cnn-test", "data.source.name": "digits", "model.kind": "cnn",
+        "model.channels": "[4, 8]", "model.hidden": "16", "train.epochs": "1", "train.batch_size": "256",
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def runs():
+    cache: dict[str, Run] = {}
+
+    def get(name: str) -> Run:
+        if name not in cache:
+            cache[name] = _train(**RUNS[name])
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def saved(runs, tmp_path_factory):
+    """Path of a written bundle per run name, written once per module."""
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            run = runs(name)
+            target = tmp_path_factory.mktemp(f"bundle-{name}") / "model"
+            cache[name] = write_bundle(run.model, run.config, run.spec, run.report, target, {"note": name})
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture
+def iris_copy(saved, tmp_path) -> Path:
+    """A private copy of the iris bundle, free to break."""
+    return Path(shutil.copytree(saved("iris"), tmp_path / "model"))
+
+
+def _raises(path: Path, *fragments: str) -> str:
+    with pytest.raises(BundleError) as info:
+        load_model(path)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_reloaded_bundle_predicts_exactly_like_the_in_memory_model(name, runs, saved):
+    run = runs(name)
+    before = Predictor(run.model, run.spec)
+    rows = run.raw[::7][:64]
+    expected_outputs = before.outputs(rows)
+    expected_predict = before.predict(rows)
+
+    loaded = load_model(saved(name))
+    assert isinstance(loaded, LoadedBundle)
+    assert loaded.spec == run.spec
+    assert loaded.config == run.config
+    assert loaded.path == saved(name)
+    assert loaded.metrics == run.report.model_dump(mode="json")
+    assert not loaded.model.training
+
+    outputs = loaded.outputs(rows)
+    assert outputs.shape == (len(rows), run.spec.n_outputs)
+    assert np.array_equal(outputs, expected_outputs)
+    assert np.array_equal(loaded.predict(rows), expected_predict)
+    if run.spec.task == "classification":
+        proba = loaded.predict_proba(rows)
+        assert np.array_equal(proba, before.predict_proba(rows))
+        assert proba.shape == (len(rows), len(run.spec.class_names))
+        assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+        assert set(loaded.predict(rows)) <= set(run.spec.class_names)
+    else:
+        # Regression predictions are in the target's units, not standardized.
+        assert np.array_equal(expected_predict, run.spec.preprocessing.inverse_target(expected_outputs[:, 0]))
+        assert 0 < float(np.median(expected_predict)) < 400
+        with pytest.raises(DataError, match="predict_proba needs a classification model"):
+            loaded.predict_proba(rows)
+
+
+def test_predictor_applies_the_training_preprocessing(runs):
+    run = runs("iris")
+    predictor = Predictor(run.model, run.spec)
+    rows = run.raw[:10]
+    run.model.eval()
+    with torch.inference_mode():
+        direct = run.model(torch.from_numpy(run.spec.preprocessing.transform(rows))).numpy()
+    assert np.array_equal(predictor.outputs(rows), direct)
+
+
+# --------------------------------------------------------------------------- predict_frame
+
+
+def test_predict_frame_matches_columns_by_name(runs, saved):
+    run = runs("iris")
+    loaded = load_model(saved("iris"))
+    names = list(run.spec.feature_names)
+    rows = run.raw[::10]
+    frame = pd.DataFrame(rows, columns=names)
+    shuffled = frame[names[::-1]].copy()
+    shuffled.insert(1, "comment", "unused text")
+    shuffled["row_id"] = np.arange(len(frame))
+
+    result = loaded.predict_frame(shuffled)
+    expected = loaded.predict_array(rows)
+    pd.testing.assert_frame_equal(result, expected)
+    assert list(result.columns) == ["prediction", "proba_setosa", "proba_versicolor", "proba_virginica"]
+    assert len(result) == len(rows)
+    assert np.array_equal(result["prediction"].to_numpy(), Predictor(run.model, run.spec).predict(rows))
+
+
+def test_predict_frame_missing_column_is_named(saved):
+    loaded = load_model(saved("iris"))
+    frame = pd.DataFrame(np.ones((3, 4)), columns=list(loaded.spec.feature_names)).drop(columns=["petal width (cm)"])
+    with pytest.raises(DataError) as info:
+        loaded.predict_frame(frame, source="new.csv")
+    message = str(info.value)
+    assert message.startswith("new.csv: missing feature column(s): petal width (cm);")
+    assert "sepal length (cm)" not in message.split(";")[0]
+
+
+def test_predict_frame_non_numeric_column_is_named(saved):
+    loaded = load_model(saved("iris"))
+    frame = pd.DataFrame(np.ones((3, 4)), columns=list(loaded.spec.feature_names))
+    frame["sepal width (cm)"] = ["wide", "narrow", "wide"]
+    with pytest.raises(DataError, match=r"new\.csv: non-numeric feature column\(s\): sepal width \(cm\)"):
+        loaded.predict_frame(frame, source="new.csv")
+
+
+def test_predict_frame_nan_is_named(saved):
+    loaded = load_model(saved("iris"))
+    frame = pd.DataFrame(np.ones((4, 4)), columns=list(loaded.spec.feature_names))
+    frame.loc[[1, 3], "petal length (cm)"] = np.nan
+    with pytest.raises(DataError) as info:
+        loaded.predict_frame(frame, source="new.csv")
+    message = str(info.value)
+    assert message.startswith("new.csv: NaN or inf values in column(s) petal length (cm) (2 rows);")
+    assert "2 row(s) affected" in message
+
+
+def test_predicting_zero_rows_gives_an_empty_result(saved):
+    loaded = load_model(saved("iris"))
+    empty = pd.DataFrame({name: pd.Series(dtype=float) for name in loaded.spec.feature_names})
+    assert loaded.outputs(np.empty((0, 4))).shape == (0, 3)
+    result = loaded.predict_frame(empty, source="empty.csv")
+    assert list(result.columns) == ["prediction", "proba_setosa", "proba_versicolor", "proba_virginica"]
+    assert len(result) == 0
+
+
+# --------------------------------------------------------------------------- contents
+
+
+def test_bundle_files_and_manifest(runs, saved):
+    run = runs("iris")
+    path = saved("iris")
+    assert {p.name for p in path.iterdir()} == FILES
+
+    manifest = json.loads((path / "bundle.json").read_text())
+    assert manifest["format"] == FORMAT
+    assert manifest["format_version"] == FORMAT_VERSION == 1
+    assert manifest["versions"]["python"] == platform.python_version()
+    assert manifest["versions"]["torch"] == torch.__version__
+    for name in ("weights.safetensors", "config.yaml"):
+        assert manifest["files"][name] == hashlib.sha256((path / name).read_bytes()).hexdigest()
+    spec = manifest["spec"]
+    assert tuple(spec["preprocessing"]["feature_names"]) == run.spec.feature_names
+    assert tuple(spec["class_names"]) == ("setosa", "versicolor", "virginica")
+    assert spec["preprocessing"]["center"] == list(run.spec.preprocessing.center)
+    assert spec["preprocessing"]["scale"] == list(run.spec.preprocessing.scale)
+    assert spec["data_hash"] == run.spec.data_hash
+    assert manifest["metrics"] == run.report.model_dump(mode="json")
+    assert manifest["metrics"]["metrics"]["accuracy"] == run.report.metrics["accuracy"]
+    assert manifest["task"] == "classification"
+    assert manifest["seed"] == run.config.seed
+    assert manifest["note"] == "iris"
+
+    config = yaml.safe_load((path / "config.yaml").read_text())
+    assert config["data"]["source"]["name"] == "iris"
+    assert config["model"]["hidden_sizes"] == [16]
+
+
+def test_weights_are_safetensors_without_pickle(runs, saved):
+    run = runs("iris")
+    file = saved("iris") / "weights.safetensors"
+    raw = file.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + length])
+    assert header["__metadata__"] == {"format": FORMAT}
+    state = run.model.state_dict()
+    assert set(header) - {"__metadata__"} == set(state)
+    for key, entry in header.items():
+        if key != "__metadata__":
+            assert entry["dtype"] == "F32" and entry["shape"] == list(state[key].shape)
+    loaded = safetensors.torch.load_file(file)
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_loading_never_unpickles(saved, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("load_model must not unpickle")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    loaded = load_model(saved("iris"))
+    assert loaded.spec.class_names == ("setosa", "versicolor", "virginica")
+
+
+# --------------------------------------------------------------------------- atomic writing
+
+
+def test_write_leaves_no_temporary_directories(runs, tmp_path):
+    run = runs("iris")
+    target = tmp_path / "out" / "model"
+    written = write_bundle(run.model, run.config, run.spec, run.report, target)
+    assert written == target.resolve()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["model"]
+    assert {p.name for p in target.iterdir()} == FILES
+
+
+def test_writing_over_an_existing_bundle_is_refused(runs, iris_copy):
+    run = runs("iris")
+    before = {p.name: p.read_bytes() for p in iris_copy.iterdir()}
+    with pytest.raises(BundleError, match="already exists") as info:
+        write_bundle(run.model, run.config, run.spec, None, iris_copy)
+    assert str(iris_copy) in str(info.value)
+    assert {p.name: p.read_bytes() for p in iris_copy.iterdir()} == before
+    assert [p.name for p in iris_copy.parent.iterdir()] == ["model"]
+
+
+def test_writing_over_an_existing_empty_directory_is_refused(runs, tmp_path):
+    run = runs("iris")
+    target = tmp_path / "model"
+    target.mkdir()
+    with pytest.raises(BundleError, match="already exists"):
+        write_bundle(run.model, run.config, run.spec, None, target)
+    assert list(target.iterdir()) == []
+
+
+def _fail_on(name: str):
+    def patched(original):
+        def write(self, *args, **kwargs):
+            if self.name == name:
+                raise OSError(28, "No space left on device")
+            return original(self, *args, **kwargs)
+
+        return write
+
+    return patched
+
+
+@pytest.mark.parametrize(
+    ("method", "file"),
+    [("write_text", "bundle.json"), ("write_bytes", "config.yaml"), ("write_bytes", "weights.safetensors")],
+)
+def test_failed_write_leaves_nothing(runs, tmp_path, monkeypatch, method, file):
+    run = runs("iris")
+    monkeypatch.setattr(Path, method, _fail_on(file)(getattr(Path, method)))
+    target = tmp_path / "model"
+    with pytest.raises(OSError, match="No space left"):
+        write_bundle(run.model, run.config, run.spec, run.report, target)
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_manifest_serialization_leaves_nothing(runs, tmp_path, monkeypatch):
+    run = runs("iris")
+
+    def boom(*args, **kwargs):
+        raise TypeError("not JSON serializable")
+
+    monkeypatch.setattr(bundle_module.json, "dumps", boom)
+    with pytest.raises(TypeError):
+        write_bundle(run.model, run.config, run.spec, run.report, tmp_path / "model")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- broken bundles
+
+
+def test_path_that_is_not_a_directory(tmp_path):
+    file = tmp_path / "model.bin"
+    file.write_bytes(b"weights")
+    _raises(file, str(file), "not a directory")
+    _raises(tmp_path / "missing", str(tmp_path / "missing"), "not a directory")
+
+
+def test_missing_manifest(iris_copy):
+    (iris_copy / "bundle.json").unlink()
+    _raises(iris_copy, str(iris_copy), "missing bundle.json")
+
+
+def test_missing_weights(iris_copy):
+    (iris_copy / "weights.safetensors").unlink()
+    _raises(iris_copy, str(iris_copy), "missing weights.safetensors")
+
+
+def test_missing_config(iris_copy):
+    (iris_copy / "config.yaml").unlink()
+    _raises(iris_copy, str(iris_copy), "missing config.yaml")
+
+
+def test_tampered_weights_fail_the_hash(iris_copy):
+    file = iris_copy / "weights.safetensors"
+    data = bytearray(file.read_bytes())
+    data[-3] ^= 0x01
+    file.write_bytes(bytes(data))
+    _raises(iris_copy, str(file), "sha256 does not match")
+
+
+def test_hand_edited_config_fails_the_hash(iris_copy):
+    file = iris_copy / "config.yaml"
+    file.write_text(file.read_text().replace("hidden_sizes:\n  - 16", "hidden_sizes:\n  - 32"))
+    assert "- 32" in file.read_text()
+    _raises(iris_copy, str(file), "sha256 does not match")
+
+
+def test_unsupported_format_version(iris_copy):
+    file = iris_copy / "bundle.json"
+    manifest = json.loads(file.read_text())
+    manifest["format_version"] = 2
+    file.write_text(json.dumps(manifest))
+    _raises(iris_copy, str(file), "format version 2 is not supported", "reads version 1")
+
+
+def test_manifest_that_is_not_json(iris_copy):
+    file = iris_copy / "bundle.json"
+    file.write_text("{ this is not json")
+    _raises(iris_copy, str(file), "not valid JSON")
+
+
+def test_manifest_of_another_format(iris_copy):
+    file = iris_copy / "bundle.json"
+    file.write_text(json.dumps({"format": "something-else", "format_version": 1}))
+    _raises(iris_copy, str(file), f"not a {FORMAT} manifest")
