@@ -151,8 +151,9 @@ class LoadedBundle(Predictor):
     path: Path | None = None
 
     @property
-    def metrics(self) -> dict[str, Any]:
-        return (self.manifest or {}).get("metrics", {})
+    def evaluation(self) -> dict[str, Any]:
+        """The evaluation report saved with the bundle: test metrics, baseline, per-class detail."""
+        return (self.manifest or {}).get("metrics") or {}
 
 
 def write_bundle(
@@ -256,19 +257,5 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-@task(name="save-model", cache_policy=NO_CACHE)
-def save_model(
-    model: nn.Module,
-    config: RunConfig,
-    spec: DataSpec,
-    report: EvalReport | None,
-    path: Path,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write the bundle for `model` to `path` (atomically); returns the bundle path."""
-    return write_bundle(model, config, spec, report, path, extra)
-
-
-@task(name="load-model", cache_policy=NO_CACHE)
-def load_model_task(path: Path, device: str = "cpu") -> LoadedBundle:
-    return load_model(path, device)
+save_model = task(write_bundle, name="save-model", cache_policy=NO_CACHE)
+load_model_task = task(load_model, name="load-model", cache_policy=NO_CACHE)

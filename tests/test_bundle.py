@@ -126,7 +126,7 @@ def test_reloaded_bundle_predicts_exactly_like_the_in_memory_model(name, runs, s
     assert loaded.spec == run.spec
     assert loaded.config == run.config
     assert loaded.path == saved(name)
-    assert loaded.metrics == run.report.model_dump(mode="json")
+    assert loaded.evaluation == run.report.model_dump(mode="json")
     assert not loaded.model.training
 
     outputs = loaded.outputs(rows)

@@ -39,7 +39,7 @@ def test_train_flow_writes_a_complete_run(prefect_api, tmp_path, tiny_config):
     assert len(history) == summary.epochs_run == 5
     assert {"epoch", "train_loss", "val_loss", "val_accuracy", "lr"} <= set(history[0])
     bundle = load_model(run / "model")
-    assert bundle.metrics["metrics"] == metrics["test"]
+    assert bundle.evaluation["metrics"] == metrics["test"]
     assert summary.bundle == str(run / "model")
 
 
