@@ -17,7 +17,8 @@ from pathlib import Path
 from prefect import flow
 
 from flows._cli import prefect_session, run_command
-from schemas.loading import config_to_yaml, load_config
+from schemas.errors import ConfigError
+from schemas.loading import config_diff, config_to_yaml, load_config, resume_config
 from schemas.run import RunConfig
 from tasks.bundle import save_model
 from tasks.data import prepare_data
@@ -25,18 +26,33 @@ from tasks.device import select_device
 from tasks.evaluate import evaluate_model
 from tasks.model import build_model
 from tasks.retry import retry_options
-from tasks.rundir import RunSummary, atomic_write_text, create_run_dir, mark_finished, mark_running, record_results
+from tasks.rundir import (
+    RunSummary,
+    atomic_write_text,
+    create_run_dir,
+    mark_finished,
+    mark_running,
+    open_run_dir_for_resume,
+    record_results,
+)
 from tasks.train import train_model
 
 
 @flow(name="train", flow_run_name="{config.name}", validate_parameters=True)
-def train_flow(config: RunConfig = RunConfig(), run_dir: str | None = None) -> RunSummary:
+def train_flow(config: RunConfig = RunConfig(), run_dir: str | None = None, resume: bool = False) -> RunSummary:
     """Train, evaluate and save one model as described by `config`.
 
-    Writes config.yaml, run.json, metrics.json, history.csv and the model
-    bundle into `run_dir` (default: runs/<timestamp>-<name>/).
+    Writes config.yaml, run.json, metrics.json, history.csv, checkpoints/
+    and the model bundle into `run_dir` (default: runs/<timestamp>-<name>/).
+    With `resume`, `run_dir` is an unfinished run that continues from its
+    last checkpoint.
     """
-    path = create_run_dir(run_dir, config.name)
+    if resume:
+        if run_dir is None:
+            raise ConfigError("resume needs the run directory to continue")
+        path = open_run_dir_for_resume(run_dir)
+    else:
+        path = create_run_dir(run_dir, config.name)
     atomic_write_text(path / "config.yaml", config_to_yaml(config))
     mark_running(path)
     try:
@@ -47,7 +63,7 @@ def train_flow(config: RunConfig = RunConfig(), run_dir: str | None = None) -> R
             device.torch_device, config.seed, config.train.epochs, config.train.monitor,
         )
         result = train_model.with_options(**retry_options(config.train.retry))(
-            parts, data, config.train, device.torch_device, config.seed
+            parts, data, config.train, device.torch_device, config.seed, path / "checkpoints"
         )
         report = evaluate_model.with_options(**retry_options(config.evaluate.retry))(
             parts.model, data, device.torch_device, config.evaluate.batch_size
@@ -96,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override one config key, e.g. optimizer.lr=0.01 (repeatable)",
     )
     parser.add_argument("--run-dir", type=Path, help="write outputs here instead of runs/<timestamp>-<name>/")
+    parser.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR",
+        help="continue an interrupted run from its last checkpoint (its config, plus any --set)",
+    )
+    parser.add_argument("--force", action="store_true", help="with --resume: accept a config that differs")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's logs")
     return parser
@@ -105,12 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        config = load_config(args.config, args.overrides)
+        if args.resume is not None:
+            if args.run_dir is not None:
+                raise ConfigError("--resume continues RUN_DIR in place; leave out --run-dir")
+            config = resume_config(args.resume, args.config, args.overrides, force=args.force)
+            run_dir = str(args.resume)
+        else:
+            config = load_config(args.config, args.overrides)
+            run_dir = None if args.run_dir is None else str(args.run_dir)
         if args.print_config:
             print(config_to_yaml(config), end="")
             return 0
         with prefect_session(args.debug):
-            summary = train_flow(config=config, run_dir=None if args.run_dir is None else str(args.run_dir))
+            summary = train_flow(config=config, run_dir=run_dir, resume=args.resume is not None)
         print(format_summary(summary))
         return 0
 

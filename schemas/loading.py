@@ -91,6 +91,52 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return validate_config(apply_overrides(data, overrides), source=str(path) if path else None)
 
 
+def resume_config(
+    run_dir: str | Path, path: str | Path | None, overrides: Iterable[str], force: bool = False
+) -> RunConfig:
+    """The config to resume `run_dir` with: its saved config, or `path`, plus overrides.
+
+    A config that differs from the saved one is refused, naming the keys,
+    unless `force`.
+    """
+    saved_file = Path(run_dir) / "config.yaml"
+    saved = load_config(saved_file)
+    base = read_yaml_mapping(path) if path is not None else saved.model_dump(mode="json")
+    config = validate_config(apply_overrides(base, overrides), source=str(path or saved_file))
+    changes = [c for c in config_diff(saved, config) if not _resume_safe(c[0])]
+    if changes and not force:
+        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
+        raise ConfigError(
+            f"--resume {run_dir}: config differs from the run's in {listed}. "
+            "Resuming with another config would not reproduce the run; pass --force to resume anyway"
+        )
+    return config
+
+
+# Keys that change how a run is executed, not what it computes.
+_RESUME_SAFE = ("train.progress", "train.time_limit_seconds", "train.checkpoint.", "evaluate.batch_size")
+
+
+def _resume_safe(key: str) -> bool:
+    return key.startswith(_RESUME_SAFE) or ".retry." in key
+
+
+def config_diff(a: RunConfig, b: RunConfig) -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in a, value in b) for every key whose value differs."""
+    flat_a, flat_b = _flatten(a.model_dump(mode="json")), _flatten(b.model_dump(mode="json"))
+    keys = sorted(set(flat_a) | set(flat_b))
+    return [(k, flat_a.get(k), flat_b.get(k)) for k in keys if flat_a.get(k) != flat_b.get(k)]
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(_flatten(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}"))
+    return flat
+
+
 def validate_config(data: dict[str, Any], source: str | None = None) -> RunConfig:
     try:
         return RunConfig.model_validate(data)

@@ -17,6 +17,15 @@ class EarlyStoppingConfig(StrictModel):
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
 
 
+class CheckpointConfig(StrictModel):
+    """Resumable checkpoints in the run directory: `last.pt` always, `best.pt` at each new best."""
+
+    enabled: bool = True
+    every_n_batches: int | None = Field(
+        None, ge=1, description="Also checkpoint every N batches within an epoch (default: epoch ends only)."
+    )
+
+
 class TrainConfig(StrictModel):
     """The plain loop: forward, loss, zero_grad, backward, step; validate each epoch."""
 
@@ -29,4 +38,8 @@ class TrainConfig(StrictModel):
     restore_best: bool = Field(True, description="End with the weights of the best epoch by monitor.")
     grad_clip_norm: float | None = Field(None, gt=0, description="Clip the gradient norm to this.")
     progress: bool = Field(True, description="Print one line per epoch.")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    time_limit_seconds: float | None = Field(
+        None, gt=0, description="Stop between batches after this long, leaving a resumable checkpoint."
+    )
     retry: RetryPolicy = Field(default_factory=lambda: RetryPolicy(retries=1, delay_seconds=2.0))

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import traceback
 import uuid
 from datetime import datetime, timezone
@@ -89,6 +90,38 @@ def create_run_dir(run_dir: str | Path | None, name: str, root: Path = DEFAULT_R
         except FileExistsError:
             continue
     raise ConfigError(f"could not create a unique run directory under {root}")
+
+
+def open_run_dir_for_resume(run_dir: str | Path) -> Path:
+    """An existing run directory that may be resumed: not completed, not running elsewhere."""
+    path = Path(run_dir).expanduser().resolve()
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"--resume {path}: no run there (config.yaml is missing)")
+    try:
+        state = read_run_state(path)
+    except (OSError, json.JSONDecodeError):
+        state = {}
+    if state.get("state") == "completed":
+        raise ConfigError(f"--resume {path}: the run already completed; start a new run instead")
+    pid = state.get("pid")
+    if state.get("state") == "running" and isinstance(pid, int) and pid != os.getpid() and _alive(pid):
+        raise ConfigError(f"--resume {path}: the run is still running (pid {pid})")
+    for leftover in path.glob(".*.tmp"):  # from a process killed mid-write
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _now() -> str:

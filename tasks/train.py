@@ -16,6 +16,7 @@ import copy
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from schemas.errors import ConfigError, TrainingError
 from schemas.run import check_task_compatibility
 from schemas.train import TrainConfig
+from tasks.checkpoint import load_checkpoint, save_checkpoint
 from tasks.data import PreparedData
 from tasks.model import TrainingComponents
 
@@ -57,6 +59,7 @@ class TrainResult(BaseModel):
     epochs_run: int
     seconds: float
     samples_per_second: float
+    resumed_from_epoch: int | None = None
 
 
 @torch.inference_mode()
@@ -101,9 +104,7 @@ def _progress_printer(total_epochs: int) -> Callable[[EpochRecord], None]:
         if record.val_mae is not None:
             parts.append(f"val_mae {record.val_mae:.4g}")
         parts += [f"lr {record.lr:.3g}", f"{record.seconds:.2f}s"]
-        line = "  ".join(parts)
-        print(line, file=sys.stderr, flush=True)
-        _log_to_prefect(line)
+        _emit_line("  ".join(parts))
 
     return emit
 
@@ -119,6 +120,15 @@ def _log_to_prefect(line: str) -> None:
         pass
 
 
+class TimeLimitReached(TrainingError):
+    """`train.time_limit_seconds` ran out; the run can be resumed from its checkpoint."""
+
+
+def _emit_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+    _log_to_prefect(line)
+
+
 @task(name="train-model", cache_policy=NO_CACHE)
 def train_model(
     parts: TrainingComponents,
@@ -126,8 +136,15 @@ def train_model(
     config: TrainConfig,
     device: torch.device,
     seed: int,
+    checkpoint_dir: Path | None = None,
 ) -> TrainResult:
-    """Train `parts.model` in place; restore the best weights by `config.monitor` at the end."""
+    """Train `parts.model` in place; restore the best weights by `config.monitor` at the end.
+
+    With `checkpoint_dir`, a resumable checkpoint is written there at the
+    start, after every epoch and every `config.checkpoint.every_n_batches`
+    batches; if one is already there (a Prefect retry, or `--resume`),
+    training continues from it and ends exactly as an uninterrupted run would.
+    """
     spec = data.spec
     try:
         check_task_compatibility(spec.task, monitor=config.monitor)
@@ -136,27 +153,91 @@ def train_model(
     model, loss_fn, optimizer, scheduler = parts.model, parts.loss_fn, parts.optimizer, parts.scheduler
     mode = parts.monitor_mode
     target_scale = spec.preprocessing.target_scale or 1.0
+    checkpointing = checkpoint_dir is not None and config.checkpoint.enabled
+    every_n = config.checkpoint.every_n_batches
 
     X, y = data.X_train.to(device), data.y_train.to(device)
     X_val, y_val = data.X_val.to(device), data.y_val.to(device)
     n, batch_size = len(X), config.batch_size
+    n_batches = math.ceil(n / batch_size)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout and any other sampling inside the model
     emit = _progress_printer(config.epochs) if config.progress else None
 
+    # Loop state; all of it goes into each checkpoint.
     history: list[EpochRecord] = []
-    best_score, best_epoch, best_state = math.nan, 0, None
-    stale = 0
-    stopped_early = False
+    best_score, best_epoch, best_state, stale = math.nan, 0, None, 0
+    done_epochs, start_batch, epoch_losses = 0, 0, []
+    finished = False
+    elapsed_before = 0.0
+    resumed_from = None
+
+    saved = load_checkpoint(checkpoint_dir, seed, spec.data_hash) if checkpointing else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and saved["scheduler"] is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        history = [EpochRecord(**r) for r in saved["history"]]
+        best_score, best_epoch, stale = saved["best_score"], saved["best_epoch"], saved["stale"]
+        best_state = saved["best_state"]
+        done_epochs, start_batch = saved["epoch"], saved["batch"]
+        epoch_losses = [t.to(device) for t in saved["epoch_losses"]]
+        finished, elapsed_before = saved["finished"], saved["elapsed"]
+        resumed_from = done_epochs
+        where = f"epoch {done_epochs}" + (f", batch {start_batch}" if start_batch else "")
+        _emit_line(f"resumed from {where} (checkpoint {checkpoint_dir / 'last.pt'})")
+
+    def checkpoint(epoch_generator_state: torch.Tensor, batch: int, best: bool = False) -> None:
+        if not checkpointing:
+            return
+        assert checkpoint_dir is not None
+        save_checkpoint(
+            checkpoint_dir,
+            {
+                "seed": seed,
+                "data_hash": spec.data_hash,
+                "epoch": done_epochs,
+                "batch": batch,
+                "finished": finished,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": None if scheduler is None else scheduler.state_dict(),
+                "generator": epoch_generator_state,
+                "torch_rng": torch.get_rng_state(),
+                "epoch_losses": [t.detach().cpu() for t in epoch_losses],
+                "best_score": best_score,
+                "best_epoch": best_epoch,
+                "stale": stale,
+                "best_state": best_state,
+                "history": [r.model_dump() for r in history],
+                "elapsed": elapsed_before + time.perf_counter() - started,
+            },
+            best=best,
+        )
+
     started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    if saved is None:
+        checkpoint(generator.get_state(), 0)  # a retry before the first epoch ends starts from here
+
+    def out_of_time() -> bool:  # the limit applies to each attempt, so a resumed run gets it afresh
+        limit = config.time_limit_seconds
+        return limit is not None and time.perf_counter() - started >= limit
+
+    while not finished and done_epochs < config.epochs:
+        epoch = done_epochs + 1
         epoch_start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         model.train()
+        epoch_generator_state = generator.get_state()  # replaying it gives this epoch's order again
         order = torch.randperm(n, generator=generator).to(device)
         X_epoch, y_epoch = X[order], y[order]
-        losses = []
-        for start in range(0, n, batch_size):
+        if start_batch == 0:
+            epoch_losses = []
+        for batch in range(start_batch, n_batches):
+            start = batch * batch_size
             xb, yb = X_epoch[start : start + batch_size], y_epoch[start : start + batch_size]
             loss = loss_fn(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
@@ -164,11 +245,18 @@ def train_model(
             if config.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
             optimizer.step()
-            losses.append(loss.detach())
+            epoch_losses.append(loss.detach())
+            if batch + 1 < n_batches:
+                if every_n is not None and (batch + 1) % every_n == 0:
+                    checkpoint(epoch_generator_state, batch + 1)
+                if out_of_time():
+                    checkpoint(epoch_generator_state, batch + 1)
+                    raise TimeLimitReached(_time_limit_message(config, epoch, checkpoint_dir if checkpointing else None))
+        start_batch = 0
         # Batches are equal-sized but the last; weight it by its size.
-        sizes = torch.full((len(losses),), float(batch_size), device=device)
-        sizes[-1] = n - batch_size * (len(losses) - 1)
-        train_loss = float(torch.stack(losses) @ sizes) / n
+        sizes = torch.full((n_batches,), float(batch_size), device=device)
+        sizes[-1] = n - batch_size * (n_batches - 1)
+        train_loss = float(torch.stack(epoch_losses) @ sizes) / n
         if not math.isfinite(train_loss):
             raise TrainingError(
                 f"training loss became {train_loss} in epoch {epoch}; lower optimizer.lr (now {lr:g}), "
@@ -183,7 +271,8 @@ def train_model(
             emit(record)
 
         score = metrics[config.monitor]
-        if _improved(score, best_score, mode, config.early_stopping.min_delta):
+        improved = _improved(score, best_score, mode, config.early_stopping.min_delta)
+        if improved:
             best_score, best_epoch, stale = score, epoch, 0
             if config.restore_best:
                 best_state = copy.deepcopy(model.state_dict())
@@ -194,20 +283,36 @@ def train_model(
                 scheduler.step(score)
             else:
                 scheduler.step()
-        if config.early_stopping.enabled and stale >= config.early_stopping.patience:
-            stopped_early = epoch < config.epochs
-            break
+        done_epochs = epoch
+        epoch_losses = []
+        finished = epoch >= config.epochs or (
+            config.early_stopping.enabled and stale >= config.early_stopping.patience
+        )
+        checkpoint(generator.get_state(), 0, best=improved)
+        if not finished and out_of_time():
+            raise TimeLimitReached(_time_limit_message(config, epoch, checkpoint_dir if checkpointing else None))
 
     if best_state is not None:
         model.load_state_dict(best_state)
-    seconds = time.perf_counter() - started
+    seconds = elapsed_before + time.perf_counter() - started
+    epochs_run = len(history)
     return TrainResult(
         history=tuple(history),
         monitor=config.monitor,
         best_epoch=best_epoch,
         best_score=best_score,
-        stopped_early=stopped_early,
-        epochs_run=len(history),
+        stopped_early=epochs_run < config.epochs,
+        epochs_run=epochs_run,
         seconds=seconds,
-        samples_per_second=n * len(history) / seconds if seconds > 0 else 0.0,
+        samples_per_second=n * epochs_run / seconds if seconds > 0 else 0.0,
+        resumed_from_epoch=resumed_from,
     )
+
+
+def _time_limit_message(config: TrainConfig, epoch: int, checkpoint_dir: Path | None) -> str:
+    tail = (
+        f"resume it with: python -m flows.train --resume {checkpoint_dir.parent}"
+        if checkpoint_dir is not None
+        else "no checkpoint was kept"
+    )
+    return f"train.time_limit_seconds={config.time_limit_seconds:g} reached during epoch {epoch}; {tail}"

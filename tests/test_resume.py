@@ -1,0 +1,233 @@
+"""Checkpoints and resume: an interrupted run ends bit for bit as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import tasks.train
+from schemas import ConfigError, load_config
+from tasks.checkpoint import load_checkpoint
+from tasks.data import prepare_data
+from tasks.model import build_model
+from tasks.rundir import read_run_state
+from tasks.train import TimeLimitReached, train_model
+from tests.conftest import ROOT, tiny_overrides
+
+CPU = torch.device("cpu")
+
+
+def _config(**extra: str):
+    sets = {"train.epochs": "8", "train.early_stopping.enabled": "false", "model.dropout": "0.2"}
+    sets.update(extra)
+    return load_config(None, tiny_overrides(**sets))
+
+
+def _fresh(config):
+    data = prepare_data.fn(config.data, seed=config.seed)
+    parts = build_model.fn(
+        config.model, config.loss, config.optimizer, config.scheduler, data.spec, CPU,
+        config.seed, config.train.epochs, config.train.monitor,
+    )
+    return data, parts
+
+
+def _state(parts):
+    return {k: v.clone() for k, v in parts.model.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _uninterrupted(config, tmp_path: Path):
+    data, parts = _fresh(config)
+    result = train_model.fn(parts, data, config.train, CPU, config.seed, tmp_path / "reference")
+    return result, _state(parts), parts.optimizer.state_dict()
+
+
+@pytest.mark.parametrize("scheduler", ["none", "plateau"])
+def test_failure_at_an_epoch_then_resume_is_bit_for_bit(tmp_path, monkeypatch, scheduler):
+    extra = {} if scheduler == "none" else {"scheduler.name": "plateau", "scheduler.patience": "1"}
+    config = _config(**extra)
+    reference, ref_weights, ref_opt = _uninterrupted(config, tmp_path)
+
+    real_validate = tasks.train.validate
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk went away")
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.train, "validate", failing)
+    data, parts = _fresh(config)
+    ckpt = tmp_path / "interrupted"
+    with pytest.raises(OSError):
+        train_model.fn(parts, data, config.train, CPU, config.seed, ckpt)
+    assert load_checkpoint(ckpt, config.seed, data.spec.data_hash)["epoch"] == 2
+    # The retry gets the same (now half-trained) objects, as Prefect passes them.
+    resumed = train_model.fn(parts, data, config.train, CPU, config.seed, ckpt)
+    assert resumed.resumed_from_epoch == 2
+    assert _same(_state(parts), ref_weights)
+    assert [r.train_loss for r in resumed.history] == [r.train_loss for r in reference.history]
+    assert [r.val_loss for r in resumed.history] == [r.val_loss for r in reference.history]
+    assert resumed.best_epoch == reference.best_epoch and resumed.best_score == reference.best_score
+    assert (ckpt / "best.pt").is_file() and (ckpt / "last.pt").is_file()
+
+
+def test_failure_mid_epoch_resumes_from_the_batch(tmp_path):
+    config = _config(**{"train.checkpoint.every_n_batches": "2"})
+    reference, ref_weights, _ = _uninterrupted(config, tmp_path)
+
+    data, parts = _fresh(config)
+    real_loss = parts.loss_fn
+    calls = []
+
+    def flaky_loss(out, y):
+        calls.append(1)
+        if len(calls) == 3 * 8 + 5:  # epoch 4, batch 5 (7 batches and 1 validation call per epoch)
+            raise ConnectionError("lost the data share")
+        return real_loss(out, y)
+
+    parts.loss_fn = flaky_loss
+    ckpt = tmp_path / "interrupted"
+    with pytest.raises(ConnectionError):
+        train_model.fn(parts, data, config.train, CPU, config.seed, ckpt)
+    saved = load_checkpoint(ckpt, config.seed, data.spec.data_hash)
+    assert (saved["epoch"], saved["batch"]) == (3, 4)
+    resumed = train_model.fn(parts, data, config.train, CPU, config.seed, ckpt)
+    assert _same(_state(parts), ref_weights)
+    assert [r.train_loss for r in resumed.history] == [r.train_loss for r in reference.history]
+
+
+def test_time_limit_leaves_a_resumable_checkpoint(tmp_path):
+    config = _config(**{"train.time_limit_seconds": "1e-9"})
+    data, parts = _fresh(config)
+    ckpt = tmp_path / "run" / "checkpoints"
+    with pytest.raises(TimeLimitReached, match=f"resume it with: python -m flows.train --resume {tmp_path / 'run'}"):
+        train_model.fn(parts, data, config.train, CPU, config.seed, ckpt)
+    assert load_checkpoint(ckpt, config.seed, data.spec.data_hash)["batch"] == 1
+    reference, ref_weights, _ = _uninterrupted(_config(), tmp_path)
+    unlimited = config.train.model_copy(update={"time_limit_seconds": None})
+    train_model.fn(parts, data, unlimited, CPU, config.seed, ckpt)
+    assert _same(_state(parts), ref_weights)
+
+
+def test_a_checkpoint_of_another_seed_is_refused(tmp_path):
+    config = _config()
+    data, parts = _fresh(config)
+    train_model.fn(parts, data, config.train, CPU, config.seed, tmp_path)
+    with pytest.raises(ConfigError, match="checkpoint was made with seed=0, this run has seed=5"):
+        train_model.fn(parts, data, config.train, CPU, 5, tmp_path)
+
+
+def test_checkpoints_load_without_pickle(tmp_path):
+    config = _config()
+    data, parts = _fresh(config)
+    train_model.fn(parts, data, config.train, CPU, config.seed, tmp_path)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)  # raises on any pickled object
+    assert state["epoch"] == 8 and state["finished"] is True
+
+
+@pytest.mark.slow
+def test_prefect_retry_resumes_inside_the_flow(prefect_api, tmp_path, monkeypatch):
+    from flows.train import train_flow
+
+    config = _config(**{"train.retry.retries": "1", "train.retry.delay_seconds": "0"})
+    train_flow(config=config, run_dir=str(tmp_path / "clean"))
+
+    real_validate = tasks.train.validate
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise ConnectionResetError("transient")
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.train, "validate", failing)
+    summary = train_flow(config=config, run_dir=str(tmp_path / "retried"))
+    assert summary.epochs_run == 8
+    clean = (tmp_path / "clean" / "model" / "weights.safetensors").read_bytes()
+    retried = (tmp_path / "retried" / "model" / "weights.safetensors").read_bytes()
+    assert clean == retried
+    a = json.loads((tmp_path / "clean" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "retried" / "metrics.json").read_text())
+    assert a["test"] == b["test"] and a["confusion_matrix"] == b["confusion_matrix"]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_matches_an_uninterrupted_run(run_cli, prefect_api, tmp_path, capsys):
+    sets = {
+        "name": "kill-test",
+        "data.source.name": "digits",
+        "model.hidden_sizes": "[64]",
+        "train.epochs": "40",
+        "train.batch_size": "32",
+        "train.early_stopping.enabled": "false",
+        "train.checkpoint.every_n_batches": "5",
+        "train.progress": "true",
+        "device": "cpu",
+        "device.threads": "1",
+    }
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_LOGGING")}
+    env["PREFECT_API_URL"] = prefect_api
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.train", *args, "--run-dir", "killed"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    last = tmp_path / "killed" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        line = proc.stderr.readline()
+        if line.startswith("epoch ") and int(line.split()[1].split("/")[0]) >= 3:
+            time.sleep(0.05)  # land somewhere inside a later epoch
+            break
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert last.is_file()
+    assert read_run_state(tmp_path / "killed")["state"] == "running"
+    assert not (tmp_path / "killed" / "model").exists()
+
+    resumed = run_cli("flows.train", "--resume", "killed")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from epoch" in resumed.stderr
+    assert read_run_state(tmp_path / "killed")["state"] == "completed"
+
+    from flows.train import train_flow
+
+    train_flow(config=load_config(tmp_path / "killed" / "config.yaml"), run_dir=str(tmp_path / "clean"))
+    clean = (tmp_path / "clean" / "model" / "weights.safetensors").read_bytes()
+    assert (tmp_path / "killed" / "model" / "weights.safetensors").read_bytes() == clean
+
+    from flows.train import main
+
+    assert main(["--resume", str(tmp_path / "killed")]) == 2
+    assert "the run already completed" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_different_config_unless_forced(tmp_path):
+    from schemas.loading import config_to_yaml, resume_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = _config()
+    (run / "config.yaml").write_text(config_to_yaml(config))
+    assert resume_config(run, None, []) == config
+    assert resume_config(run, None, ["train.progress=true", "train.time_limit_seconds=60"]).train.progress
+    with pytest.raises(ConfigError, match=r"differs from the run's in optimizer.lr: 0.01 -> 0.02; train.epochs: 8 -> 9"):
+        resume_config(run, None, ["train.epochs=9", "optimizer.lr=0.02"])
+    assert resume_config(run, None, ["train.epochs=9"], force=True).train.epochs == 9
