@@ -230,3 +230,35 @@ def test_cli_predict_missing_column(prefect_api, capsys, tmp_path, monkeypatch, 
     assert "missing feature column(s): petal width (cm)" in err
     assert "Traceback" not in err
     assert not (tmp_path / "m.csv").exists()
+
+
+def test_runs_started_together_get_their_own_directories(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.rundir import create_run_dir
+
+    with ThreadPoolExecutor(8) as pool:
+        dirs = list(pool.map(lambda _: create_run_dir(None, "same", root=tmp_path), range(16)))
+    assert len(set(dirs)) == 16 and all(d.is_dir() for d in dirs)
+
+
+def test_run_dir_that_holds_files_is_refused(tmp_path):
+    from schemas import ConfigError
+    from tasks.rundir import create_run_dir
+
+    (tmp_path / "old.txt").write_text("x")
+    with pytest.raises(ConfigError, match="already holds files"):
+        create_run_dir(tmp_path, "x")
+
+
+def test_readme_library_example_runs(prefect_api, monkeypatch):
+    import re
+
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"Compose your own flow from the tasks:\n\n```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(ROOT)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["report"].metrics["accuracy"] > namespace["report"].baseline["accuracy"]
