@@ -12,7 +12,6 @@ gather per epoch, then views), which is faster than a per-sample DataLoader.
 
 from __future__ import annotations
 
-import copy
 import math
 import sys
 import time
@@ -275,7 +274,7 @@ def train_model(
         if improved:
             best_score, best_epoch, stale = score, epoch, 0
             if config.restore_best:
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
         if scheduler is not None:

@@ -1,0 +1,1 @@
+"""Benchmarks for the workflow's tasks; run them all with `python -m benchmarks [--quick]`."""

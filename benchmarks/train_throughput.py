@@ -1,0 +1,426 @@
+"""Training throughput: the library's training loop against two hand-written loops.
+
+    python -m benchmarks.train_throughput                  # full size: about 2 minutes on 2 cores
+    python -m benchmarks.train_throughput --quick          # digits only, 3 rounds
+    python -m benchmarks.train_throughput --rounds 7 --epochs 5 --threads 1 --restore-best --output out.md
+
+Torch uses as many CPU threads as `tasks.device.available_cores()` unless --threads says otherwise.
+
+Cases, all in one process, on the same model initialisation, data, batch size
+and number of epochs (early stopping off):
+
+  A library     `tasks.train.train_model.fn` (the task body, without Prefect's
+                orchestration) without a checkpoint directory: seeded
+                permutation + slicing, per-epoch validation, train-loss
+                tracking and epoch records. `train.restore_best` is off: its
+                copy of the weights at each improving epoch has no
+                counterpart in B and C and costs A a few percent on the
+                digits MLP; --restore-best turns it back on (the library's
+                default) to measure that too.
+  B slicing     hand-written: per epoch `randperm`, one gather `X[perm]`, then
+                batch slices; forward, loss, zero_grad, backward, step.
+  C dataloader  `DataLoader(TensorDataset(X, y), shuffle=True)` with the same step.
+
+A validates on the val split every epoch, so B and C run the same validation
+pass (eval mode, `torch.inference_mode()`, loss and accuracy in chunks of
+`tasks.train.EVAL_CHUNK` rows): A/B and A/C with validation are the headline
+ratios. B and C also time their validation pass, so their train-only
+throughput (time minus validation) is reported beside it.
+
+Workloads: the digits MLP (default config) and the digits CNN (`model.kind=cnn`),
+10 epochs each, and, unless --quick, a synthetic 200,000 x 32 four-class table
+(batch 256, 1 epoch, read from an NPZ in a temporary directory).
+
+Method: one warm-up round (discarded), then N interleaved rounds, each running
+every case once; the order rotates (ABC, BCA, CAB, ...) so that no case always
+runs in the same position. Each run builds fresh components with the same seed
+and starts after a `gc.collect()`, outside the timed part. Reported per case:
+median samples/s (train rows x epochs / wall time) and its min-max; per
+workload: the median of the per-round ratios A/B and A/C, and the process's
+peak RSS so far. The project's target is A >= 0.97x B (with validation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from schemas.loading import load_config
+from schemas.run import RunConfig
+from tasks.data import PreparedData, prepare_data
+from tasks.device import available_cores
+from tasks.model import TrainingComponents, build_model
+from tasks.train import EVAL_CHUNK, train_model
+
+TARGET = 0.97  # the project's target for A/B (with validation)
+CPU = torch.device("cpu")
+BASE_OVERRIDES = ("train.progress=false", "device=cpu", "train.early_stopping.enabled=false")
+CASE_NOTES = {
+    "A": "library: tasks.train.train_model.fn, no checkpoint_dir (per-epoch validation, loss tracking, "
+    "restore_best={restore_best})",
+    "B": "slicing: randperm + X[perm] + batch slices, same per-epoch validation pass",
+    "C": "dataloader: DataLoader(TensorDataset, shuffle=True), same per-epoch validation pass",
+}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A named config (overrides on the defaults) and how many epochs each run trains."""
+
+    name: str
+    overrides: tuple[str, ...]
+    epochs: int
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One timed training run."""
+
+    seconds: float
+    val_seconds: float | None  # time in the validation pass; None where it cannot be separated (A)
+    val_loss: float  # after the last epoch
+    val_accuracy: float
+
+
+@dataclass(frozen=True)
+class CaseStats:
+    """One case's timed rounds on one workload."""
+
+    samples_per_second: tuple[float, ...]
+    train_only_samples_per_second: tuple[float, ...] | None
+    val_loss: float  # after the last epoch of the last round
+    val_accuracy: float
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples_per_second)
+
+
+@dataclass(frozen=True)
+class WorkloadResult:
+    workload: Workload
+    n_train: int
+    batch_size: int
+    cases: dict[str, CaseStats]
+    # Per timed round, A's samples/s over B's or C's: "A/B", "A/C", "A/B train-only", "A/C train-only".
+    round_ratios: dict[str, tuple[float, ...]]
+    peak_rss_mib: float  # the process's high-water mark after this workload
+
+    @property
+    def ratios(self) -> dict[str, float]:
+        """The median of each ratio over the rounds."""
+        return {name: statistics.median(values) for name, values in self.round_ratios.items()}
+
+    @property
+    def target_met(self) -> bool:
+        return self.ratios["A/B"] >= TARGET
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+def default_workloads(quick: bool, epochs: int | None, directory: Path) -> list[Workload]:
+    """The digits MLP and CNN, plus (unless quick) the synthetic table written under `directory`."""
+    digits_epochs = epochs or 10
+    workloads = [
+        Workload("digits-mlp", (), digits_epochs),
+        Workload("digits-cnn", ("model.kind=cnn",), digits_epochs),
+    ]
+    if not quick:
+        path = write_synthetic_table(directory / "tabular.npz")
+        workloads.append(
+            Workload(
+                "tabular-200k-mlp",
+                ("data.source.kind=npz", f"data.source.path={path}", "train.batch_size=256"),
+                epochs or 1,
+            )
+        )
+    return workloads
+
+
+def write_synthetic_table(path: Path, rows: int = 200_000, features: int = 32, classes: int = 4) -> Path:
+    """A seeded NPZ: Gaussian features, labels from a noisy random linear map."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((rows, features), dtype=np.float32)
+    logits = X @ rng.standard_normal((features, classes)) + rng.standard_normal((rows, classes))
+    np.savez(path, X=X, y=logits.argmax(axis=1))
+    return path
+
+
+def load_workload(workload: Workload, restore_best: bool = False) -> tuple[RunConfig, PreparedData]:
+    """The config and prepared data; the baselines cover classification without an LR scheduler."""
+    overrides = [
+        *BASE_OVERRIDES, *workload.overrides,
+        f"train.epochs={workload.epochs}", f"train.restore_best={str(restore_best).lower()}",
+    ]
+    config = load_config(None, overrides)
+    data = prepare_data.fn(config.data, seed=config.seed)
+    if data.spec.task != "classification" or config.scheduler is not None:
+        raise ValueError(f"{workload.name}: the baselines support classification without an LR scheduler")
+    return config, data
+
+
+# --------------------------------------------------------------------------- the cases
+
+
+def fresh_components(config: RunConfig, data: PreparedData) -> TrainingComponents:
+    """Model, loss and optimizer, seeded, so every run starts from the same weights."""
+    return build_model.fn(
+        config.model, config.loss, config.optimizer, config.scheduler, data.spec, CPU,
+        config.seed, config.train.epochs, config.train.monitor,
+    )
+
+
+def time_library(config: RunConfig, data: PreparedData) -> Timing:
+    """Case A: the library's training task body."""
+    parts = fresh_components(config, data)
+    start = time.perf_counter()
+    result = train_model.fn(parts, data, config.train, CPU, config.seed)
+    seconds = time.perf_counter() - start
+    last = result.history[-1]
+    return Timing(seconds, None, last.val_loss, float(last.val_accuracy))  # set: load_workload checks the task
+
+
+def time_slicing(config: RunConfig, data: PreparedData) -> Timing:
+    """Case B: a seeded permutation, one gather per epoch, then batch slices."""
+    parts = fresh_components(config, data)
+    X, y = data.X_train, data.y_train
+    n, batch_size = len(X), config.train.batch_size
+    start = time.perf_counter()
+    generator = _seeded_generator(config.seed)
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        perm = torch.randperm(n, generator=generator)
+        X_epoch, y_epoch = X[perm], y[perm]
+        for i in range(0, n, batch_size):
+            yield X_epoch[i : i + batch_size], y_epoch[i : i + batch_size]
+
+    return _train_and_validate(parts, data, config.train.epochs, batches, start)
+
+
+def time_dataloader(config: RunConfig, data: PreparedData) -> Timing:
+    """Case C: a shuffling DataLoader over a TensorDataset."""
+    parts = fresh_components(config, data)
+    start = time.perf_counter()
+    loader = DataLoader(
+        TensorDataset(data.X_train, data.y_train), batch_size=config.train.batch_size, shuffle=True,
+        generator=_seeded_generator(config.seed),
+    )
+    return _train_and_validate(parts, data, config.train.epochs, lambda: loader, start)
+
+
+def _seeded_generator(seed: int) -> torch.Generator:
+    """The batch-order generator; also seeds torch's global RNG (dropout), as A does."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _train_and_validate(
+    parts: TrainingComponents,
+    data: PreparedData,
+    epochs: int,
+    batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    start: float,
+) -> Timing:
+    """The baselines' loop; `batches()` gives each epoch's (x, y) batches; timed from `start`."""
+    model, loss_fn, optimizer = parts.model, parts.loss_fn, parts.optimizer
+    val_seconds = 0.0
+    for _ in range(epochs):
+        model.train()
+        for xb, yb in batches():
+            loss = loss_fn(model(xb), yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        val_start = time.perf_counter()
+        val_loss, val_accuracy = _validate(parts, data.X_val, data.y_val)
+        val_seconds += time.perf_counter() - val_start
+    return Timing(time.perf_counter() - start, val_seconds, val_loss, val_accuracy)
+
+
+@torch.inference_mode()
+def _validate(parts: TrainingComponents, X: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean loss and accuracy in eval mode, in chunks: the same work as A's per-epoch validation."""
+    parts.model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(X), EVAL_CHUNK):
+        xb, yb = X[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
+        out = parts.model(xb)
+        loss_sum += float(parts.loss_fn(out, yb)) * len(xb)
+        correct += int((out.argmax(dim=1) == yb).sum())
+    return loss_sum / len(X), correct / len(X)
+
+
+CASES: dict[str, Callable[[RunConfig, PreparedData], Timing]] = {
+    "A": time_library,
+    "B": time_slicing,
+    "C": time_dataloader,
+}
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_workload(workload: Workload, rounds: int, restore_best: bool = False) -> WorkloadResult:
+    """One warm-up round, then `rounds` rounds running each case once, in a rotating order."""
+    config, data = load_workload(workload, restore_best)
+    samples = len(data.X_train) * workload.epochs
+    timings: dict[str, list[Timing]] = {label: [] for label in CASES}
+    for round_index in range(rounds + 1):
+        print(f"{workload.name}: {'warm-up' if round_index == 0 else f'round {round_index}/{rounds}'}",
+              file=sys.stderr, flush=True)
+        for label in _rotated(list(CASES), round_index):
+            gc.collect()
+            timing = CASES[label](config, data)
+            if round_index > 0:
+                timings[label].append(timing)
+
+    cases = {}
+    for label, runs in timings.items():
+        train_only = None
+        if runs[0].val_seconds is not None:
+            train_only = tuple(samples / (t.seconds - t.val_seconds) for t in runs)
+        cases[label] = CaseStats(
+            samples_per_second=tuple(samples / t.seconds for t in runs),
+            train_only_samples_per_second=train_only,
+            val_loss=runs[-1].val_loss,
+            val_accuracy=runs[-1].val_accuracy,
+        )
+    a = cases["A"].samples_per_second
+    round_ratios = {}
+    for base in ("B", "C"):
+        round_ratios[f"A/{base}"] = _divide(a, cases[base].samples_per_second)
+        round_ratios[f"A/{base} train-only"] = _divide(a, cases[base].train_only_samples_per_second)
+    return WorkloadResult(
+        workload, len(data.X_train), config.train.batch_size, cases, round_ratios, peak_rss_mib()
+    )
+
+
+def _divide(numerators: tuple[float, ...], denominators: tuple[float, ...] | None) -> tuple[float, ...]:
+    assert denominators is not None  # the baselines time their validation separately
+    return tuple(x / y for x, y in zip(numerators, denominators))
+
+
+def _rotated(labels: list[str], shift: int) -> list[str]:
+    shift %= len(labels)
+    return labels[shift:] + labels[:shift]
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident set size (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def format_report(results: list[WorkloadResult], threads: int, rounds: int, restore_best: bool) -> str:
+    """A markdown report: what each case includes, throughput per case, ratios per workload."""
+    notes = {label: note.format(restore_best=str(restore_best).lower()) for label, note in CASE_NOTES.items()}
+    lines = [
+        f"## Training throughput (torch {torch.__version__}, {threads} thread(s), {rounds} rounds "
+        "+ 1 warm-up discarded; each round runs every case once, order rotating ABC, BCA, CAB)",
+        "",
+        "Same model init, data, batch size and epochs in every case; early stopping off.",
+        *(f"- {label} {note}" for label, note in notes.items()),
+        "- train-only: B/C wall time minus their validation pass (A's cannot be separated)",
+        "",
+        "| workload | train rows | batch | epochs | case | median samples/s | min-max samples/s "
+        "| final val loss | final val acc |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        workload = result.workload
+        head = f"| {workload.name} | {result.n_train:,} | {result.batch_size} | {workload.epochs} "
+        blank = "|  |  |  |  "
+        for i, (label, stats) in enumerate(result.cases.items()):
+            name = notes[label].split(":")[0]
+            lines.append(
+                f"{head if i == 0 else blank}| {label} {name} | {stats.median:,.0f} "
+                f"| {_span(stats.samples_per_second)} | {stats.val_loss:.4f} | {stats.val_accuracy:.4f} |"
+            )
+            train_only = stats.train_only_samples_per_second
+            if train_only is not None:
+                lines.append(
+                    f"{blank}| {label} {name}, train-only | {statistics.median(train_only):,.0f} "
+                    f"| {_span(train_only)} |  |  |"
+                )
+    lines += [
+        "",
+        f"| workload | A/B | A/B min-max | A/C | A/B train-only | A/C train-only | A >= {TARGET}x B "
+        "| peak RSS so far (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for result in results:
+        r = result.ratios
+        ab = result.round_ratios["A/B"]
+        lines.append(
+            f"| {result.workload.name} | {r['A/B']:.3f} | {min(ab):.2f}-{max(ab):.2f} | {r['A/C']:.3f} "
+            f"| {r['A/B train-only']:.3f} | {r['A/C train-only']:.3f} "
+            f"| {'met' if result.target_met else 'NOT met'} | {result.peak_rss_mib:,.0f} |"
+        )
+    missed = [r.workload.name for r in results if not r.target_met]
+    lines += [
+        "",
+        "Ratios are medians of per-round ratios of samples/s (above 1: A is faster); "
+        "A/B min-max is their spread over the rounds.",
+        f"Target A >= {TARGET}x B (with validation): "
+        + (f"NOT met on {', '.join(missed)}" if missed else "met on every workload") + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _span(values: tuple[float, ...]) -> str:
+    return f"{min(values):,.0f}-{max(values):,.0f}"
+
+
+def main(argv: list[str] | None = None) -> list[WorkloadResult]:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.train_throughput",
+        description="Training throughput of tasks.train.train_model against hand-written loops.",
+    )
+    parser.add_argument("--rounds", type=int, help="timed rounds after the warm-up (default 5; 3 with --quick)")
+    parser.add_argument(
+        "--epochs", type=int, help="epochs per run for every workload (default: 10 on digits, 1 on the table)"
+    )
+    parser.add_argument("--quick", action="store_true", help="digits workloads only, 3 rounds")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: the cores available)")
+    parser.add_argument(
+        "--restore-best", action="store_true",
+        help="run A with train.restore_best=true, the library default (off here: B and C have no counterpart)",
+    )
+    parser.add_argument("--output", type=Path, help="also write the markdown report to this file")
+    args = parser.parse_args(argv)
+    for name in ("rounds", "epochs", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be at least 1")
+    rounds = args.rounds or (3 if args.quick else 5)
+    threads = args.threads or available_cores()
+    torch.set_num_threads(threads)
+
+    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
+        workloads = default_workloads(args.quick, args.epochs, Path(tmp))
+        results = [run_workload(workload, rounds, args.restore_best) for workload in workloads]
+    report = format_report(results, threads, rounds, args.restore_best)
+    print(report)
+    if args.output is not None:
+        args.output.write_text(report, encoding="utf-8")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""Smoke test for the training-throughput benchmark at a tiny size (no timing targets)."""
+
+from __future__ import annotations
+
+import math
+
+from benchmarks.train_throughput import Workload, format_report, run_workload
+
+
+def test_train_throughput_runs_all_three_cases():
+    workload = Workload("iris-tiny", ("data.source.name=iris", "model.hidden_sizes=[8]"), epochs=1)
+    result = run_workload(workload, rounds=1)
+
+    assert set(result.cases) == {"A", "B", "C"}
+    for stats in result.cases.values():
+        assert len(stats.samples_per_second) == 1
+        assert all(rate > 0 for rate in stats.samples_per_second)
+    assert set(result.ratios) == {"A/B", "A/C", "A/B train-only", "A/C train-only"}
+    assert all(math.isfinite(ratio) and ratio > 0 for ratio in result.ratios.values())
+    assert all(len(values) == 1 for values in result.round_ratios.values())
+    # A and B share init, batch order and dropout seed: the same training, so the same val loss.
+    assert math.isclose(result.cases["A"].val_loss, result.cases["B"].val_loss, rel_tol=1e-6)
+    assert "iris-tiny" in format_report([result], threads=1, rounds=1, restore_best=False)
