@@ -46,18 +46,24 @@ def _read_npz_features(path: Path, n_features: int) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"input file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "X" not in archive.files:
-                raise DataError(f"{path}: missing array X; found: {', '.join(archive.files) or 'none'}")
-            X = archive["X"]
+        archive = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: not a readable .npz archive with numeric X: {exc}") from None
+        raise DataError(f"{path}: not a readable .npz archive: {exc}") from None
+    if not hasattr(archive, "files"):
+        raise DataError(f"{path}: is a single .npy array; expected an .npz archive with X")
+    with archive:
+        if "X" not in archive.files:
+            raise DataError(f"{path}: missing array X; found: {', '.join(archive.files) or 'none'}")
+        try:
+            X = archive["X"]
+        except ValueError as exc:
+            raise DataError(f"{path}: X must be numeric (no pickled objects): {exc}") from None
     if X.ndim == 0 or X.shape[0] == 0:
         raise DataError(f"{path}: X has no rows to predict")
     X = X.reshape(X.shape[0], -1) if X.ndim > 1 else X
     if X.ndim != 2 or X.shape[1] != n_features:
         raise DataError(f"{path}: X has shape {X.shape}; the model expects rows of {n_features} features")
-    if not np.issubdtype(X.dtype, np.number):
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
         raise DataError(f"{path}: X has dtype {X.dtype}; expected numbers")
     return X
 

@@ -50,19 +50,21 @@ def train_flow(config: RunConfig = RunConfig(), run_dir: str | None = None, resu
     if resume:
         if run_dir is None:
             raise ConfigError("resume needs the run directory to continue")
-        path = open_run_dir_for_resume(run_dir)
+        path = open_run_dir_for_resume(run_dir, config.save.dirname)
     else:
         path = create_run_dir(run_dir, config.name)
-    atomic_write_text(path / "config.yaml", config_to_yaml(config))
-    mark_running(path)
+    # Without checkpoints a retry would restart on half-trained weights: don't retry then.
+    train_retry = retry_options(config.train.retry) if config.train.checkpoint.enabled else {"retries": 0}
     try:
+        atomic_write_text(path / "config.yaml", config_to_yaml(config))
+        mark_running(path)
         device = select_device.with_options(**retry_options(config.device.retry))(config.device)
         data = prepare_data.with_options(**retry_options(config.data.retry))(config.data, config.seed)
         parts = build_model(
             config.model, config.loss, config.optimizer, config.scheduler, data.spec,
             device.torch_device, config.seed, config.train.epochs, config.train.monitor,
         )
-        result = train_model.with_options(**retry_options(config.train.retry))(
+        result = train_model.with_options(**train_retry)(
             parts, data, config.train, device.torch_device, config.seed, path / "checkpoints"
         )
         report = evaluate_model.with_options(**retry_options(config.evaluate.retry))(

@@ -60,6 +60,11 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _spec_hash(spec: Any) -> str:
+    """Hash of the data spec (names, scaler statistics) as canonical JSON."""
+    return _sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode())
+
+
 def package_versions() -> dict[str, str]:
     def version(name: str) -> str:
         try:
@@ -179,6 +184,7 @@ def write_bundle(
         "seed": config.seed,
         "task": spec.task,
         "spec": spec.model_dump(mode="json"),
+        "spec_sha256": _spec_hash(spec.model_dump(mode="json")),
         "metrics": None if report is None else report.model_dump(mode="json"),
         "versions": package_versions(),
         "files": {WEIGHTS: _sha256(weights), CONFIG: _sha256(config_text)},
@@ -221,6 +227,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedBu
         config = validate_config(config_data if isinstance(config_data, dict) else {}, source=str(path / CONFIG))
     except (ConfigError, yaml.YAMLError) as exc:
         raise BundleError(f"{path / CONFIG}: not a valid run config: {exc}") from None
+    if _spec_hash(manifest.get("spec")) != manifest.get("spec_sha256"):
+        raise BundleError(
+            f"{path / MANIFEST}: the data spec (feature and class names, scaler statistics) does not match "
+            "its recorded sha256; the file was modified after saving"
+        )
     try:
         spec = DataSpec.model_validate(manifest["spec"])
     except (ValidationError, KeyError) as exc:

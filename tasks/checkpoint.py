@@ -56,10 +56,13 @@ def load_checkpoint(directory: Path, seed: int, data_hash: str) -> dict[str, Any
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise  # I/O trouble may be transient: the stage's retry policy decides
     except Exception as exc:  # a truncated or foreign file: say which, don't guess
         raise ConfigError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(f"{path}: checkpoint format {state.get('format_version')!r} is not supported")
+    version = state.get("format_version") if isinstance(state, dict) else None
+    if version != FORMAT_VERSION:
+        raise ConfigError(f"{path}: checkpoint format {version!r} is not supported (expected {FORMAT_VERSION})")
     if state.get("seed") != seed:
         raise ConfigError(
             f"{path}: checkpoint was made with seed={state.get('seed')}, this run has seed={seed}; "

@@ -456,15 +456,21 @@ def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
         stratify = False
 
     idx = np.arange(len(y))
-    rest, test_idx = train_test_split(
-        idx, test_size=config.split.test, random_state=seed, stratify=y if stratify else None
-    )
-    train_idx, val_idx = train_test_split(
-        rest,
-        test_size=val_fraction_of_rest(config.split),
-        random_state=seed,
-        stratify=y[rest] if stratify else None,
-    )
+    try:
+        rest, test_idx = train_test_split(
+            idx, test_size=config.split.test, random_state=seed, stratify=y if stratify else None
+        )
+        train_idx, val_idx = train_test_split(
+            rest,
+            test_size=val_fraction_of_rest(config.split),
+            random_state=seed,
+            stratify=y[rest] if stratify else None,
+        )
+    except ValueError as exc:  # scikit-learn's own check of what a stratified split can hold
+        raise DataError(
+            f"{raw.source}: cannot split with data.split val={config.split.val:g}, test={config.split.test:g}: "
+            f"{_first_line(exc)}. Change the split fractions, add rows, or set data.split.stratify=false"
+        ) from None
     train_idx, val_idx, test_idx = np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)
 
     pre = fit_preprocessing(

@@ -92,8 +92,12 @@ def create_run_dir(run_dir: str | Path | None, name: str, root: Path = DEFAULT_R
     raise ConfigError(f"could not create a unique run directory under {root}")
 
 
-def open_run_dir_for_resume(run_dir: str | Path) -> Path:
-    """An existing run directory that may be resumed: not completed, not running elsewhere."""
+def open_run_dir_for_resume(run_dir: str | Path, bundle_dirname: str = "model") -> Path:
+    """An existing run directory that may be resumed: not completed, not running elsewhere.
+
+    A bundle left by an attempt that died before the run was marked completed
+    is removed: the resumed run writes the same bundle again.
+    """
     path = Path(run_dir).expanduser().resolve()
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"--resume {path}: no run there (config.yaml is missing)")
@@ -111,6 +115,7 @@ def open_run_dir_for_resume(run_dir: str | Path) -> Path:
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
+    shutil.rmtree(path / bundle_dirname, ignore_errors=True)
     return path
 
 
@@ -133,7 +138,20 @@ def mark_running(run_dir: Path, extra: dict[str, Any] | None = None) -> None:
 
 
 def mark_finished(run_dir: Path, error: BaseException | None = None) -> None:
-    """Record `completed`, or `failed` with the error's type, message and traceback."""
+    """Record `completed`, or `failed` with the error's type, message and traceback.
+
+    Recording a failure never raises: the original error is the one to report.
+    """
+    if error is not None:
+        try:
+            _record_finish(run_dir, error)
+        except Exception:
+            pass
+        return
+    _record_finish(run_dir, None)
+
+
+def _record_finish(run_dir: Path, error: BaseException | None) -> None:
     path = run_dir / RUN_STATE
     try:
         state = json.loads(path.read_text(encoding="utf-8"))

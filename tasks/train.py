@@ -179,6 +179,8 @@ def train_model(
             scheduler.load_state_dict(saved["scheduler"])
         generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
+        if saved.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
         history = [EpochRecord(**r) for r in saved["history"]]
         best_score, best_epoch, stale = saved["best_score"], saved["best_epoch"], saved["stale"]
         best_state = saved["best_state"]
@@ -206,6 +208,7 @@ def train_model(
                 "scheduler": None if scheduler is None else scheduler.state_dict(),
                 "generator": epoch_generator_state,
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                 "epoch_losses": [t.detach().cpu() for t in epoch_losses],
                 "best_score": best_score,
                 "best_epoch": best_epoch,

@@ -402,3 +402,12 @@ def test_manifest_of_another_format(iris_copy):
     file = iris_copy / "bundle.json"
     file.write_text(json.dumps({"format": "something-else", "format_version": 1}))
     _raises(iris_copy, str(file), f"not a {FORMAT} manifest")
+
+
+def test_relabelled_classes_in_the_manifest_are_detected(iris_copy):
+    file = iris_copy / "bundle.json"
+    manifest = json.loads(file.read_text())
+    names = manifest["spec"]["class_names"]
+    manifest["spec"]["class_names"] = [names[1], names[0], names[2]]
+    file.write_text(json.dumps(manifest))
+    _raises(iris_copy, "bundle.json", "data spec", "does not match its recorded sha256")

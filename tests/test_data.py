@@ -582,3 +582,12 @@ def test_data_hash_is_stable_and_sees_one_changed_value(tmp_path):
     relabelled = frame.copy()
     relabelled.loc[17, "y"] = "dog" if frame.loc[17, "y"] != "dog" else "cat"
     assert _prepare(_csv_config(_csv(tmp_path, relabelled, "relabelled.csv"))).spec.data_hash != first
+
+
+def test_a_split_scikit_learn_cannot_stratify_is_a_data_error(tmp_path):
+    frame = pd.DataFrame({"x": np.arange(100.0), "y": [0] * 97 + [1] * 3})
+    path = _csv(tmp_path, frame)
+    with pytest.raises(DataError) as info:
+        _prepare(_csv_config(path, split=SplitConfig(val=0.25, test=0.6)))
+    message = str(info.value)
+    assert str(path) in message and "data.split.stratify=false" in message

@@ -231,3 +231,35 @@ def test_resume_refuses_a_different_config_unless_forced(tmp_path):
     with pytest.raises(ConfigError, match=r"differs from the run's in optimizer.lr: 0.01 -> 0.02; train.epochs: 8 -> 9"):
         resume_config(run, None, ["train.epochs=9", "optimizer.lr=0.02"])
     assert resume_config(run, None, ["train.epochs=9"], force=True).train.epochs == 9
+
+
+def test_resume_refuses_turning_checkpoints_off(tmp_path):
+    from schemas.loading import config_to_yaml, resume_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(config_to_yaml(_config()))
+    with pytest.raises(ConfigError, match="train.checkpoint.enabled: True -> False"):
+        resume_config(run, None, ["train.checkpoint.enabled=false"])
+    assert resume_config(run, None, ["train.checkpoint.every_n_batches=3"]).train.checkpoint.every_n_batches == 3
+
+
+def test_a_checkpoint_that_is_not_a_mapping_is_a_clear_error(tmp_path):
+    torch.save([1, 2], tmp_path / "last.pt")
+    with pytest.raises(ConfigError, match="checkpoint format None is not supported"):
+        load_checkpoint(tmp_path, 0, "x")
+
+
+@pytest.mark.slow
+def test_resume_after_the_bundle_was_written_but_the_run_not_marked(prefect_api, tmp_path):
+    from flows.train import train_flow
+    from tasks.rundir import mark_running
+
+    config = _config()
+    train_flow(config=config, run_dir=str(tmp_path / "run"))
+    reference = (tmp_path / "run" / "model" / "weights.safetensors").read_bytes()
+    mark_running(tmp_path / "run", {"pid": 2**22 + 7})  # as if killed after saving, before completing
+    summary = train_flow(config=config, run_dir=str(tmp_path / "run"), resume=True)
+    assert summary.epochs_run == 8
+    assert (tmp_path / "run" / "model" / "weights.safetensors").read_bytes() == reference
+    assert read_run_state(tmp_path / "run")["state"] == "completed"
