@@ -262,3 +262,10 @@ def test_readme_library_example_runs(prefect_api, monkeypatch):
     namespace: dict = {}
     exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["report"].metrics["accuracy"] > namespace["report"].baseline["accuracy"]
+
+
+def test_save_disabled_writes_no_bundle(prefect_api, tmp_path):
+    config = load_config(None, tiny_overrides(**{"save.enabled": "false"}))
+    summary = _train(config, tmp_path / "run")
+    assert summary.bundle is None and not (tmp_path / "run" / "model").exists()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"] == summary.test
