@@ -100,6 +100,8 @@ def resume_config(
     unless `force`.
     """
     saved_file = Path(run_dir) / "config.yaml"
+    if not saved_file.is_file():
+        raise ConfigError(f"--resume {run_dir}: no run there (config.yaml is missing)")
     saved = load_config(saved_file)
     base = read_yaml_mapping(path) if path is not None else saved.model_dump(mode="json")
     config = validate_config(apply_overrides(base, overrides), source=str(path or saved_file))
@@ -165,7 +167,10 @@ def _format_one(err: dict[str, Any], data: Any) -> str:
     kind = err["type"]
     if kind == "value_error":
         msg = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
-        return f"{key}: {msg}" if key else msg
+        value = err.get("input")
+        if not key:
+            return msg
+        return f"{key} = {value!r}: {msg}" if isinstance(value, (str, int, float)) else f"{key}: {msg}"
     if kind == "extra_forbidden":
         allowed = _allowed_keys(raw_loc[:-1])
         unknown = str(raw_loc[-1])
