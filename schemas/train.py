@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from schemas.base import RetryPolicy, StrictModel
 
@@ -42,4 +42,19 @@ class TrainConfig(StrictModel):
     time_limit_seconds: float | None = Field(
         None, gt=0, description="Stop between batches after this long, leaving a resumable checkpoint."
     )
+    oom_smaller_batch: bool = Field(
+        False,
+        description="On a CUDA out-of-memory error, let the retry continue from the last epoch with half the batch size.",
+    )
     retry: RetryPolicy = Field(default_factory=lambda: RetryPolicy(retries=1, delay_seconds=2.0))
+
+    @model_validator(mode="after")
+    def _oom_needs_epoch_checkpoints(self) -> "TrainConfig":
+        if self.oom_smaller_batch and self.checkpoint.every_n_batches is not None:
+            raise ValueError(
+                "train.oom_smaller_batch resumes at an epoch boundary with a new batch size; "
+                "leave train.checkpoint.every_n_batches unset"
+            )
+        if self.oom_smaller_batch and not self.checkpoint.enabled:
+            raise ValueError("train.oom_smaller_batch needs train.checkpoint.enabled")
+        return self

@@ -12,6 +12,7 @@ containers: loading a checkpoint never runs pickled code.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import uuid
@@ -71,3 +72,19 @@ def load_checkpoint(directory: Path, seed: int, data_hash: str) -> dict[str, Any
     if state.get("data_hash") != data_hash:
         raise ConfigError(f"{path}: checkpoint was made on different data (content hash differs); not resuming")
     return state
+
+
+BATCH_SIZE = "batch_size.json"
+
+
+def write_reduced_batch_size(directory: Path, batch_size: int) -> None:
+    """Record the batch size a retry after running out of memory should use."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _replace_atomically(directory / BATCH_SIZE, lambda tmp: tmp.write_text(json.dumps({"batch_size": batch_size})))
+
+
+def read_reduced_batch_size(directory: Path) -> int | None:
+    path = directory / BATCH_SIZE
+    if not path.is_file():
+        return None
+    return int(json.loads(path.read_text())["batch_size"])

@@ -11,8 +11,14 @@ TRANSIENT = (OSError, TimeoutError, ConnectionError)
 NEVER = (PipelineError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
+class RetryWithSmallerBatch(RuntimeError):
+    """CUDA ran out of memory; the retry continues with a smaller batch (train.oom_smaller_batch)."""
+
+
 def is_transient_error(exc: BaseException) -> bool:
     """True for I/O-like errors worth another try; config, data and shape errors are not."""
+    if isinstance(exc, RetryWithSmallerBatch):
+        return True
     return isinstance(exc, TRANSIENT) and not isinstance(exc, NEVER)
 
 

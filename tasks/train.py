@@ -26,9 +26,10 @@ from pydantic import BaseModel, ConfigDict
 from schemas.errors import ConfigError, TrainingError
 from schemas.run import check_task_compatibility
 from schemas.train import TrainConfig
-from tasks.checkpoint import load_checkpoint, save_checkpoint
+from tasks.checkpoint import load_checkpoint, read_reduced_batch_size, save_checkpoint, write_reduced_batch_size
 from tasks.data import PreparedData
 from tasks.model import TrainingComponents
+from tasks.retry import RetryWithSmallerBatch
 
 EVAL_CHUNK = 8192  # rows per forward pass when validating
 
@@ -158,6 +159,12 @@ def train_model(
     X, y = data.X_train.to(device), data.y_train.to(device)
     X_val, y_val = data.X_val.to(device), data.y_val.to(device)
     n, batch_size = len(X), config.batch_size
+    if checkpointing and config.oom_smaller_batch:
+        assert checkpoint_dir is not None
+        reduced = read_reduced_batch_size(checkpoint_dir)
+        if reduced is not None:
+            batch_size = reduced
+            _emit_line(f"using batch size {batch_size} after running out of memory")
     n_batches = math.ceil(n / batch_size)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout and any other sampling inside the model
@@ -185,6 +192,11 @@ def train_model(
         best_score, best_epoch, stale = saved["best_score"], saved["best_epoch"], saved["stale"]
         best_state = saved["best_state"]
         done_epochs, start_batch = saved["epoch"], saved["batch"]
+        if start_batch and saved.get("batch_size") != batch_size:
+            raise ConfigError(
+                f"{checkpoint_dir / 'last.pt'}: saved inside epoch {done_epochs + 1} with batch size "
+                f"{saved.get('batch_size')}; it cannot continue with batch size {batch_size}"
+            )
         epoch_losses = [t.to(device) for t in saved["epoch_losses"]]
         finished, elapsed_before = saved["finished"], saved["elapsed"]
         resumed_from = done_epochs
@@ -202,6 +214,7 @@ def train_model(
                 "data_hash": spec.data_hash,
                 "epoch": done_epochs,
                 "batch": batch,
+                "batch_size": batch_size,
                 "finished": finished,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -228,71 +241,84 @@ def train_model(
         limit = config.time_limit_seconds
         return limit is not None and time.perf_counter() - started >= limit
 
-    while not finished and done_epochs < config.epochs:
-        epoch = done_epochs + 1
-        epoch_start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        model.train()
-        epoch_generator_state = generator.get_state()  # replaying it gives this epoch's order again
-        order = torch.randperm(n, generator=generator).to(device)
-        X_epoch, y_epoch = X[order], y[order]
-        if start_batch == 0:
-            epoch_losses = []
-        for batch in range(start_batch, n_batches):
-            start = batch * batch_size
-            xb, yb = X_epoch[start : start + batch_size], y_epoch[start : start + batch_size]
-            loss = loss_fn(model(xb), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
-            optimizer.step()
-            epoch_losses.append(loss.detach())
-            if batch + 1 < n_batches:
-                if every_n is not None and (batch + 1) % every_n == 0:
-                    checkpoint(epoch_generator_state, batch + 1)
-                if out_of_time():
-                    checkpoint(epoch_generator_state, batch + 1)
-                    raise TimeLimitReached(_time_limit_message(config, epoch, checkpoint_dir if checkpointing else None))
-        start_batch = 0
-        # Batches are equal-sized but the last; weight it by its size.
-        sizes = torch.full((n_batches,), float(batch_size), device=device)
-        sizes[-1] = n - batch_size * (n_batches - 1)
-        train_loss = float(torch.stack(epoch_losses) @ sizes) / n
-        if not math.isfinite(train_loss):
-            raise TrainingError(
-                f"training loss became {train_loss} in epoch {epoch}; lower optimizer.lr (now {lr:g}), "
-                "set train.grad_clip_norm, or check the data for extreme values"
+    try:
+        while not finished and done_epochs < config.epochs:
+            epoch = done_epochs + 1
+            epoch_start = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            model.train()
+            epoch_generator_state = generator.get_state()  # replaying it gives this epoch's order again
+            order = torch.randperm(n, generator=generator).to(device)
+            X_epoch, y_epoch = X[order], y[order]
+            if start_batch == 0:
+                epoch_losses = []
+            for batch in range(start_batch, n_batches):
+                start = batch * batch_size
+                xb, yb = X_epoch[start : start + batch_size], y_epoch[start : start + batch_size]
+                loss = loss_fn(model(xb), yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
+                optimizer.step()
+                epoch_losses.append(loss.detach())
+                if batch + 1 < n_batches:
+                    if every_n is not None and (batch + 1) % every_n == 0:
+                        checkpoint(epoch_generator_state, batch + 1)
+                    if out_of_time():
+                        checkpoint(epoch_generator_state, batch + 1)
+                        raise TimeLimitReached(_time_limit_message(config, epoch, checkpoint_dir if checkpointing else None))
+            start_batch = 0
+            # Batches are equal-sized but the last; weight it by its size.
+            sizes = torch.full((n_batches,), float(batch_size), device=device)
+            sizes[-1] = n - batch_size * (n_batches - 1)
+            train_loss = float(torch.stack(epoch_losses) @ sizes) / n
+            if not math.isfinite(train_loss):
+                raise TrainingError(
+                    f"training loss became {train_loss} in epoch {epoch}; lower optimizer.lr (now {lr:g}), "
+                    "set train.grad_clip_norm, or check the data for extreme values"
+                )
+            metrics = validate(parts, X_val, y_val, spec.task, target_scale)
+            record = EpochRecord(
+                epoch=epoch, train_loss=train_loss, lr=lr, seconds=time.perf_counter() - epoch_start, **metrics
             )
-        metrics = validate(parts, X_val, y_val, spec.task, target_scale)
-        record = EpochRecord(
-            epoch=epoch, train_loss=train_loss, lr=lr, seconds=time.perf_counter() - epoch_start, **metrics
-        )
-        history.append(record)
-        if emit is not None:
-            emit(record)
+            history.append(record)
+            if emit is not None:
+                emit(record)
 
-        score = metrics[config.monitor]
-        improved = _improved(score, best_score, mode, config.early_stopping.min_delta)
-        if improved:
-            best_score, best_epoch, stale = score, epoch, 0
-            if config.restore_best:
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
-        if scheduler is not None:
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(score)
+            score = metrics[config.monitor]
+            improved = _improved(score, best_score, mode, config.early_stopping.min_delta)
+            if improved:
+                best_score, best_epoch, stale = score, epoch, 0
+                if config.restore_best:
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
-                scheduler.step()
-        done_epochs = epoch
-        epoch_losses = []
-        finished = epoch >= config.epochs or (
-            config.early_stopping.enabled and stale >= config.early_stopping.patience
-        )
-        checkpoint(generator.get_state(), 0, best=improved)
-        if not finished and out_of_time():
-            raise TimeLimitReached(_time_limit_message(config, epoch, checkpoint_dir if checkpointing else None))
+                stale += 1
+            if scheduler is not None:
+                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    scheduler.step(score)
+                else:
+                    scheduler.step()
+            done_epochs = epoch
+            epoch_losses = []
+            finished = epoch >= config.epochs or (
+                config.early_stopping.enabled and stale >= config.early_stopping.patience
+            )
+            checkpoint(generator.get_state(), 0, best=improved)
+            if not finished and out_of_time():
+                raise TimeLimitReached(_time_limit_message(config, epoch, checkpoint_dir if checkpointing else None))
+    except torch.OutOfMemoryError as exc:
+        if not (checkpointing and config.oom_smaller_batch and batch_size > 1):
+            raise TrainingError(
+                f"out of memory with train.batch_size={batch_size}: lower it, or set "
+                f"train.oom_smaller_batch=true to retry with half the batch ({str(exc).splitlines()[0]})"
+            ) from None
+        assert checkpoint_dir is not None
+        write_reduced_batch_size(checkpoint_dir, batch_size // 2)
+        raise RetryWithSmallerBatch(
+            f"out of memory with batch size {batch_size}; the retry continues from epoch {done_epochs} "
+            f"with batch size {batch_size // 2}"
+        ) from exc
 
     if best_state is not None:
         model.load_state_dict(best_state)

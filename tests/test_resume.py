@@ -263,3 +263,47 @@ def test_resume_after_the_bundle_was_written_but_the_run_not_marked(prefect_api,
     assert summary.epochs_run == 8
     assert (tmp_path / "run" / "model" / "weights.safetensors").read_bytes() == reference
     assert read_run_state(tmp_path / "run")["state"] == "completed"
+
+
+def _oom_on_call(parts, call: int):
+    real_forward = parts.model.forward
+    calls = []
+
+    def forward(x):
+        calls.append(1)
+        if len(calls) == call:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_forward(x)
+
+    parts.model.forward = forward
+
+
+def test_out_of_memory_retries_with_half_the_batch(tmp_path):
+    from tasks.retry import RetryWithSmallerBatch, is_transient_error
+
+    config = _config(**{"train.oom_smaller_batch": "true"})
+    data, parts = _fresh(config)
+    _oom_on_call(parts, 3 * 8 + 2)  # inside epoch 4 (7 batches and 1 validation pass per epoch)
+    with pytest.raises(RetryWithSmallerBatch, match="continues from epoch 3 with batch size 8") as info:
+        train_model.fn(parts, data, config.train, CPU, config.seed, tmp_path)
+    assert is_transient_error(info.value)
+    result = train_model.fn(parts, data, config.train, CPU, config.seed, tmp_path)
+    assert result.resumed_from_epoch == 3 and result.epochs_run == 8
+    assert json.loads((tmp_path / "batch_size.json").read_text()) == {"batch_size": 8}
+
+
+def test_out_of_memory_without_the_option_is_a_clear_error(tmp_path):
+    from schemas import TrainingError
+    from tasks.retry import is_transient_error
+
+    config = _config()
+    data, parts = _fresh(config)
+    _oom_on_call(parts, 5)
+    with pytest.raises(TrainingError, match="out of memory with train.batch_size=16: lower it, or set train.oom_smaller_batch") as info:
+        train_model.fn(parts, data, config.train, CPU, config.seed, tmp_path)
+    assert not is_transient_error(info.value)
+
+
+def test_oom_option_needs_epoch_boundary_checkpoints():
+    with pytest.raises(ConfigError, match="leave train.checkpoint.every_n_batches unset"):
+        load_config(None, ["train.oom_smaller_batch=true", "train.checkpoint.every_n_batches=5"])
