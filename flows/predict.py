@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from flows._cli import prefect_session, run_command
 from schemas.errors import ConfigError, DataError
 from tasks.bundle import LoadedBundle, load_model_task
-from tasks.data import read_table
+from tasks.data import read_npz_arrays, read_table
 from tasks.rundir import atomic_write_text
 
 SUFFIX_KIND = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
@@ -43,21 +43,7 @@ def predict_file(bundle: LoadedBundle, input_path: Path) -> pd.DataFrame:
 
 
 def _read_npz_features(path: Path, n_features: int) -> np.ndarray:
-    if not path.is_file():
-        raise DataError(f"input file not found: {path}")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: not a readable .npz archive: {exc}") from None
-    if not hasattr(archive, "files"):
-        raise DataError(f"{path}: is a single .npy array; expected an .npz archive with X")
-    with archive:
-        if "X" not in archive.files:
-            raise DataError(f"{path}: missing array X; found: {', '.join(archive.files) or 'none'}")
-        try:
-            X = archive["X"]
-        except ValueError as exc:
-            raise DataError(f"{path}: X must be numeric (no pickled objects): {exc}") from None
+    X = read_npz_arrays(path, ("X",))["X"]
     if X.ndim == 0 or X.shape[0] == 0:
         raise DataError(f"{path}: X has no rows to predict")
     X = X.reshape(X.shape[0], -1) if X.ndim > 1 else X

@@ -238,7 +238,8 @@ def frame_to_features(features: pd.DataFrame, source: str) -> np.ndarray:
     return features.astype(np.float64).to_numpy()
 
 
-def _load_npz(path: Path) -> RawData:
+def read_npz_arrays(path: Path, required: Sequence[str], optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """Named arrays from an .npz archive, never unpickling; every failure names the file."""
     _check_readable(path)
     try:
         archive = np.load(path, allow_pickle=False)
@@ -249,18 +250,21 @@ def _load_npz(path: Path) -> RawData:
     except Exception as exc:
         raise DataError(f"{path}: not a readable .npz archive: {_first_line(exc)}") from None
     if not hasattr(archive, "files"):
-        raise DataError(f"{path}: is a single .npy array; expected an .npz archive with X and y")
+        raise DataError(f"{path}: is a single .npy array; expected an .npz archive with {' and '.join(required)}")
     with archive:
-        missing = [k for k in ("X", "y") if k not in archive.files]
+        missing = [k for k in required if k not in archive.files]
         if missing:
             raise DataError(f"{path}: missing array(s) {', '.join(missing)}; found: {', '.join(archive.files) or 'none'}")
         try:
-            X = archive["X"]
-            y = archive["y"]
-            names = archive["feature_names"] if "feature_names" in archive.files else None
-            classes = archive["class_names"] if "class_names" in archive.files else None
+            return {k: archive[k] for k in (*required, *optional) if k in archive.files}
         except ValueError as exc:
             raise DataError(f"{path}: arrays must be numeric (no pickled objects): {_first_line(exc)}") from None
+
+
+def _load_npz(path: Path) -> RawData:
+    arrays = read_npz_arrays(path, ("X", "y"), ("feature_names", "class_names"))
+    X, y = arrays["X"], arrays["y"]
+    names, classes = arrays.get("feature_names"), arrays.get("class_names")
     if X.ndim < 2:
         raise DataError(f"{path}: X has shape {X.shape}; expected rows x features (2 or more dimensions)")
     if y.ndim != 1:

@@ -193,6 +193,10 @@ PREDICT_CASES: list[tuple[str, Callable[[Path, Path], tuple[Path, Path]], int, s
      "non-numeric feature column(s): petal length (cm)"),
     ("input-unsupported-type", lambda b, t: (b, ((t / "in.json").write_text("{}"), t / "in.json")[1]), 3, "unsupported input type '.json'"),
     ("input-missing", lambda b, t: (b, t / "absent.csv"), 3, "data file not found"),
+    ("input-npz-wrong-width", lambda b, t: (b, (np.savez(t / "in.npz", X=np.zeros((3, 5))), t / "in.npz")[1]), 3,
+     "X has shape (3, 5); the model expects rows of 4 features"),
+    ("input-npz-without-x", lambda b, t: (b, (np.savez(t / "in.npz", rows=np.zeros((3, 4))), t / "in.npz")[1]), 3,
+     "missing array(s) X; found: rows"),
 ]
 
 
