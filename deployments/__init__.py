@@ -1,0 +1,1 @@
+"""Prefect deployments of the flows: schedules and parameters, no training logic."""
