@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from prefect import task
@@ -137,6 +137,7 @@ def train_model(
     device: torch.device,
     seed: int,
     checkpoint_dir: Path | None = None,
+    callbacks: Sequence[Callable[[EpochRecord], None]] = (),
 ) -> TrainResult:
     """Train `parts.model` in place; restore the best weights by `config.monitor` at the end.
 
@@ -144,6 +145,10 @@ def train_model(
     start, after every epoch and every `config.checkpoint.every_n_batches`
     batches; if one is already there (a Prefect retry, or `--resume`),
     training continues from it and ends exactly as an uninterrupted run would.
+
+    Each of `callbacks` is called with every new EpochRecord, after the epoch
+    is validated and before it is checkpointed (tracking, progress artifacts,
+    sweep pruning). An exception raised by a callback ends training with it.
     """
     spec = data.spec
     try:
@@ -285,6 +290,8 @@ def train_model(
             history.append(record)
             if emit is not None:
                 emit(record)
+            for callback in callbacks:
+                callback(record)
 
             score = metrics[config.monitor]
             improved = _improved(score, best_score, mode, config.early_stopping.min_delta)

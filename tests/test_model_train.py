@@ -202,3 +202,21 @@ def test_build_network_is_deterministic_under_a_seed():
     torch.manual_seed(3)
     b = build_network(config.model, data.spec)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_callbacks_see_every_epoch_and_can_stop_training():
+    config, data, parts = _setup("train.epochs=4", "train.early_stopping.enabled=false")
+    seen = []
+    result = train_model.fn(parts, data, config.train, CPU, config.seed, callbacks=[seen.append])
+    assert seen == list(result.history) and len(seen) == 4
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(record):
+        if record.epoch == 2:
+            raise Stop
+
+    config, data, parts = _setup("train.epochs=4", "train.early_stopping.enabled=false")
+    with pytest.raises(Stop):
+        train_model.fn(parts, data, config.train, CPU, config.seed, callbacks=[stop_after_two])
