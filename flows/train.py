@@ -22,7 +22,7 @@ from schemas.loading import config_diff, config_to_yaml, load_config, resume_con
 from schemas.run import RunConfig
 from tasks.bundle import save_model
 from tasks.data import prepare_data
-from tasks.device import select_device
+from tasks.device import probe_workload, select_device
 from tasks.evaluate import evaluate_model
 from tasks.model import build_model
 from tasks.retry import retry_options
@@ -33,6 +33,7 @@ from tasks.rundir import (
     mark_finished,
     mark_running,
     open_run_dir_for_resume,
+    record_device,
     record_results,
 )
 from tasks.train import train_model
@@ -58,14 +59,17 @@ def train_flow(config: RunConfig = RunConfig(), run_dir: str | None = None, resu
     try:
         atomic_write_text(path / "config.yaml", config_to_yaml(config))
         mark_running(path)
-        device = select_device.with_options(**retry_options(config.device.retry))(config.device)
+        device = select_device.with_options(**retry_options(config.device.retry))(
+            config.device, probe_workload(config)
+        )
+        record_device(path, device)
         data = prepare_data.with_options(**retry_options(config.data.retry))(config.data, config.seed)
         parts = build_model(
             config.model, config.loss, config.optimizer, config.scheduler, data.spec,
             device.torch_device, config.seed, config.train.epochs, config.train.monitor,
         )
         result = train_model.with_options(**train_retry)(
-            parts, data, config.train, device.torch_device, config.seed, path / "checkpoints"
+            parts, data, config.train, device, config.seed, path / "checkpoints"
         )
         report = evaluate_model.with_options(**retry_options(config.evaluate.retry))(
             parts.model, data, device.torch_device, config.evaluate.batch_size
@@ -89,7 +93,14 @@ def format_summary(summary: RunSummary) -> str:
     stop = "stopped early, " if summary.stopped_early else ""
     lines = [
         f"run       {summary.run_dir}",
-        f"device    {summary.device} ({summary.device_reason}; {summary.threads} CPU threads)",
+        f"device    {summary.device} ({summary.device_reason}; {summary.threads} CPU threads"
+        f"{'' if summary.precision == 'fp32' else ', ' + summary.precision})",
+        *(
+            f"          {row['device']:<8} "
+            + ("probe failed" if row["ms_per_step"] is None else f"{row['ms_per_step']:.3g} ms/step")
+            + (" (chosen)" if row["chosen"] else "")
+            for row in summary.device_table
+        ),
         f"data      {summary.source}: {summary.task}, {rows['train']}/{rows['val']}/{rows['test']} rows (train/val/test)",
         f"training  {summary.epochs_run} epochs in {summary.train_seconds:.1f}s ({stop}best epoch "
         f"{summary.best_epoch}, {summary.monitor} {summary.best_score:.4f})",

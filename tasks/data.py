@@ -538,3 +538,77 @@ def _run_name() -> str:
 def prepare_data(config: DataConfig, seed: int) -> PreparedData:
     """Load `config.source`, validate it, split with `seed`, scale, and return tensors."""
     return prepare_arrays(load_raw(config.source), config, seed)
+
+
+# --------------------------------------------------------------------------- peeking
+
+_BUILTIN_SHAPES: dict[str, tuple[tuple[int, ...], int, Task]] = {
+    "digits": ((1, 8, 8), 10, "classification"),
+    "iris": ((4,), 3, "classification"),
+    "wine": ((13,), 3, "classification"),
+    "breast_cancer": ((30,), 2, "classification"),
+    "diabetes": ((10,), 1, "regression"),
+}
+
+
+def peek_shape(config: DataConfig) -> "InputShape":
+    """Input shape, output count and task without preparing the data (for device measuring).
+
+    Reads headers and the target column only; the number of classes of a
+    table is counted from its target column. An unreadable source raises the
+    same DataError the data stage would.
+    """
+    from tasks.device import InputShape
+
+    source = config.source
+    if isinstance(source, BuiltinSource):
+        shape, n_out, task = _BUILTIN_SHAPES[source.name]
+        return InputShape(shape, n_out, task if config.task == "auto" else config.task, f"builtin:{source.name}")
+    path = Path(source.path)
+    if isinstance(source, NpzSource):
+        _check_readable(path)
+        try:
+            with np.load(path, allow_pickle=False) as archive, archive.zip.open("X.npy") as handle:
+                version = np.lib.format.read_magic(handle)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                x_shape = read_header(handle)[0]
+            y = read_npz_arrays(path, ("y",))["y"]
+        except (KeyError, ValueError, OSError, AttributeError):
+            raw = _load_npz(path)  # the full reader gives the precise error (or the shape)
+            x_shape, y = (len(raw.y), *raw.input_shape), raw.y
+        features: tuple[int, ...] = tuple(int(d) for d in x_shape[1:])
+        sample = RawData(np.empty((len(y), 0)), y, (), features, "y", str(path))
+    else:
+        _check_readable(path)
+        try:
+            header = pd.read_csv(path, nrows=0) if source.kind == "csv" else _parquet_columns(path)
+            columns = [str(c) for c in header.columns]
+            target = read_table_column(path, source.kind, source.target)
+        except Exception:
+            return _peek_by_loading(config)  # the full reader names what is wrong
+        features = (len(columns) - 1,)
+        sample = RawData(np.empty((len(target), 0)), target, (), features, source.target, str(path))
+    task = infer_task(sample, config.task)
+    n_out = len(np.unique(sample.y[~pd.isna(sample.y)])) if task == "classification" else 1
+    return InputShape(features, int(n_out), task, sample.source)
+
+
+def _parquet_columns(path: Path) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    return pd.DataFrame(columns=pq.ParquetFile(path).schema_arrow.names)
+
+
+def read_table_column(path: Path, kind: str, column: str) -> np.ndarray:
+    if kind == "csv":
+        return pd.read_csv(path, usecols=[column])[column].to_numpy()
+    return pd.read_parquet(path, columns=[column])[column].to_numpy()
+
+
+def _peek_by_loading(config: DataConfig) -> "InputShape":
+    from tasks.device import InputShape
+
+    raw = load_raw(config.source)  # raises the data stage's own error
+    task = infer_task(raw, config.task)
+    n_out = len(encode_labels(raw)[1]) if task == "classification" else 1
+    return InputShape(raw.input_shape, n_out, task, raw.source)

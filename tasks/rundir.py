@@ -178,6 +178,8 @@ class RunSummary(BaseModel):
     device: str
     device_reason: str
     threads: int
+    precision: str = "fp32"
+    device_table: list[dict[str, Any]] = []
     task: str
     source: str
     rows: dict[str, int]
@@ -191,6 +193,11 @@ class RunSummary(BaseModel):
     baseline: dict[str, float]
     baseline_kind: str
     bundle: str | None
+
+
+def record_device(run_dir: Path, device: "DeviceInfo") -> None:
+    """device.json: the device decision and, for auto, each candidate's measured time per step."""
+    write_json(run_dir / "device.json", {**device.model_dump(), "table": device.table()})
 
 
 def record_results(
@@ -207,6 +214,8 @@ def record_results(
         device=device.device,
         device_reason=device.reason,
         threads=device.threads,
+        precision=result.precision,
+        device_table=device.table(),
         task=spec.task,
         source=spec.source,
         rows={"train": spec.n_train, "val": spec.n_val, "test": spec.n_test},
@@ -240,7 +249,7 @@ def record_results(
                 "seconds": result.seconds,
                 "samples_per_second": result.samples_per_second,
             },
-            "device": device.model_dump(),
+            "device": {**device.model_dump(), "data_placement": result.data_placement},
             "data": {"source": spec.source, "hash": spec.data_hash, "rows": summary.rows},
         },
     )

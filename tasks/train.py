@@ -28,6 +28,7 @@ from schemas.run import check_task_compatibility
 from schemas.train import TrainConfig
 from tasks.checkpoint import load_checkpoint, read_reduced_batch_size, save_checkpoint, write_reduced_batch_size
 from tasks.data import PreparedData
+from tasks.device import DeviceInfo, autocast_context, grad_scaler
 from tasks.model import TrainingComponents
 from tasks.retry import RetryWithSmallerBatch
 
@@ -60,11 +61,23 @@ class TrainResult(BaseModel):
     seconds: float
     samples_per_second: float
     resumed_from_epoch: int | None = None
+    precision: str = "fp32"
+    data_placement: str = "device"  # "device": moved once; "host": each batch copied from (pinned) host memory
 
 
 @torch.inference_mode()
-def validate(parts: TrainingComponents, X: torch.Tensor, y: torch.Tensor, task: str, target_scale: float) -> dict[str, float]:
-    """Loss and the task's metric on (X, y), in eval mode, without autograd."""
+def validate(
+    parts: TrainingComponents,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    task: str,
+    target_scale: float,
+    device: torch.device | None = None,
+) -> dict[str, float]:
+    """Loss and the task's metric on (X, y), in eval mode, without autograd.
+
+    With `device`, (X, y) stay in host memory and each chunk is copied there.
+    """
     model = parts.model
     model.eval()
     n = len(X)
@@ -73,6 +86,8 @@ def validate(parts: TrainingComponents, X: torch.Tensor, y: torch.Tensor, task: 
     abs_err = 0.0
     for start in range(0, n, EVAL_CHUNK):
         xb, yb = X[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
+        if device is not None:
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         out = model(xb)
         loss_sum += float(parts.loss_fn(out, yb)) * len(xb)
         if task == "classification":
@@ -134,7 +149,7 @@ def train_model(
     parts: TrainingComponents,
     data: PreparedData,
     config: TrainConfig,
-    device: torch.device,
+    device: torch.device | DeviceInfo,
     seed: int,
     checkpoint_dir: Path | None = None,
     callbacks: Sequence[Callable[[EpochRecord], None]] = (),
@@ -149,7 +164,16 @@ def train_model(
     Each of `callbacks` is called with every new EpochRecord, after the epoch
     is validated and before it is checkpointed (tracking, progress artifacts,
     sweep pruning). An exception raised by a callback ends training with it.
+
+    `device` is a torch.device, or the device stage's DeviceInfo, whose
+    precision (bf16/fp16 autocast, GradScaler for fp16) and data placement
+    (whole dataset on the device once, or each batch copied from pinned host
+    memory with non_blocking) then apply.
     """
+    plan = device if isinstance(device, DeviceInfo) else None
+    device = plan.torch_device if plan is not None else torch.device(device)
+    precision = plan.precision if plan is not None else "fp32"
+    placement = data_placement(data, device, plan.data_on_device if plan is not None else "auto")
     spec = data.spec
     try:
         check_task_compatibility(spec.task, monitor=config.monitor)
@@ -161,8 +185,17 @@ def train_model(
     checkpointing = checkpoint_dir is not None and config.checkpoint.enabled
     every_n = config.checkpoint.every_n_batches
 
-    X, y = data.X_train.to(device), data.y_train.to(device)
-    X_val, y_val = data.X_val.to(device), data.y_val.to(device)
+    if placement == "device":
+        X, y = data.X_train.to(device), data.y_train.to(device)
+        X_val, y_val = data.X_val.to(device), data.y_val.to(device)
+        val_device = None
+    else:  # batches are gathered on the host into pinned buffers and copied asynchronously
+        pin = device.type == "cuda"
+        X, y = data.X_train, data.y_train
+        X_val, y_val = (data.X_val.pin_memory(), data.y_val.pin_memory()) if pin else (data.X_val, data.y_val)
+        X_buffer, y_buffer = torch.empty_like(X, pin_memory=pin), torch.empty_like(y, pin_memory=pin)
+        val_device = device
+    scaler = grad_scaler(device, precision)
     n, batch_size = len(X), config.batch_size
     if checkpointing and config.oom_smaller_batch:
         assert checkpoint_dir is not None
@@ -189,6 +222,8 @@ def train_model(
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None and saved["scheduler"] is not None:
             scheduler.load_state_dict(saved["scheduler"])
+        if scaler is not None and saved.get("scaler") is not None:
+            scaler.load_state_dict(saved["scaler"])
         generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
         if saved.get("cuda_rng") is not None and device.type == "cuda":
@@ -224,6 +259,7 @@ def train_model(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": None if scheduler is None else scheduler.state_dict(),
+                "scaler": None if scaler is None else scaler.state_dict(),
                 "generator": epoch_generator_state,
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
@@ -253,20 +289,37 @@ def train_model(
             lr = optimizer.param_groups[0]["lr"]
             model.train()
             epoch_generator_state = generator.get_state()  # replaying it gives this epoch's order again
-            order = torch.randperm(n, generator=generator).to(device)
-            X_epoch, y_epoch = X[order], y[order]
+            order = torch.randperm(n, generator=generator)
+            if placement == "device":
+                order = order.to(device)
+                X_epoch, y_epoch = X[order], y[order]
+            else:
+                # The previous epoch's copies have finished: its loss was read back on the host.
+                X_epoch = torch.index_select(X, 0, order, out=X_buffer)
+                y_epoch = torch.index_select(y, 0, order, out=y_buffer)
             if start_batch == 0:
                 epoch_losses = []
             for batch in range(start_batch, n_batches):
                 start = batch * batch_size
                 xb, yb = X_epoch[start : start + batch_size], y_epoch[start : start + batch_size]
-                loss = loss_fn(model(xb), yb)
+                if placement == "host":
+                    xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+                with autocast_context(device, precision):
+                    loss = loss_fn(model(xb), yb)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
-                optimizer.step()
-                epoch_losses.append(loss.detach())
+                if scaler is None:
+                    loss.backward()
+                    if config.grad_clip_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
+                    optimizer.step()
+                else:
+                    scaler.scale(loss).backward()
+                    if config.grad_clip_norm is not None:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
+                    scaler.step(optimizer)
+                    scaler.update()
+                epoch_losses.append(loss.detach().float())
                 if batch + 1 < n_batches:
                     if every_n is not None and (batch + 1) % every_n == 0:
                         checkpoint(epoch_generator_state, batch + 1)
@@ -283,7 +336,7 @@ def train_model(
                     f"training loss became {train_loss} in epoch {epoch}; lower optimizer.lr (now {lr:g}), "
                     "set train.grad_clip_norm, or check the data for extreme values"
                 )
-            metrics = validate(parts, X_val, y_val, spec.task, target_scale)
+            metrics = validate(parts, X_val, y_val, spec.task, target_scale, val_device)
             record = EpochRecord(
                 epoch=epoch, train_loss=train_loss, lr=lr, seconds=time.perf_counter() - epoch_start, **metrics
             )
@@ -341,7 +394,32 @@ def train_model(
         seconds=seconds,
         samples_per_second=n * epochs_run / seconds if seconds > 0 else 0.0,
         resumed_from_epoch=resumed_from,
+        precision=precision,
+        data_placement=placement,
     )
+
+
+def data_placement(data: PreparedData, device: torch.device, mode: str) -> str:
+    """"device" (copy the dataset there once) or "host" (copy each batch); see device.data_on_device.
+
+    On an accelerator `auto` moves the data once when train and validation
+    splits take at most half of the device's free memory. On the CPU the data
+    is already where it trains; `never` still runs the per-batch path there.
+    """
+    if mode == "always":
+        return "device"
+    if mode == "never":
+        return "host"
+    if device.type == "cpu":
+        return "device"
+    nbytes = sum(t.element_size() * t.nelement() for t in (data.X_train, data.y_train, data.X_val, data.y_val))
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    elif device.type == "mps":
+        free = torch.mps.recommended_max_memory() - torch.mps.current_allocated_memory()
+    else:
+        return "device"
+    return "device" if nbytes <= free / 2 else "host"
 
 
 def _time_limit_message(config: TrainConfig, epoch: int, checkpoint_dir: Path | None) -> str:

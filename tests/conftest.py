@@ -15,6 +15,8 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="pw-prefect-home-"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+# Device decisions and other caches go to a throw-away directory, not the user's ~/.cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="pw-cache-")
 
 ROOT = Path(__file__).resolve().parents[1]
 

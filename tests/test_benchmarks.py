@@ -21,3 +21,20 @@ def test_train_throughput_runs_all_three_cases():
     # A and B share init, batch order and dropout seed: the same training, so the same val loss.
     assert math.isclose(result.cases["A"].val_loss, result.cases["B"].val_loss, rel_tol=1e-6)
     assert "iris-tiny" in format_report([result], threads=1, rounds=1, restore_best=False)
+
+
+def test_device_selection_benchmark_reports_the_probe_share(monkeypatch, tmp_path):
+    from benchmarks import device_selection
+
+    rows = device_selection.probe_all(["data.source.name=iris", "model.hidden_sizes=[8]"])
+    assert list(rows)[0] == "cpu" and rows["cpu"][0] > 0 and 0 < rows["cpu"][1] < 5
+
+    # The cold flow run is a 30-second subprocess; test_flows covers it. Here it reports fixed figures.
+    monkeypatch.setattr(device_selection, "cold_run", lambda directory: (20.0, 1.0))
+    text = device_selection.main(["--rounds", "1", "--output", str(tmp_path / "out.md")])
+    assert "cold `python -m flows.train`, default config | 20.0 s" in text
+    share = float(text.split("**probe / cold run** (target <= 3%) | **")[1].split("%")[0])
+    assert 0 < share < 25
+    assert "| tiny: digits MLP [128, 64], batch 64 | cpu |" in text and "| yes |" in text
+    assert "failed" not in text  # the default and the larger model both train in the probe
+    assert (tmp_path / "out.md").read_text().strip() == text
