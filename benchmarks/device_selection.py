@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> str:
             [Candidate(device=d, ms_per_step=m, steps=1, probe_seconds=0) for d, m in medians.items()], 0.10
         )
         for device, ms in medians.items():
-            shown = "failed" if ms is None else f"{ms:.3g}"
+            shown = "failed" if ms is None else f"{ms:.4g}"
             lines.append(f"| {name} | {device} | {shown} | {'yes' if device == chosen else ''} |")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
