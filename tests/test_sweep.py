@@ -1,0 +1,393 @@
+"""Sweeps: the space schema, samplers, pruning, resume, parallel = serial, Dask, and the results."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from schemas import ConfigError, load_config
+from schemas.sweep import SweepConfig, load_sweep_config, validate_sweep
+from tasks.data import prepare_data
+from tasks.sweep import (
+    PLOT,
+    finished_trials,
+    leaderboard,
+    open_study,
+    open_sweep_dir,
+    plain_dispatch,
+    requeue_interrupted,
+    run_rounds,
+    trial_label,
+)
+from tasks.trial import InProcessExecutor, LocalPoolExecutor, plan_threads
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = {
+    "name": "iris-sweep-base",
+    "data": {"source": {"kind": "builtin", "name": "iris"}},
+    "model": {"kind": "mlp", "hidden_sizes": [16], "dropout": 0.0},
+    "optimizer": {"name": "adam", "lr": 0.01},
+    "train": {"epochs": 4, "batch_size": 16, "progress": False, "early_stopping": {"enabled": False}},
+    "device": {"name": "cpu", "threads": 1},
+}
+SPACE = {
+    "optimizer.lr": {"kind": "float", "low": 1e-3, "high": 0.1, "log": True},
+    "model.hidden_sizes": [[8], [16, 8]],
+}
+
+
+def sweep(**settings) -> SweepConfig:
+    data = {"name": "iris", "base": BASE, "space": SPACE, "n_trials": 4, "trials_per_round": 2, **settings}
+    return validate_sweep(data)
+
+
+@pytest.fixture(scope="module")
+def iris():
+    torch.set_num_threads(1)
+    return prepare_data.fn(load_config(None, ["data.source.name=iris"]).data, 0)
+
+
+class Counting:
+    """An executor wrapper that remembers which trials it ran."""
+
+    def __init__(self, inner):
+        self.inner, self.ran = inner, []
+
+    def run(self, request):
+        self.ran.append(request.number)
+        return self.inner.run(request)
+
+
+def run_engine(config: SweepConfig, data, path: Path, executor=None):
+    """The sweep's ask/run/tell loop without Prefect; returns (study, executor)."""
+    path, _ = open_sweep_dir(path, config, data.spec)
+    study = open_study(path, config)
+    requeue_interrupted(study)
+    workers, threads = plan_threads(config)
+    executor = executor or Counting(InProcessExecutor(data, threads))
+    run_rounds(study, config, path, threads, plain_dispatch(executor, workers))
+    return study, executor
+
+
+def summary(study, config) -> list[tuple]:
+    return [(r.trial, r.state, r.value, json.dumps(r.params, sort_keys=True), r.epochs)
+            for r in sorted(leaderboard(study, config), key=lambda r: r.trial)]
+
+
+# --------------------------------------------------------------------------- the space
+
+
+def test_space_shorthands_and_trial_configs():
+    config = sweep(sampler="random", pruner="median", executor="dask")
+    assert config.space["model.hidden_sizes"].kind == "categorical"
+    assert config.sampler.name == "random" and config.pruner.name == "median" and config.executor.kind == "dask"
+    assert config.resolved_direction == "minimize" and config.epoch_metric == "val_loss"
+    trial = config.trial_config({"optimizer.lr": 1.0e-5, "model.hidden_sizes": [32, 8]})
+    assert trial.optimizer.lr == 1.0e-5 and trial.model.hidden_sizes == (32, 8)
+    assert trial.optimizer.name == "adam" and trial.train.epochs == 4  # the rest is the base
+    switched = config.trial_config({"optimizer": {"name": "sgd", "lr": 0.2}})
+    assert switched.optimizer.name == "sgd" and switched.optimizer.momentum == 0.9
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"space": {"optimizer.lrr": [0.1]}},
+         "space.optimizer.lrr: not a key of the run config (did you mean optimizer.lr?)"),
+        ({"space": {"optimizer.lr": {"kind": "float", "low": 0.5, "high": 0.1}}},
+         "space.optimizer.lr: low (0.5) must be below high (0.1)"),
+        ({"space": {"optimizer.lr": {"kind": "float", "low": 0, "high": 0.1, "log": True}}},
+         "space.optimizer.lr: a log scale needs low > 0"),
+        ({"space": {"optimizer.lr": {"kind": "float", "low": 0.1, "high": 20}}},
+         "space.optimizer.lr: the value 20.0 does not fit the run config: optimizer.lr = 20.0: "
+         "Input should be less than or equal to 10"),
+        ({"space": {"model.hidden_sizes": {"kind": "int", "low": 8, "high": 64}}},
+         "space.model.hidden_sizes: the value 8 does not fit the run config"),
+        ({"space": {"optimizer.lr": {"kind": "flaot", "low": 0.1, "high": 0.2}}},
+         "space.optimizer.lr.kind = 'flaot': expected one of 'float', 'int', 'categorical'"),
+        ({"space": {"data.split.val": [0.1, 0.2]}}, "space.data.split.val: cannot be searched"),
+        ({"space": {"seed": [0, 1]}}, "space.seed: cannot be searched: the seed drives the data split"),
+        ({"sampler": "grid"}, "space.optimizer.lr: the grid sampler needs a finite set of values"),
+        ({"space": {"optimizer.momentum": [0.5, 0.9]}},
+         "space.optimizer.momentum: the value 0.5 does not fit the run config: optimizer.momentum: unknown key"),
+        ({"space": {"optimizer.name": ["adam", "sgd"], "optimizer.betas": [[0.9, 0.99]]}, "sampler": "grid"},
+         "space: the grid point optimizer.name='sgd', optimizer.betas=[0.9, 0.99] is not a valid run config"),
+        ({"metric": "val_accuracy", "direction": "minimize"},
+         "direction = 'minimize' but val_accuracy is better when higher"),
+        ({"metric": "test_r2", "pruner": "median", "prune_metric": "val_loss"},
+         "prune_metric = 'val_loss' improves in the other direction from metric 'test_r2'"),
+        ({"parallelism": 3}, "parallelism = 3 exceeds trials_per_round = 2"),
+        ({"n_trails": 3}, "n_trails: unknown key (did you mean n_trials?)"),
+        ({"pruner": {"name": "median", "n_startup": 1}},
+         "pruner.n_startup: unknown key (did you mean pruner.n_startup_trials?)"),
+    ],
+)
+def test_bad_space_fails_at_once_naming_the_key(change, message):
+    with pytest.raises(ConfigError) as info:
+        sweep(**change)
+    assert message in str(info.value)
+    assert str(info.value).startswith("invalid sweep config")
+
+
+def test_metric_must_fit_the_task():
+    config = sweep(metric="test_r2")
+    with pytest.raises(ConfigError, match="metric = 'test_r2' needs a regression task"):
+        config.check_task("classification")
+
+
+def test_presets_validate_and_overrides_apply(tmp_path):
+    presets = sorted((ROOT / "configs").glob("sweep_*.yaml"))
+    assert presets
+    for preset in presets:
+        assert isinstance(load_sweep_config(preset), SweepConfig)
+    config = load_sweep_config(
+        ROOT / "configs" / "sweep_digits.yaml",
+        ["n_trials=3", "sampler=random", "base.train.epochs=2", "space.train.batch_size=null"],
+    )
+    assert config.base == load_config(ROOT / "configs" / "digits_mlp.yaml", ["train.epochs=2"])
+    assert config.n_trials == 3 and config.sampler.name == "random" and "train.batch_size" not in config.space
+    with pytest.raises(ConfigError, match=r"invalid base run config in .*: optimizer.lrr: unknown key"):
+        load_sweep_config(ROOT / "configs" / "sweep_digits.yaml", ["base.optimizer.lrr=1"])
+
+
+def test_cli_bad_space_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    from flows.sweep import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"base": BASE, "space": {"optimizer.lr": {"kind": "float", "low": 0, "high": 1}}}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: invalid sweep config in bad.yaml: space.optimizer.lr: the value 0.0 does not fit the run config: "
+        "optimizer.lr = 0.0: Input should be greater than 0\n"
+    ) or err.startswith(f"error: invalid sweep config in {bad}: space.optimizer.lr: the value 0.0")
+    assert "Traceback" not in err and not (tmp_path / "sweeps").exists()
+
+
+def test_parallelism_over_cores_is_refused(monkeypatch):
+    import tasks.trial
+
+    monkeypatch.setattr(tasks.trial, "available_cores", lambda: 2)
+    with pytest.raises(ConfigError, match="parallelism = 3 is more than the 2 CPU core"):
+        plan_threads(sweep(parallelism=3, trials_per_round=4))
+    with pytest.raises(ConfigError, match=r"base.device.threads = 2 with parallelism = 2 needs 4 cores"):
+        plan_threads(validate_sweep({**sweep(parallelism=2).model_dump(), "base": {**BASE, "device": {"name": "cpu", "threads": 2}}}))
+    assert plan_threads(validate_sweep({**sweep(parallelism=2).model_dump(), "base": {**BASE, "device": "cpu"}})) == (2, 1)
+
+
+# --------------------------------------------------------------------------- samplers, pruning, failures
+
+
+@pytest.mark.parametrize("sampler", ["grid", "random", "tpe"])
+def test_samplers_run_the_trials(sampler, iris, tmp_path):
+    space = {"optimizer.lr": {"kind": "float", "low": 0.01, "high": 0.03, "step": 0.01}, "model.hidden_sizes": [[8], [16]]}
+    config = sweep(sampler={"name": sampler, **({"n_startup_trials": 2} if sampler == "tpe" else {})},
+                   space=space, n_trials=6 if sampler == "grid" else 4)
+    study, executor = run_engine(config, iris, tmp_path / "s")
+    rows = summary(study, config)
+    assert [r[1] for r in rows] == ["complete"] * len(rows)
+    assert executor.ran == list(range(len(rows)))
+    assert all(r[2] is not None and 0 < r[2] < 2 for r in rows)
+    params = [r[3] for r in rows]
+    if sampler == "grid":  # every point once
+        assert len(rows) == 6 and len(set(params)) == 6
+    else:
+        assert len(rows) == 4 and len(set(params)) >= 2
+    again, _ = run_engine(config, iris, tmp_path / "again")  # same seed, same sweep
+    assert summary(again, config) == rows
+
+
+@pytest.mark.parametrize(
+    "pruner",
+    [{"name": "median", "n_startup_trials": 1},
+     {"name": "successive_halving", "min_resource": 1, "reduction_factor": 2}],
+)
+def test_pruning_stops_a_clearly_bad_trial_early(pruner, iris, tmp_path):
+    # Grid seed 1 runs lr=0.05 first; lr=1e-6 then learns nothing and is stopped after its first epoch.
+    config = sweep(space={"optimizer.lr": [0.05, 1e-6]}, sampler={"name": "grid", "seed": 1}, pruner=pruner,
+                   n_trials=2, trials_per_round=1)
+    study, _ = run_engine(config, iris, tmp_path / "s")
+    rows = summary(study, config)
+    assert [(r[1], json.loads(r[3])["optimizer.lr"], r[4]) for r in rows] == [("complete", 0.05, 4), ("pruned", 1e-6, 1)]
+    with open(tmp_path / "s" / "trials" / "0001" / "history.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 1
+    assert not (tmp_path / "s" / "trials" / "0001" / "weights.safetensors").exists()
+
+
+def test_a_trial_that_fails_for_a_config_reason_is_recorded_and_the_sweep_goes_on(iris, tmp_path):
+    # A CNN needs image-shaped input: iris has 4 flat features, so those trials fail when the model is built.
+    config = sweep(space={"model": [{"kind": "mlp", "hidden_sizes": [8]}, {"kind": "cnn"}]},
+                   sampler={"name": "grid", "seed": 0}, n_trials=2)
+    study, _ = run_engine(config, iris, tmp_path / "s")
+    by_kind = {r.params["model"]["kind"]: r for r in leaderboard(study, config)}
+    assert by_kind["mlp"].state == "complete" and by_kind["mlp"].value is not None
+    assert by_kind["cnn"].state == "failed"
+    assert "model.kind = 'cnn' needs image-shaped input" in by_kind["cnn"].note
+    result = json.loads((tmp_path / "s" / "trials" / f"{by_kind['cnn'].trial:04d}" / "result.json").read_text())
+    assert result["state"] == "failed" and "image-shaped" in result["error"]
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_resume_runs_only_the_missing_trials(iris, tmp_path):
+    first, executor = run_engine(sweep(n_trials=2, sampler={"name": "tpe", "n_startup_trials": 2}), iris, tmp_path / "s")
+    assert executor.ran == [0, 1]
+    before = summary(first, sweep(n_trials=2))
+    config = sweep(n_trials=4, sampler={"name": "tpe", "n_startup_trials": 2})
+    resumed, executor = run_engine(config, iris, tmp_path / "s")
+    assert executor.ran == [2, 3]  # 0 and 1 are not run again
+    assert summary(resumed, config)[:2] == before
+    # The same four trials as a sweep that was never interrupted.
+    straight, _ = run_engine(config, iris, tmp_path / "straight")
+    assert summary(straight, config) == summary(resumed, config)
+    # Nothing left to do: a rerun runs nothing.
+    _, executor = run_engine(config, iris, tmp_path / "s")
+    assert executor.ran == []
+
+
+def test_interrupted_trials_are_requeued_with_their_parameters(iris, tmp_path):
+    config = sweep(n_trials=3, sampler={"name": "random"})
+    path, _ = open_sweep_dir(tmp_path / "s", config, iris.spec)
+    study = open_study(path, config)
+    from tasks.sweep import decode_params, distributions
+
+    crashed = study.ask(distributions(config))  # a process died while this trial ran: it stays RUNNING
+    study, executor = run_engine(config, iris, tmp_path / "s")
+    rows = {r.trial: r for r in leaderboard(study, config)}
+    assert rows[crashed.number].state == "failed" and rows[crashed.number].note == "interrupted; re-queued as trial 1"
+    assert rows[1].state == "complete" and rows[1].params == decode_params(config, crashed.params)
+    assert rows[1].note == "re-run of interrupted trial 0"
+    assert executor.ran == [1, 2, 3] and finished_trials(study) == 3
+
+
+def test_a_different_sweep_in_the_same_dir_is_refused(iris, tmp_path):
+    run_engine(sweep(n_trials=1, trials_per_round=1), iris, tmp_path / "s")
+    with pytest.raises(ConfigError, match=r"holds a sweep with another config \(.*space.optimizer.lr: \{'kind': 'float'"):
+        open_sweep_dir(tmp_path / "s", sweep(space={"optimizer.lr": [0.1, 0.2]}, trials_per_round=1), iris.spec)
+    open_sweep_dir(tmp_path / "s", sweep(n_trials=9, trials_per_round=1), iris.spec)  # more trials: fine
+
+
+# --------------------------------------------------------------------------- parallel
+
+
+def test_parallel_local_processes_give_the_serial_results(iris, tmp_path):
+    settings = dict(n_trials=4, sampler={"name": "tpe", "n_startup_trials": 2}, pruner={"name": "median", "n_startup_trials": 1})
+    serial_config = sweep(**settings)
+    serial, _ = run_engine(serial_config, iris, tmp_path / "serial")
+    config = sweep(parallelism=2, **settings)
+    workers, threads = plan_threads(config)
+    pool = LocalPoolExecutor(iris, workers, threads)
+    try:
+        parallel, _ = run_engine(config, iris, tmp_path / "parallel", Counting(pool))
+    finally:
+        pool.close()
+    assert summary(parallel, config) == summary(serial, serial_config)
+    results = [json.loads(p.read_text()) for p in sorted((tmp_path / "parallel" / "trials").glob("*/result.json"))]
+    assert len({r["worker"] for r in results}) <= 2 and all(r["threads"] == 1 for r in results)
+    assert all(r["data_loads"] == 1 for r in results)  # each worker mapped the data once, for all its trials
+
+
+# --------------------------------------------------------------------------- the flow
+
+
+def _task_run_names(flow_run_id) -> set[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name for r in runs}
+
+
+@pytest.mark.slow
+def test_flow_writes_results_and_the_best_bundle_predicts(prefect_api, tmp_path, monkeypatch):
+    import numpy as np
+    import pandas as pd
+    from prefect.client.orchestration import get_client
+
+    import tasks.trial
+    from flows.predict import main as predict_main
+    from flows.sweep import sweep_flow
+    from tasks.bundle import load_model
+
+    real, calls = tasks.trial.execute_trial, []
+
+    def flaky(request, data, loads=1):  # the first attempt of trial 1 hits a transient error
+        calls.append(request.number)
+        if calls.count(1) == 1 and request.number == 1:
+            raise ConnectionResetError("network share hiccup")
+        return real(request, data, loads)
+
+    monkeypatch.setattr(tasks.trial, "execute_trial", flaky)
+    base = {**BASE, "train": {**BASE["train"], "retry": {"retries": 1, "delay_seconds": 0}}}
+    config = validate_sweep({"name": "iris-flow", "base": base, "space": SPACE, "n_trials": 3, "trials_per_round": 3,
+                             "metric": "val_accuracy", "sampler": {"name": "random", "seed": 3}})
+    state = sweep_flow(config=config, sweep_dir=str(tmp_path / "s"), return_state=True)
+    result = state.result()
+    path = tmp_path / "s"
+    assert calls.count(1) == 2 and result.counts == {"complete": 3}  # retried by Prefect, then completed
+
+    with open(path / "leaderboard.csv") as handle:
+        board = list(csv.DictReader(handle))
+    assert [row["rank"] for row in board] == ["1", "2", "3"]
+    assert list(board[0])[:6] == ["rank", "trial", "state", "val_accuracy", "optimizer.lr", "model.hidden_sizes"]
+    values = [float(row["val_accuracy"]) for row in board]
+    assert values == sorted(values, reverse=True) and values[0] == result.best_value
+    assert int(board[0]["trial"]) == result.best_trial
+    assert (path / PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    best = load_config(path / "best_config.yaml")
+    assert best == config.trial_config(result.best_params)
+    bundle = load_model(path / "best_model")
+    assert bundle.config == best and bundle.manifest["sweep"]["trial"] == result.best_trial
+    trial_eval = json.loads((path / "trials" / f"{result.best_trial:04d}" / "evaluation.json").read_text())
+    assert bundle.evaluation["metrics"] == trial_eval["metrics"]
+
+    names = _task_run_names(state.state_details.flow_run_id)
+    rows = leaderboard(open_study(path, config), config)
+    assert {trial_label(row.trial, row.params) for row in rows} <= names
+    lr, sizes = rows[0].params["optimizer.lr"], rows[0].params["model.hidden_sizes"]
+    assert f"trial-{rows[0].trial}[lr={lr:.4g},hidden_sizes={json.dumps(sizes).replace(' ', '')}]" in names
+    assert "prepare-data[iris]" in names and any(n.startswith("save-model") for n in names)
+    with get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts()
+    assert any(a.key == "sweep-iris-flow" for a in artifact)
+
+    from sklearn.datasets import load_iris
+
+    frame = load_iris(as_frame=True).frame.head(20)
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    assert predict_main(["--model", str(path / "best_model"), "--input", "in.csv", "--output", "out.csv"]) == 0
+    predicted = pd.read_csv(tmp_path / "out.csv")
+    expected = bundle.predict_frame(frame)
+    assert list(predicted["prediction"]) == list(expected["prediction"])
+    assert np.allclose(predicted.iloc[:, 1:].to_numpy(), expected.iloc[:, 1:].to_numpy(), atol=1e-6)
+
+    # Rerunning the same sweep resumes it: nothing is run again, and the outputs are rewritten the same.
+    again = sweep_flow(config=config, sweep_dir=str(path))
+    assert again.resumed and again.ran_now == 0 and again.best_trial == result.best_trial
+    assert len(calls) == 4
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_gives_the_serial_results(prefect_api, tmp_path):
+    from flows.sweep import sweep_flow
+
+    settings = {"name": "iris-dask", "base": BASE, "space": SPACE, "n_trials": 4, "trials_per_round": 2,
+                "sampler": {"name": "tpe", "n_startup_trials": 2}}
+    serial_config = validate_sweep(settings)
+    serial, _ = run_engine(serial_config, prepare_data.fn(serial_config.base.data, 0), tmp_path / "serial")
+    config = validate_sweep({**settings, "parallelism": 2, "executor": "dask"})
+    result = sweep_flow(config=config, sweep_dir=str(tmp_path / "dask"))
+    assert result.executor == "Dask LocalCluster, 2 workers x 1 thread(s)"
+    assert summary(open_study(tmp_path / "dask", config), config) == summary(serial, serial_config)
+    workers = {json.loads(p.read_text())["worker"] for p in (tmp_path / "dask" / "trials").glob("*/result.json")}
+    assert 1 <= len(workers) <= 2
