@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks import train_throughput
+from benchmarks import sweep_scaling, train_throughput
 
-MODULES = (train_throughput,)
+MODULES = (train_throughput, sweep_scaling)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,3 +38,16 @@ def test_device_selection_benchmark_reports_the_probe_share(monkeypatch, tmp_pat
     assert "| tiny: digits MLP [128, 64], batch 64 | cpu |" in text and "| yes |" in text
     assert "failed" not in text  # the default and the larger model both train in the probe
     assert (tmp_path / "out.md").read_text().strip() == text
+
+
+def test_sweep_scaling_runs_serial_and_parallel_with_equal_results():
+    from benchmarks.sweep_scaling import format_report, run_benchmark
+
+    result = run_benchmark(rows=600, epochs=1, rounds=1, hidden=16, warm_up=False)
+    for runs in (result.serial, result.serial_one_thread, result.parallel):
+        assert len(runs) == 1 and runs[0].seconds > 0 and len(runs[0].values) == 4
+        assert runs[0].peak_rss_mib > 0 and runs[0].peak_pss_mib > 0
+    assert result.parallel[0].values == result.serial_one_thread[0].values  # same trials, bit for bit
+    assert result.parallel[0].data_loads == (1, 1, 1, 1)  # each worker loaded the data once
+    assert math.isfinite(result.ratio) and result.ratio > 0
+    assert "Speed-up S/P" in format_report(result, rows=600, epochs=1)
