@@ -36,6 +36,7 @@ from tasks.rundir import (
     record_device,
     record_results,
 )
+from tasks.tracking import check_tracking, record_tracking, start_tracking
 from tasks.train import train_model
 
 
@@ -43,11 +44,13 @@ from tasks.train import train_model
 def train_flow(config: RunConfig = RunConfig(), run_dir: str | None = None, resume: bool = False) -> RunSummary:
     """Train, evaluate and save one model as described by `config`.
 
-    Writes config.yaml, run.json, metrics.json, history.csv, checkpoints/
-    and the model bundle into `run_dir` (default: runs/<timestamp>-<name>/).
+    Writes config.yaml, run.json, metrics.json, history.csv, checkpoints/,
+    plots/, report.md and the model bundle into `run_dir` (default:
+    runs/<timestamp>-<name>/); `config.tracking` adds TensorBoard and MLflow.
     With `resume`, `run_dir` is an unfinished run that continues from its
     last checkpoint.
     """
+    check_tracking(config.tracking)  # a missing extra fails before any work
     if resume:
         if run_dir is None:
             raise ConfigError("resume needs the run directory to continue")
@@ -56,6 +59,7 @@ def train_flow(config: RunConfig = RunConfig(), run_dir: str | None = None, resu
         path = create_run_dir(run_dir, config.name)
     # Without checkpoints a retry would restart on half-trained weights: don't retry then.
     train_retry = retry_options(config.train.retry) if config.train.checkpoint.enabled else {"retries": 0}
+    tracker = None
     try:
         atomic_write_text(path / "config.yaml", config_to_yaml(config))
         mark_running(path)
@@ -63,13 +67,14 @@ def train_flow(config: RunConfig = RunConfig(), run_dir: str | None = None, resu
             config.device, probe_workload(config)
         )
         record_device(path, device)
+        tracker = start_tracking(config, path)
         data = prepare_data.with_options(**retry_options(config.data.retry))(config.data, config.seed)
         parts = build_model(
             config.model, config.loss, config.optimizer, config.scheduler, data.spec,
             device.torch_device, config.seed, config.train.epochs, config.train.monitor,
         )
         result = train_model.with_options(**train_retry)(
-            parts, data, config.train, device, config.seed, path / "checkpoints"
+            parts, data, config.train, device, config.seed, path / "checkpoints", callbacks=[tracker]
         )
         report = evaluate_model.with_options(**retry_options(config.evaluate.retry))(
             parts.model, data, device.torch_device, config.evaluate.batch_size
@@ -81,7 +86,10 @@ def train_flow(config: RunConfig = RunConfig(), run_dir: str | None = None, resu
                 {"device": device.model_dump()},
             )
         summary = record_results(path, device, data.spec, result, report, bundle)
+        record_tracking(tracker, config, path, summary, result, report, parts.model, data, device.torch_device)
     except BaseException as exc:
+        if tracker is not None:
+            tracker.fail(exc)
         mark_finished(path, exc)
         raise
     mark_finished(path)

@@ -8,6 +8,7 @@ from schemas.loading import config_to_yaml, load_config
 from schemas.model import CNNConfig, CustomModelConfig, LinearConfig, MLPConfig, ModelConfig
 from schemas.optim import LossConfig, OptimizerConfig, SchedulerConfig
 from schemas.run import RunConfig
+from schemas.tracking import TrackingConfig
 from schemas.train import EarlyStoppingConfig, TrainConfig
 
 __all__ = [
@@ -15,5 +16,5 @@ __all__ = [
     "DataConfig", "DataError", "DeviceConfig", "EarlyStoppingConfig", "EvaluateConfig",
     "LinearConfig", "LossConfig", "MLPConfig", "ModelConfig", "NpzSource", "OptimizerConfig",
     "ParquetSource", "PipelineError", "RunConfig", "SaveConfig", "SchedulerConfig", "SplitConfig",
-    "TrainConfig", "TrainingError", "config_to_yaml", "load_config",
+    "TrackingConfig", "TrainConfig", "TrainingError", "config_to_yaml", "load_config",
 ]

@@ -19,6 +19,7 @@ from schemas.optim import (
     OptimizerConfig,
     SchedulerConfig,
 )
+from schemas.tracking import TrackingConfig
 from schemas.train import TrainConfig
 
 
@@ -44,6 +45,7 @@ class RunConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     save: SaveConfig = Field(default_factory=SaveConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="before")
     @classmethod

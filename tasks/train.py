@@ -108,20 +108,53 @@ def _improved(score: float, best: float, mode: str, min_delta: float) -> bool:
     return score < best - min_delta if mode == "min" else score > best + min_delta
 
 
-def _progress_printer(total_epochs: int) -> Callable[[EpochRecord], None]:
+def _epoch_line(record: EpochRecord, total_epochs: int) -> str:
     width = len(str(total_epochs))
+    parts = [f"epoch {record.epoch:>{width}}/{total_epochs}", f"train_loss {record.train_loss:.4f}",
+             f"val_loss {record.val_loss:.4f}"]
+    if record.val_accuracy is not None:
+        parts.append(f"val_accuracy {record.val_accuracy:.4f}")
+    if record.val_mae is not None:
+        parts.append(f"val_mae {record.val_mae:.4g}")
+    parts += [f"lr {record.lr:.3g}", f"{record.seconds:.2f}s"]
+    return "  ".join(parts)
 
-    def emit(record: EpochRecord) -> None:
-        parts = [f"epoch {record.epoch:>{width}}/{total_epochs}", f"train_loss {record.train_loss:.4f}",
-                 f"val_loss {record.val_loss:.4f}"]
-        if record.val_accuracy is not None:
-            parts.append(f"val_accuracy {record.val_accuracy:.4f}")
-        if record.val_mae is not None:
-            parts.append(f"val_mae {record.val_mae:.4g}")
-        parts += [f"lr {record.lr:.3g}", f"{record.seconds:.2f}s"]
-        _emit_line("  ".join(parts))
 
-    return emit
+class EpochProgressDisplay:
+    """Per-epoch progress on stderr: on a terminal, a tqdm bar showing the latest epoch's metrics;
+    otherwise (CI logs, pipes) one plain line per epoch. Either way each epoch's line goes to the Prefect run log.
+    """
+
+    def __init__(self, total_epochs: int) -> None:
+        self.total = total_epochs
+        self.bar = None
+        try:
+            self.tty = sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            self.tty = False
+
+    def __call__(self, record: EpochRecord) -> None:
+        line = _epoch_line(record, self.total)
+        if not self.tty:
+            _emit_line(line)
+            return
+        if self.bar is None:  # opened at the first epoch, after any "resumed from" line; a resumed run starts there
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, initial=record.epoch - 1, desc="training", unit="epoch",
+                            file=sys.stderr, dynamic_ncols=True)
+        self.bar.update(record.epoch - self.bar.n)
+        self.bar.set_postfix_str(line.split("  ", 1)[1].rsplit("  ", 1)[0])
+        _log_to_prefect(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _progress_printer(total_epochs: int) -> EpochProgressDisplay:
+    return EpochProgressDisplay(total_epochs)
 
 
 def _log_to_prefect(line: str) -> None:
@@ -379,6 +412,9 @@ def train_model(
             f"out of memory with batch size {batch_size}; the retry continues from epoch {done_epochs} "
             f"with batch size {batch_size // 2}"
         ) from exc
+    finally:
+        if emit is not None:
+            emit.close()
 
     if best_state is not None:
         model.load_state_dict(best_state)

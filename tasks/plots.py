@@ -1,0 +1,209 @@
+"""Plots and the markdown report of a run (matplotlib, Agg backend; no display needed).
+
+    from tasks.plots import write_plots, markdown_report
+    plots = write_plots(run_dir / "plots", result.history, report, predictions)
+    text = markdown_report(config, summary, plots, relative_to=run_dir)
+
+Plots: `loss.png` (train and validation loss per epoch, best epoch marked),
+`metric.png` (validation accuracy or MAE per epoch), and
+`confusion_matrix.png` for classification or `predicted_vs_actual.png` for
+regression. Each file is written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from tasks.evaluate import EvalReport
+    from tasks.rundir import RunSummary
+    from tasks.train import EpochRecord
+
+PLOTS_DIR = "plots"
+REPORT_FILE = "report.md"
+
+
+def _figure(size: tuple[float, float] = (6.0, 4.0)) -> Any:
+    # The object-oriented API with an Agg canvas: no pyplot state, safe off the main thread.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp.png")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def plot_losses(history: Sequence["EpochRecord"], path: Path, best_epoch: int | None = None) -> Path:
+    fig = _figure()
+    ax = fig.add_subplot()
+    epochs = [r.epoch for r in history]
+    ax.plot(epochs, [r.train_loss for r in history], marker="o", markersize=3, label="train_loss")
+    ax.plot(epochs, [r.val_loss for r in history], marker="o", markersize=3, label="val_loss")
+    if best_epoch:
+        ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best epoch {best_epoch}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title("Loss per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_metric(history: Sequence["EpochRecord"], path: Path, best_epoch: int | None = None) -> Path | None:
+    """Validation accuracy (classification) or MAE (regression) per epoch; None when neither was recorded."""
+    name = "val_accuracy" if history and history[0].val_accuracy is not None else "val_mae"
+    values = [getattr(r, name) for r in history]
+    if not values or any(v is None for v in values):
+        return None
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.plot([r.epoch for r in history], values, marker="o", markersize=3, color="tab:green", label=name)
+    if best_epoch:
+        ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best epoch {best_epoch}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(name)
+    ax.set_title(f"{name} per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path) -> Path:
+    cm = np.asarray(matrix, dtype=int)
+    k = len(class_names)
+    side = min(12.0, 3.0 + 0.45 * k)
+    fig = _figure((side, side * 0.85))
+    ax = fig.add_subplot()
+    image = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    ax.set_xticks(range(k), labels=[str(c) for c in class_names], rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center")
+    ax.set_yticks(range(k), labels=[str(c) for c in class_names])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(f"Confusion matrix (test, {int(cm.sum())} rows)")
+    if k <= 30:
+        threshold = cm.max() / 2 if cm.size else 0
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if cm[i, j] > threshold else "black")
+    return _save(fig, path)
+
+
+def plot_predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, path: Path) -> Path:
+    actual, predicted = np.asarray(actual, dtype=float), np.asarray(predicted, dtype=float)
+    fig = _figure((5.0, 5.0))
+    ax = fig.add_subplot()
+    ax.scatter(actual, predicted, s=12, alpha=0.7)
+    if actual.size:
+        low = float(min(actual.min(), predicted.min()))
+        high = float(max(actual.max(), predicted.max()))
+        ax.plot([low, high], [low, high], color="grey", linestyle="--", linewidth=1, label="predicted = actual")
+        ax.legend()
+    ax.set_xlabel("actual")
+    ax.set_ylabel("predicted")
+    ax.set_title(f"Predicted vs actual (test, {actual.size} rows)")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def write_plots(
+    plot_dir: Path,
+    history: Sequence["EpochRecord"],
+    report: "EvalReport",
+    *,
+    best_epoch: int | None = None,
+    class_names: Sequence[str] | None = None,
+    regression: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Path]:
+    """Write the run's plots into `plot_dir`; returns {title: path} in report order.
+
+    `regression` is (actual, predicted) on the test split, in target units.
+    """
+    plots: dict[str, Path] = {}
+    if history:
+        plots["Loss"] = plot_losses(history, plot_dir / "loss.png", best_epoch)
+        metric = plot_metric(history, plot_dir / "metric.png", best_epoch)
+        if metric is not None:
+            plots["Validation metric"] = metric
+    if report.task == "classification" and report.confusion_matrix is not None:
+        names = list(class_names) if class_names is not None else [str(i) for i in range(len(report.confusion_matrix))]
+        plots["Confusion matrix"] = plot_confusion_matrix(report.confusion_matrix, names, plot_dir / "confusion_matrix.png")
+    elif report.task == "regression" and regression is not None:
+        plots["Predicted vs actual"] = plot_predicted_vs_actual(*regression, plot_dir / "predicted_vs_actual.png")
+    return plots
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def markdown_report(
+    config: Any,
+    summary: "RunSummary",
+    plots: dict[str, Path] | None = None,
+    *,
+    relative_to: Path | None = None,
+    links: dict[str, str] | None = None,
+) -> str:
+    """The run report as markdown: config summary, device, test metrics beside the baseline, plots.
+
+    Plot paths are written relative to `relative_to` (the run directory, for
+    `report.md`); leave it out to keep them as given (absolute, for a report
+    shown elsewhere).
+    """
+    rows = summary.rows
+    model = config.model.model_dump(mode="json")
+    model_desc = ", ".join(f"{k}={_fmt(v)}" for k, v in model.items() if k != "kind" and v not in (None, {}, []))
+    scheduler = config.scheduler.name if config.scheduler is not None else "none"
+    lines = [
+        f"# Run `{config.name}`",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| run directory | `{summary.run_dir}` |",
+        f"| data | {summary.source}: {summary.task}, {rows['train']}/{rows['val']}/{rows['test']} rows (train/val/test) |",
+        f"| model | {config.model.kind} ({model_desc}) |",
+        f"| optimizer | {config.optimizer.name}, lr {_fmt(config.optimizer.lr)}, scheduler {scheduler}, "
+        f"batch {config.train.batch_size} |",
+        f"| seed | {config.seed} |",
+        f"| device | {summary.device} ({summary.device_reason}; {summary.threads} CPU threads, {summary.precision}) |",
+        f"| training | {summary.epochs_run} epochs in {summary.train_seconds:.1f} s; best epoch {summary.best_epoch} "
+        f"({summary.monitor} {summary.best_score:.4f}){', stopped early' if summary.stopped_early else ''} |",
+        f"| bundle | {'`' + summary.bundle + '`' if summary.bundle else 'not saved'} |",
+        "",
+        f"## Test metrics (baseline: {summary.baseline_kind})",
+        "",
+        "| metric | model | baseline |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {name} | {value:.4f} | {summary.baseline[name]:.4f} |" for name, value in summary.test.items()]
+    if plots:
+        lines += ["", "## Plots", ""]
+        for title, path in plots.items():
+            shown = Path(os.path.relpath(path, relative_to)).as_posix() if relative_to is not None else Path(path).as_posix()
+            lines += [f"![{title}]({shown})", ""]
+        lines.pop()
+    if links:
+        lines += ["", "## Links", ""] + [f"- {label}: {url}" for label, url in links.items()]
+    return "\n".join(lines) + "\n"
