@@ -25,6 +25,7 @@ from tasks.data import prepare_data
 from tasks.device import probe_workload, select_device
 from tasks.evaluate import evaluate_model
 from tasks.model import build_model
+from tasks.report import EpochProgress, publish_run_report
 from tasks.retry import retry_options
 from tasks.rundir import (
     RunSummary,
@@ -73,9 +74,11 @@ def train_flow(config: RunConfig = RunConfig(), run_dir: str | None = None, resu
             config.model, config.loss, config.optimizer, config.scheduler, data.spec,
             device.torch_device, config.seed, config.train.epochs, config.train.monitor,
         )
+        progress = EpochProgress(config.train.epochs)
         result = train_model.with_options(**train_retry)(
-            parts, data, config.train, device, config.seed, path / "checkpoints", callbacks=[tracker]
+            parts, data, config.train, device, config.seed, path / "checkpoints", callbacks=[progress, tracker]
         )
+        progress.finish()
         report = evaluate_model.with_options(**retry_options(config.evaluate.retry))(
             parts.model, data, device.torch_device, config.evaluate.batch_size
         )
@@ -86,7 +89,8 @@ def train_flow(config: RunConfig = RunConfig(), run_dir: str | None = None, resu
                 {"device": device.model_dump()},
             )
         summary = record_results(path, device, data.spec, result, report, bundle)
-        record_tracking(tracker, config, path, summary, result, report, parts.model, data, device.torch_device)
+        tracked = record_tracking(tracker, config, path, summary, result, report, parts.model, data, device.torch_device)
+        publish_run_report(config, summary, result.history, tracked)
     except BaseException as exc:
         if tracker is not None:
             tracker.fail(exc)

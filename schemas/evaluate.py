@@ -17,7 +17,7 @@ class EvaluateConfig(StrictModel):
 class SaveConfig(StrictModel):
     """The model bundle written inside the run directory."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="Save the model bundle into the run directory.")
     dirname: str = Field(
         "model",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",

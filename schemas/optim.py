@@ -15,30 +15,36 @@ REGRESSION_LOSSES = ("mse", "mae", "huber")
 class LossConfig(StrictModel):
     """The loss. `auto` is cross-entropy for classification and MSE for regression."""
 
-    name: Literal["auto", "cross_entropy", "mse", "mae", "huber"] = "auto"
+    name: Literal["auto", "cross_entropy", "mse", "mae", "huber"] = Field(
+        "auto", description="auto: cross_entropy for classification, mse for regression."
+    )
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy only.")
 
 
 class SGDConfig(StrictModel):
-    name: Literal["sgd"] = "sgd"
-    lr: float = Field(0.01, gt=0, le=10)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
+    name: Literal["sgd"] = Field("sgd", description="Optimizer: sgd, adam or adamw.")
+    lr: float = Field(0.01, gt=0, le=10, description="Learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum factor.")
+    nesterov: bool = Field(False, description="Nesterov momentum (needs momentum > 0).")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty.")
 
 
 class AdamConfig(StrictModel):
-    name: Literal["adam"] = "adam"
-    lr: float = Field(1e-3, gt=0, le=10)
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
-    weight_decay: float = Field(0.0, ge=0)
+    name: Literal["adam"] = Field("adam", description="Optimizer: sgd, adam or adamw.")
+    lr: float = Field(1e-3, gt=0, le=10, description="Learning rate.")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="Decay rates of the first and second moment estimates."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (coupled, as torch.optim.Adam).")
 
 
 class AdamWConfig(StrictModel):
-    name: Literal["adamw"] = "adamw"
-    lr: float = Field(1e-3, gt=0, le=10)
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
-    weight_decay: float = Field(0.01, ge=0)
+    name: Literal["adamw"] = Field("adamw", description="Optimizer: sgd, adam or adamw.")
+    lr: float = Field(1e-3, gt=0, le=10, description="Learning rate.")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="Decay rates of the first and second moment estimates."
+    )
+    weight_decay: float = Field(0.01, ge=0, description="Decoupled weight decay.")
 
 
 OptimizerConfig = Annotated[
@@ -48,22 +54,22 @@ OptimizerConfig = Annotated[
 
 
 class StepLRConfig(StrictModel):
-    name: Literal["step"] = "step"
+    name: Literal["step"] = Field("step", description="Schedule: step, cosine or plateau.")
     step_size: int = Field(10, ge=1, description="Epochs between decays.")
-    gamma: float = Field(0.1, gt=0, le=1)
+    gamma: float = Field(0.1, gt=0, le=1, description="Factor applied to the learning rate at each decay.")
 
 
 class CosineLRConfig(StrictModel):
-    name: Literal["cosine"] = "cosine"
+    name: Literal["cosine"] = Field("cosine", description="Schedule: step, cosine or plateau.")
     t_max: int | None = Field(None, ge=1, description="Epochs per cosine cycle; default train.epochs.")
-    eta_min: float = Field(0.0, ge=0)
+    eta_min: float = Field(0.0, ge=0, description="Lowest learning rate of the cycle.")
 
 
 class PlateauLRConfig(StrictModel):
-    name: Literal["plateau"] = "plateau"
-    factor: float = Field(0.1, gt=0, lt=1)
+    name: Literal["plateau"] = Field("plateau", description="Schedule: step, cosine or plateau.")
+    factor: float = Field(0.1, gt=0, lt=1, description="Factor applied to the learning rate on a plateau.")
     patience: int = Field(3, ge=0, description="Epochs without improvement of train.monitor.")
-    min_lr: float = Field(0.0, ge=0)
+    min_lr: float = Field(0.0, ge=0, description="Lower bound on the learning rate.")
 
 
 SchedulerConfig = Annotated[

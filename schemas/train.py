@@ -12,7 +12,7 @@ from schemas.base import RetryPolicy, StrictModel
 class EarlyStoppingConfig(StrictModel):
     """Stop when the monitored metric stops improving; restore the best weights."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="Stop when train.monitor stops improving.")
     patience: int = Field(5, ge=1, description="Epochs without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
 
@@ -20,7 +20,7 @@ class EarlyStoppingConfig(StrictModel):
 class CheckpointConfig(StrictModel):
     """Resumable checkpoints in the run directory: `last.pt` always, `best.pt` at each new best."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="Write resumable checkpoints into the run directory.")
     every_n_batches: int | None = Field(
         None, ge=1, description="Also checkpoint every N batches within an epoch (default: epoch ends only)."
     )
@@ -29,8 +29,8 @@ class CheckpointConfig(StrictModel):
 class TrainConfig(StrictModel):
     """The plain loop: forward, loss, zero_grad, backward, step; validate each epoch."""
 
-    epochs: int = Field(30, ge=1, le=100_000)
-    batch_size: int = Field(64, ge=1, le=1_000_000)
+    epochs: int = Field(30, ge=1, le=100_000, description="Passes over the training split, at most.")
+    batch_size: int = Field(64, ge=1, le=1_000_000, description="Rows per training step.")
     monitor: Literal["val_loss", "val_accuracy", "val_mae"] = Field(
         "val_loss", description="Validation metric for early stopping, best weights and plateau LR."
     )

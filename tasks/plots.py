@@ -191,6 +191,13 @@ def markdown_report(
         f"| training | {summary.epochs_run} epochs in {summary.train_seconds:.1f} s; best epoch {summary.best_epoch} "
         f"({summary.monitor} {summary.best_score:.4f}){', stopped early' if summary.stopped_early else ''} |",
         f"| bundle | {'`' + summary.bundle + '`' if summary.bundle else 'not saved'} |",
+    ]
+    if summary.device_table:
+        lines += ["", "## Device measurement", "", "| device | ms/step | chosen |", "|---|---:|---|"]
+        for row in summary.device_table:
+            ms = "failed" if row["ms_per_step"] is None else f"{row['ms_per_step']:.3g}"
+            lines.append(f"| {row['device']} | {ms} | {'yes' if row['chosen'] else ''} |")
+    lines += [
         "",
         f"## Test metrics (baseline: {summary.baseline_kind})",
         "",

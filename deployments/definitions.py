@@ -1,0 +1,87 @@
+"""The project's deployments, declared as data: which flow, which preset, when, with which tags.
+
+No training logic lives here. Parameters come from the preset YAML in
+`configs/` (plus optional `--set`-style overrides), validated by the run
+schema when the deployment is built, so a broken preset fails `serve`
+instead of a run at 2 a.m. `python -m deployments.serve` serves them;
+`deployments/prefect.yaml` is generated from the same list for
+`prefect deploy` with a work pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    name: str
+    flow: str  # "train" or "sweep"
+    config: str  # preset path, relative to the repository root
+    description: str
+    cron: str | None = None
+    interval_seconds: int | None = None
+    tags: tuple[str, ...] = ()
+    overrides: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def entrypoint(self) -> str:
+        return {"train": "flows/train.py:train_flow", "sweep": "flows/sweep.py:sweep_flow"}[self.flow]
+
+    def parameters(self) -> dict[str, Any]:
+        """The flow's parameters: the preset, resolved and validated, as JSON."""
+        if self.flow == "train":
+            from schemas.loading import load_config
+
+            return {"config": load_config(ROOT / self.config, list(self.overrides)).model_dump(mode="json")}
+        from schemas.sweep import load_sweep_config
+
+        return {"config": load_sweep_config(ROOT / self.config, list(self.overrides)).model_dump(mode="json")}
+
+    def schedule(self) -> dict[str, Any]:
+        if self.cron:
+            return {"cron": self.cron}
+        if self.interval_seconds:
+            return {"interval": self.interval_seconds}
+        return {}
+
+
+DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
+    DeploymentSpec(
+        name="digits-mlp",
+        flow="train",
+        config="configs/digits_mlp.yaml",
+        description="On demand: the default MLP on scikit-learn's digits. Edit any field of the config in the form.",
+        tags=("train", "digits"),
+    ),
+    DeploymentSpec(
+        name="digits-mlp-nightly",
+        flow="train",
+        config="configs/digits_mlp.yaml",
+        overrides=("name=digits-mlp-nightly",),
+        description="Every night at 02:00 UTC: retrain the digits MLP.",
+        cron="0 2 * * *",
+        tags=("train", "digits", "scheduled"),
+    ),
+    DeploymentSpec(
+        name="iris-hourly",
+        flow="train",
+        config="configs/iris.yaml",
+        description="Every hour: the iris MLP, a seconds-long run to watch the schedule work.",
+        interval_seconds=3600,
+        tags=("train", "iris", "scheduled"),
+    ),
+)
+
+
+def find(name: str) -> DeploymentSpec:
+    for spec in DEPLOYMENTS:
+        if spec.name == name:
+            return spec
+    from schemas.errors import ConfigError
+
+    raise ConfigError(f"no deployment named {name!r}; there are: {', '.join(s.name for s in DEPLOYMENTS)}")

@@ -1,0 +1,256 @@
+"""Deployments against a real Prefect server: serve, schedule, trigger with overrides, artifacts, bad parameters.
+
+The module starts `prefect server start` on a free loopback port with its own
+PREFECT_HOME, serves two deployments with `python -m deployments.serve`, and
+stops both by PID at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployments.definitions import DEPLOYMENTS, find
+from deployments.serve import PREFECT_YAML, prefect_yaml
+from schemas.loading import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "name": "deployed-smoke",
+    "data": {"source": {"kind": "builtin", "name": "iris"}},
+    "model": {"kind": "mlp", "hidden_sizes": [8]},
+    "train": {"epochs": 3, "batch_size": 16},
+    "device": {"name": "cpu"},
+}
+
+
+def test_prefect_yaml_is_generated_from_the_definitions():
+    assert PREFECT_YAML.read_text() == prefect_yaml(), "run: python -m deployments.serve --write-prefect-yaml"
+    document = yaml.safe_load(PREFECT_YAML.read_text())
+    assert [d["name"] for d in document["deployments"]] == [s.name for s in DEPLOYMENTS]
+    nightly = next(d for d in document["deployments"] if d["name"] == "digits-mlp-nightly")
+    assert nightly["schedules"] == [{"cron": "0 2 * * *"}] and nightly["entrypoint"] == "flows/train.py:train_flow"
+    assert nightly["parameters"]["config"] == load_config(ROOT / "configs/digits_mlp.yaml", ["name=digits-mlp-nightly"]).model_dump(mode="json")
+
+
+def test_an_unknown_deployment_is_a_clear_error(capsys):
+    from deployments.serve import main
+
+    assert main(["--only", "nope", "--list"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: no deployment named 'nope'; there are: " + ", ".join(s.name for s in DEPLOYMENTS)
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop a process group we started, by its PID: SIGINT, then SIGKILL if it lingers."""
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real Prefect server on a free loopback port; yields (api_url, env for clients)."""
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
+        PREFECT_SERVER_API_PORT=str(port), PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    log = open(home / "server.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert process.poll() is None, (home / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the Prefect server did not become healthy in 120 s"
+            time.sleep(0.5)
+        yield api, {**env, "PREFECT_API_URL": api}
+    finally:
+        _stop(process)
+        log.close()
+        assert process.poll() is not None, "the Prefect server is still running"
+
+
+@pytest.fixture(scope="module")
+def served(server, tmp_path_factory):
+    """`python -m deployments.serve` for the on-demand and the hourly deployment; yields the client env."""
+    api, env = server
+    workdir = tmp_path_factory.mktemp("served")
+    log = open(workdir / "serve.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deployments.serve", "--only", "digits-mlp", "--only", "iris-hourly"],
+        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        from prefect.client.orchestration import get_client
+
+        deadline = time.monotonic() + 120
+        while True:
+            with _on(api), get_client(sync_client=True) as client:
+                names = {d.name for d in client.read_deployments()}
+            if {"digits-mlp", "iris-hourly"} <= names:
+                break
+            assert process.poll() is None, (workdir / "serve.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "deployments were not registered in 120 s"
+            time.sleep(1)
+        with _on(api):
+            yield workdir
+    finally:
+        _stop(process)
+        log.close()
+
+
+@contextlib.contextmanager
+def _on(api: str):
+    """Point this process's Prefect client at `api` (the session's test harness may point elsewhere)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        yield
+
+
+def _deployment(client, name: str):
+    return next(d for d in client.read_deployments() if d.name == name)
+
+
+@pytest.mark.slow
+def test_a_scheduled_deployment_has_its_next_runs_scheduled(served):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deadline = time.monotonic() + 90  # the server's scheduler service fills the schedule within seconds
+    while True:
+        with get_client(sync_client=True) as client:
+            deployment = _deployment(client, "iris-hourly")
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+            )
+        scheduled = sorted(r.expected_start_time for r in runs if r.state_name == "Scheduled")
+        if len(scheduled) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert deployment.tags == list(find("iris-hourly").tags)
+    assert deployment.parameters["config"] == load_config(ROOT / "configs/iris.yaml").model_dump(mode="json")
+    assert len(scheduled) >= 3
+    gaps = {(b - a).total_seconds() for a, b in zip(scheduled, scheduled[1:])}
+    assert gaps == {3600.0}
+
+
+@pytest.mark.slow
+def test_a_triggered_run_with_overrides_completes_and_publishes_artifacts(served, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.deployments import run_deployment
+
+    run_dir = tmp_path / "run"
+    flow_run = run_deployment(
+        "train/digits-mlp", parameters={"config": TINY, "run_dir": str(run_dir)}, timeout=240, poll_interval=1
+    )
+    assert flow_run.state_name == "Completed", flow_run.state.message
+    config = load_config(run_dir / "config.yaml")
+    assert (config.name, config.data.source.name, config.model.hidden_sizes, config.train.epochs) == (
+        "deployed-smoke", "iris", (8,), 3,
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["training"]["epochs_run"] == 3 and metrics["data"]["source"] == "builtin:iris"
+    assert (run_dir / "model" / "bundle.json").exists()
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
+        )
+    by_type: dict[str, list] = {}
+    for artifact in artifacts:
+        by_type.setdefault(artifact.type, []).append(artifact)
+    report = next(a for a in by_type["markdown"] if a.key == "deployed-smoke-report")
+    assert "# Run `deployed-smoke`" in report.data and "| accuracy |" in report.data
+    assert f"{metrics['test']['accuracy']:.4f}" in report.data and str(run_dir / "model") in report.data
+    history = next(a for a in by_type["table"] if a.key == "deployed-smoke-history")
+    rows = json.loads(history.data) if isinstance(history.data, str) else history.data
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert [a.data for a in by_type["progress"]] == [100.0]
+    # Link artifacts are stored as markdown links.
+    assert f"[model bundle]({(run_dir / 'model').resolve().as_uri()})" in [a.data for a in by_type["markdown"]]
+
+
+@pytest.mark.slow
+def test_invalid_parameters_fail_at_once_with_the_schemas_message(served):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    # What the JSON schema can express is refused when the run is created ...
+    for bad, message in (
+        ({"train": {"epochs": 0}}, "config.train.epochs"),
+        ({"trian": {"epochs": 3}}, "'trian' was unexpected"),
+    ):
+        with pytest.raises(PrefectHTTPStatusError, match=message):
+            run_deployment("train/digits-mlp", parameters={"config": bad}, timeout=0)
+    # ... and what only the pydantic model checks fails the run before any stage, never defaults.
+    flow_run = run_deployment(
+        "train/digits-mlp", parameters={"config": {**TINY, "device": {"name": "gpu"}}}, timeout=240, poll_interval=1
+    )
+    assert flow_run.state_name == "Failed"
+    assert "config.device.name: Value error, expected auto, cpu, cuda, cuda:N or mps" in flow_run.state.message
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    assert tasks == []  # no stage ran
+
+
+
+def test_the_report_links_the_bundle_and_the_tracking_run(tmp_path):
+    from types import SimpleNamespace
+
+    from tasks.report import run_links
+    from tasks.tracking import TrackingResult
+
+    summary = SimpleNamespace(bundle=str(tmp_path / "model"))
+    assert run_links(summary) == {"model bundle": (tmp_path / "model").resolve().as_uri()}
+    served = TrackingResult(mlflow_run_id="abc", mlflow_run_url="http://127.0.0.1:5000/#/experiments/1/runs/abc",
+                            tensorboard_dir=str(tmp_path / "tb"))
+    links = run_links(summary, served)
+    assert links["MLflow run"] == "http://127.0.0.1:5000/#/experiments/1/runs/abc"
+    assert links["TensorBoard log dir"] == (tmp_path / "tb").resolve().as_uri()
+    local = TrackingResult(mlflow_run_id="abc", mlflow_tracking_uri="sqlite:///mlflow.db")
+    assert run_links(SimpleNamespace(bundle=None), local) == {"MLflow run": "sqlite:///mlflow.db#run=abc"}
