@@ -62,7 +62,7 @@ class DeviceConfig(StrictModel):
     )
     cudnn_benchmark: bool = Field(False, description="CUDA: let cuDNN pick the fastest convolution algorithms.")
     tf32: bool = Field(False, description="CUDA: allow TF32 matmuls and convolutions on Ampere and newer.")
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retries of this stage.")
 
     @field_validator("name")
     @classmethod

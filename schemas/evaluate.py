@@ -11,7 +11,7 @@ class EvaluateConfig(StrictModel):
     """Metrics on the held-out test split, each beside a trivial baseline."""
 
     batch_size: int = Field(4096, ge=1, description="Rows per forward pass at evaluation.")
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retries of this stage.")
 
 
 class SaveConfig(StrictModel):
@@ -23,4 +23,6 @@ class SaveConfig(StrictModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="Bundle folder name inside the run directory (no path separators).",
     )
-    retry: RetryPolicy = Field(default_factory=lambda: RetryPolicy(retries=2, delay_seconds=1.0))
+    retry: RetryPolicy = Field(
+        default_factory=lambda: RetryPolicy(retries=2, delay_seconds=1.0), description="Retries of this stage."
+    )

@@ -34,11 +34,11 @@ class TrainConfig(StrictModel):
     monitor: Literal["val_loss", "val_accuracy", "val_mae"] = Field(
         "val_loss", description="Validation metric for early stopping, best weights and plateau LR."
     )
-    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig, description="When to stop early.")
     restore_best: bool = Field(True, description="End with the weights of the best epoch by monitor.")
     grad_clip_norm: float | None = Field(None, gt=0, description="Clip the gradient norm to this.")
     progress: bool = Field(True, description="Print one line per epoch.")
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Resumable checkpoints.")
     time_limit_seconds: float | None = Field(
         None, gt=0, description="Stop between batches after this long, leaving a resumable checkpoint."
     )
@@ -46,7 +46,10 @@ class TrainConfig(StrictModel):
         False,
         description="On a CUDA out-of-memory error, let the retry continue from the last epoch with half the batch size.",
     )
-    retry: RetryPolicy = Field(default_factory=lambda: RetryPolicy(retries=1, delay_seconds=2.0))
+    retry: RetryPolicy = Field(
+        default_factory=lambda: RetryPolicy(retries=1, delay_seconds=2.0),
+        description="Retries of this stage; a retry resumes from the last checkpoint.",
+    )
 
     @model_validator(mode="after")
     def _oom_needs_epoch_checkpoints(self) -> "TrainConfig":
