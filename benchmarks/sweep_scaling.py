@@ -28,8 +28,9 @@ counted in every process that maps them) and PSS (shared pages split between
 them). Reported: median wall time per case, the median of the per-round
 ratios S/P (target >= 1.7), peak memory per case, and the data's size, to
 check that parallel trials hold no more than one copy of the data per worker.
-Every case must find the same value for every trial: S1 and P bit for bit,
-S to 1e-5 (torch on every core may change the last bits).
+S1 and P must find the same value for every trial, bit for bit; S's values
+differ slightly (another thread count sums in another order, and training
+compounds it), and the largest relative difference is reported.
 """
 
 from __future__ import annotations
@@ -168,6 +169,12 @@ class Result:
         return statistics.median(self.ratios)
 
     @property
+    def thread_drift(self) -> float:
+        """Largest relative difference of a trial's value between S (all cores) and P (1 thread)."""
+        return max(abs(a - b) / max(abs(b), 1e-12) for s, p in zip(self.serial, self.parallel)
+                   for a, b in zip(s.values, p.values))
+
+    @property
     def ratio_one_thread(self) -> float:
         return statistics.median(s.seconds / p.seconds for s, p in zip(self.serial_one_thread, self.parallel))
 
@@ -194,9 +201,9 @@ def run_benchmark(rows: int, epochs: int, rounds: int, hidden: int = 256, warm_u
                 run = run_case(cases[case], data, folder / f"{case}-{index}")
                 if index > 0:
                     runs[case].append(run)
-        for s, s1, p in zip(runs["S"], runs["S1"], runs["P"]):
-            if not np.allclose(s.values, p.values, rtol=1e-5, atol=1e-6) or s1.values != p.values:
-                raise RuntimeError(f"serial and parallel trials disagree: {s.values}, {s1.values} vs {p.values}")
+        for s1, p in zip(runs["S1"], runs["P"]):
+            if s1.values != p.values:
+                raise RuntimeError(f"serial and parallel trials at 1 thread disagree: {s1.values} vs {p.values}")
     return Result(tuple(runs["S"]), tuple(runs["S1"]), tuple(runs["P"]), data_mib, cores)
 
 
@@ -234,7 +241,9 @@ def format_report(result: Result, rows: int, epochs: int) -> str:
         f"Memory: parallel peak PSS is {extra:,.0f} MiB above serial for 2 worker processes (interpreter, torch, "
         f"the trial's model) with a {result.data_mib:.1f} MiB data set; each worker loaded the data "
         f"{'once' if loads == [1] else f'{loads} times'} for all its trials (mapped copy-on-write, shared).",
-        "All cases found the same value for every trial (S1 and P bit for bit; S to 1e-5).",
+        f"S1 and P found the same value for every trial, bit for bit; S (torch on {result.cores} threads) differs "
+        f"by up to {result.thread_drift:.1e} relative: another thread count sums in another order, and training "
+        "compounds it.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -46,7 +46,6 @@ from tasks.sweep import (
     decode_params,
     emit,
     finished_trials,
-    format_leaderboard,
     format_summary,
     leaderboard,
     leaderboard_records,
@@ -145,7 +144,7 @@ def sweep_flow(config: SweepConfig, sweep_dir: str | None = None) -> SweepSummar
             sweep_dir=str(path), resumed=resumed, requeued=requeued, ran_now=ran_now, stopped_by_timeout=stopped,
             executor=description, seconds=time.perf_counter() - started, metric=config.metric,
             direction=config.resolved_direction, counts=count_states(rows), best_trial=best.number,
-            best_value=best.value, best_params=best_params, leaderboard=records,
+            best_value=best.value, best_params=best_params, best_test=evaluation.metrics, leaderboard=records,
             outputs={
                 "leaderboard": str(path / LEADERBOARD), "best_config": str(path / BEST_CONFIG),
                 "best_model": str(path / BEST_MODEL), "plot": str(path / PLOT),

@@ -274,19 +274,20 @@ def run_rounds(
     dispatch: Dispatch,
     log: Callable[[str], None] = lambda line: None,
     device: str = "cpu",
+    clock: Callable[[], float] = time.monotonic,
 ) -> RoundReport:
     """Ask, run and tell rounds of trials until the study holds the target number of finished trials."""
     from optuna.trial import TrialState
 
     dists = distributions(config)
     target = target_trials(config)
-    started = time.monotonic()
+    started = clock()
     report = RoundReport()
     while True:
         remaining = target - finished_trials(study)
         if remaining <= 0:
             break
-        if config.timeout_seconds is not None and time.monotonic() - started >= config.timeout_seconds:
+        if config.timeout_seconds is not None and clock() - started >= config.timeout_seconds:
             report.stopped_by_timeout = True
             log(f"timeout_seconds={config.timeout_seconds:g} reached; {remaining} trial(s) not run")
             break
@@ -600,6 +601,7 @@ class SweepSummary(BaseModel):
     best_trial: int | None
     best_value: float | None
     best_params: dict[str, Any] | None
+    best_test: dict[str, float] | None = None  # the best trial's test-split metrics
     leaderboard: list[dict[str, Any]]
     outputs: dict[str, str]
 
@@ -646,6 +648,9 @@ def format_summary(summary: SweepSummary, limit: int = 20) -> str:
     if summary.best_trial is not None and summary.best_params is not None:
         shown = ", ".join(f"{k}={format_value(v)}" for k, v in summary.best_params.items())
         lines.append(f"best      trial {summary.best_trial}: {summary.metric} {summary.best_value:.4f} ({shown})")
+        if summary.best_test:
+            tested = ", ".join(f"{name} {value:.4f}" for name, value in summary.best_test.items())
+            lines.append(f"          test split: {tested}")
     lines += ["", format_leaderboard(summary.leaderboard, limit), ""]
     for name, where in summary.outputs.items():
         lines.append(f"{name:<12}{where}")

@@ -44,7 +44,7 @@ from schemas.errors import ConfigError
 from schemas.run import RunConfig
 from schemas.sweep import PrunerConfig, SweepConfig
 from tasks.data import DataSpec, PreparedData
-from tasks.device import available_cores
+from tasks.device import available_cores, threads_per_worker
 from tasks.evaluate import EvalReport, evaluate_model
 from tasks.model import build_model
 from tasks.train import EpochRecord, train_model
@@ -220,7 +220,7 @@ def plan_threads(config: SweepConfig) -> tuple[int, int | None]:
             f"parallelism = {workers} is more than the {cores} CPU core(s) this process may use; "
             f"oversubscribed trials run many times slower. Use parallelism <= {cores}"
         )
-    threads = asked or max(1, cores // workers)
+    threads = asked or threads_per_worker(workers, cores)
     if threads * workers > cores:
         raise ConfigError(
             f"base.device.threads = {threads} with parallelism = {workers} needs {threads * workers} cores, "
@@ -254,19 +254,24 @@ def save_shared_data(data: PreparedData, folder: Path) -> None:
     (folder / "spec.json").write_text(data.spec.model_dump_json(), encoding="utf-8")
 
 
-def load_shared_data(folder: Path) -> PreparedData:
-    """Map the splits copy-on-write: pages are shared with every other process that maps them."""
+def load_shared_data(folder: Path, train_batches: Any = None) -> PreparedData:
+    """Map the splits copy-on-write: pages are shared with every other process that maps them.
+
+    `train_batches` (image data's batch source with augmentation) comes along as it is.
+    """
     arrays = {name: torch.from_numpy(np.load(folder / f"{name}.npy", mmap_mode="c")) for name in SPLITS}
     spec = DataSpec.model_validate_json((folder / "spec.json").read_text(encoding="utf-8"))
+    if train_batches is not None:
+        return PreparedData(spec=spec, **arrays, train_batches=train_batches)
     return PreparedData(spec=spec, **arrays)
 
 
 _WORKER: dict[str, Any] = {}  # per worker process: the mapped data and how often it was loaded
 
 
-def _init_pool_worker(folder: str, threads: int) -> None:
+def _init_pool_worker(folder: str, threads: int, train_batches: Any = None) -> None:
     torch.set_num_threads(threads)
-    _WORKER["data"] = load_shared_data(Path(folder))
+    _WORKER["data"] = load_shared_data(Path(folder), train_batches)
     _WORKER["loads"] = _WORKER.get("loads", 0) + 1
 
 
@@ -282,6 +287,7 @@ class LocalPoolExecutor:
         self.description = f"{workers} local worker processes x {threads} thread(s)"
         self._folder = Path(tempfile.mkdtemp(prefix="sweep-data-"))
         self._lock = threading.Lock()
+        self._train_batches = getattr(data, "train_batches", None)
         try:
             save_shared_data(data, self._folder)
             self._pool = self._start()
@@ -299,7 +305,7 @@ class LocalPoolExecutor:
             context.set_forkserver_preload(["tasks.trial", "torch._dynamo", "optuna", "sklearn.metrics"])
         return ProcessPoolExecutor(
             self.workers, mp_context=context, initializer=_init_pool_worker,
-            initargs=(str(self._folder), self.threads),
+            initargs=(str(self._folder), self.threads, self._train_batches),
         )
 
     def run(self, request: TrialRequest) -> TrialOutcome:
@@ -352,7 +358,7 @@ class DaskExecutor:
         else:
             self.description = f"Dask scheduler {address}"
         try:
-            self._client = Client(self._cluster if self._cluster is not None else address, timeout="30s")
+            self._client = Client(self._cluster if self._cluster is not None else address, timeout="10s")
             self._data = self._client.scatter(data, broadcast=True, hash=False)
         except OSError as exc:
             self.close()

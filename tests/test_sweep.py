@@ -164,9 +164,9 @@ def test_cli_bad_space_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys
     assert main(["--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err == (
-        "error: invalid sweep config in bad.yaml: space.optimizer.lr: the value 0.0 does not fit the run config: "
+        f"error: invalid sweep config in {bad}: space.optimizer.lr: the value 0.0 does not fit the run config: "
         "optimizer.lr = 0.0: Input should be greater than 0\n"
-    ) or err.startswith(f"error: invalid sweep config in {bad}: space.optimizer.lr: the value 0.0")
+    )
     assert "Traceback" not in err and not (tmp_path / "sweeps").exists()
 
 
@@ -391,3 +391,12 @@ def test_dask_local_cluster_gives_the_serial_results(prefect_api, tmp_path):
     assert summary(open_study(tmp_path / "dask", config), config) == summary(serial, serial_config)
     workers = {json.loads(p.read_text())["worker"] for p in (tmp_path / "dask" / "trials").glob("*/result.json")}
     assert 1 <= len(workers) <= 2
+
+
+def test_timeout_stops_asking_new_rounds(iris, tmp_path):
+    clock = iter([0.0, 0.0, 100.0])  # start, first check (runs a round), second check (past the budget)
+    config = sweep(n_trials=4, trials_per_round=1, timeout_seconds=50)
+    path, _ = open_sweep_dir(tmp_path / "s", config, iris.spec)
+    study = open_study(path, config)
+    report = run_rounds(study, config, path, 1, plain_dispatch(InProcessExecutor(iris, 1), 1), clock=lambda: next(clock))
+    assert report.ran == 1 and report.stopped_by_timeout and finished_trials(study) == 1
