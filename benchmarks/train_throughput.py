@@ -1,4 +1,4 @@
-"""Training throughput: the library's training loop against two hand-written loops.
+"""Training throughput: the library's training loop against two hand-written loops and PyTorch Lightning.
 
     python -m benchmarks.train_throughput                  # full size: about 2 minutes on 2 cores
     python -m benchmarks.train_throughput --quick          # digits only, 3 rounds
@@ -19,11 +19,20 @@ and number of epochs (early stopping off):
   B slicing     hand-written: per epoch `randperm`, one gather `X[perm]`, then
                 batch slices; forward, loss, zero_grad, backward, step.
   C dataloader  `DataLoader(TensorDataset(X, y), shuffle=True)` with the same step.
+  D lightning   a PyTorch Lightning `Trainer` (accelerator="cpu", 1 device;
+                progress bar, logger, checkpointing, model summary and the
+                sanity-check validation off) fitting a LightningModule that
+                wraps the same model, loss and optimizer, with the same
+                DataLoader as C and a validation DataLoader over the same val
+                split in chunks of EVAL_CHUNK rows, validated every epoch.
+                Trainer construction is timed: a Lightning user pays it. Needs
+                the `bench` extra (`pip install -e ".[bench]"`); without it D
+                is left out with a message.
 
 A validates on the val split every epoch, so B and C run the same validation
 pass (eval mode, `torch.inference_mode()`, loss and accuracy in chunks of
 `tasks.train.EVAL_CHUNK` rows): A/B and A/C with validation are the headline
-ratios. B and C also time their validation pass, so their train-only
+ratios, and A/D. B and C also time their validation pass, so their train-only
 throughput (time minus validation) is reported beside it.
 
 Workloads: the digits MLP (default config) and the digits CNN (`model.kind=cnn`),
@@ -36,13 +45,17 @@ runs in the same position. Each run builds fresh components with the same seed
 and starts after a `gc.collect()`, outside the timed part. Reported per case:
 median samples/s (train rows x epochs / wall time) and its min-max; per
 workload: the median of the per-round ratios A/B and A/C, and the process's
-peak RSS so far. The project's target is A >= 0.97x B (with validation).
+peak RSS so far, and per case the peak RSS above the RSS at the run's start
+(sampled every 5 ms). The project's targets: A >= 0.97x B (with validation),
+A >= 2x D.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import logging
+import warnings
 import resource
 import statistics
 import sys
@@ -56,6 +69,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from benchmarks._common import PeakRSS
 from schemas.loading import load_config
 from schemas.run import RunConfig
 from tasks.data import PreparedData, prepare_data
@@ -64,6 +78,7 @@ from tasks.model import TrainingComponents, build_model
 from tasks.train import EVAL_CHUNK, train_model
 
 TARGET = 0.97  # the project's target for A/B (with validation)
+TARGET_LIGHTNING = 2.0  # the project's target for A/D
 CPU = torch.device("cpu")
 BASE_OVERRIDES = ("train.progress=false", "device=cpu", "train.early_stopping.enabled=false")
 CASE_NOTES = {
@@ -71,7 +86,13 @@ CASE_NOTES = {
     "restore_best={restore_best})",
     "B": "slicing: randperm + X[perm] + batch slices, same per-epoch validation pass",
     "C": "dataloader: DataLoader(TensorDataset, shuffle=True), same per-epoch validation pass",
+    "D": "lightning: Trainer.fit (progress bar, logger, checkpointing, summary, sanity check off), "
+    "same DataLoader as C, validation every epoch",
 }
+LIGHTNING_MISSING = (
+    "case D (PyTorch Lightning) left out: lightning is not installed; "
+    'install the benchmark extra with: pip install -c constraints.txt -e ".[bench]"'
+)
 
 
 @dataclass(frozen=True)
@@ -101,6 +122,7 @@ class CaseStats:
     train_only_samples_per_second: tuple[float, ...] | None
     val_loss: float  # after the last epoch of the last round
     val_accuracy: float
+    peak_rss_delta_mib: float = 0.0  # the highest, over the rounds, of peak RSS above the RSS at the run's start
 
     @property
     def median(self) -> float:
@@ -113,7 +135,8 @@ class WorkloadResult:
     n_train: int
     batch_size: int
     cases: dict[str, CaseStats]
-    # Per timed round, A's samples/s over B's or C's: "A/B", "A/C", "A/B train-only", "A/C train-only".
+    # Per timed round, A's samples/s over another case's: "A/B", "A/C", "A/B train-only", "A/C train-only",
+    # and "A/D" where D ran.
     round_ratios: dict[str, tuple[float, ...]]
     peak_rss_mib: float  # the process's high-water mark after this workload
 
@@ -125,6 +148,10 @@ class WorkloadResult:
     @property
     def target_met(self) -> bool:
         return self.ratios["A/B"] >= TARGET
+
+    @property
+    def lightning_target_met(self) -> bool | None:
+        return None if "A/D" not in self.round_ratios else self.ratios["A/D"] >= TARGET_LIGHTNING
 
 
 # --------------------------------------------------------------------------- workloads
@@ -262,29 +289,110 @@ def _validate(parts: TrainingComponents, X: torch.Tensor, y: torch.Tensor) -> tu
     return loss_sum / len(X), correct / len(X)
 
 
+def lightning_available() -> bool:
+    try:
+        import lightning  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def time_lightning(config: RunConfig, data: PreparedData) -> Timing:
+    """Case D: a PyTorch Lightning Trainer fitting the same model, loss and optimizer."""
+    for message in (".*LeafSpec.*deprecated", ".*does not have many workers.*", ".*smaller than the logging interval.*"):
+        warnings.filterwarnings("ignore", message=message)  # Lightning's advice for real projects, noise here
+    try:
+        import lightning as L
+    except ImportError:
+        raise SystemExit(LIGHTNING_MISSING) from None
+    for name in ("lightning.pytorch", "lightning.fabric"):  # "GPU available: False ..." and the like
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    parts = fresh_components(config, data)
+    start = time.perf_counter()
+    loader = DataLoader(
+        TensorDataset(data.X_train, data.y_train), batch_size=config.train.batch_size, shuffle=True,
+        generator=_seeded_generator(config.seed),
+    )
+    val_loader = DataLoader(TensorDataset(data.X_val, data.y_val), batch_size=EVAL_CHUNK)
+    module = _lightning_module(L, parts)
+    trainer = L.Trainer(
+        max_epochs=config.train.epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, check_val_every_n_epoch=1,
+    )
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader)
+    seconds = time.perf_counter() - start
+    return Timing(seconds, None, module.val_loss, module.val_accuracy)
+
+
+def _lightning_module(L: object, parts: TrainingComponents) -> object:
+    """A LightningModule over `parts`; the class is made here so that lightning is imported only for case D."""
+
+    class Wrapped(L.LightningModule):  # type: ignore[attr-defined, misc, name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.model, self.loss_fn = parts.model, parts.loss_fn
+            self.val_loss, self.val_accuracy = float("nan"), float("nan")
+            self._loss_sum, self._correct, self._rows = 0.0, 0, 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x)
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            xb, yb = batch
+            return self.loss_fn(self.model(xb), yb)
+
+        def on_validation_epoch_start(self) -> None:
+            self._loss_sum, self._correct, self._rows = 0.0, 0, 0
+
+        def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+            xb, yb = batch
+            out = self.model(xb)
+            self._loss_sum += float(self.loss_fn(out, yb)) * len(xb)
+            self._correct += int((out.argmax(dim=1) == yb).sum())
+            self._rows += len(xb)
+
+        def on_validation_epoch_end(self) -> None:
+            self.val_loss, self.val_accuracy = self._loss_sum / self._rows, self._correct / self._rows
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return parts.optimizer
+
+    return Wrapped()
+
+
 CASES: dict[str, Callable[[RunConfig, PreparedData], Timing]] = {
     "A": time_library,
     "B": time_slicing,
     "C": time_dataloader,
+    "D": time_lightning,
 }
 
 
 # --------------------------------------------------------------------------- running
 
 
-def run_workload(workload: Workload, rounds: int, restore_best: bool = True) -> WorkloadResult:
-    """One warm-up round, then `rounds` rounds running each case once, in a rotating order."""
+def run_workload(
+    workload: Workload, rounds: int, restore_best: bool = True, cases: Iterable[str] = ("A", "B", "C")
+) -> WorkloadResult:
+    """One warm-up round, then `rounds` rounds running each of `cases` (A, B, C and D) once, in a rotating order."""
+    labels = list(dict.fromkeys(cases))
+    if labels[:3] != ["A", "B", "C"] or not set(labels) <= set(CASES):
+        raise ValueError(f"cases must be A, B, C, optionally followed by D; got {labels}")
     config, data = load_workload(workload, restore_best)
     samples = len(data.X_train) * workload.epochs
-    timings: dict[str, list[Timing]] = {label: [] for label in CASES}
+    timings: dict[str, list[Timing]] = {label: [] for label in labels}
+    memory: dict[str, list[float]] = {label: [] for label in labels}
     for round_index in range(rounds + 1):
         print(f"{workload.name}: {'warm-up' if round_index == 0 else f'round {round_index}/{rounds}'}",
               file=sys.stderr, flush=True)
-        for label in _rotated(list(CASES), round_index):
+        for label in _rotated(labels, round_index):
             gc.collect()
-            timing = CASES[label](config, data)
+            with PeakRSS() as peak:
+                timing = CASES[label](config, data)
             if round_index > 0:
                 timings[label].append(timing)
+                memory[label].append(peak.delta_mib)
 
     cases = {}
     for label, runs in timings.items():
@@ -296,12 +404,15 @@ def run_workload(workload: Workload, rounds: int, restore_best: bool = True) -> 
             train_only_samples_per_second=train_only,
             val_loss=runs[-1].val_loss,
             val_accuracy=runs[-1].val_accuracy,
+            peak_rss_delta_mib=max(memory[label]),
         )
     a = cases["A"].samples_per_second
     round_ratios = {}
     for base in ("B", "C"):
         round_ratios[f"A/{base}"] = _divide(a, cases[base].samples_per_second)
         round_ratios[f"A/{base} train-only"] = _divide(a, cases[base].train_only_samples_per_second)
+    if "D" in cases:
+        round_ratios["A/D"] = _divide(a, cases["D"].samples_per_second)
     return WorkloadResult(
         workload, len(data.X_train), config.train.batch_size, cases, round_ratios, peak_rss_mib()
     )
@@ -328,18 +439,22 @@ def peak_rss_mib() -> float:
 
 def format_report(results: list[WorkloadResult], threads: int, rounds: int, restore_best: bool) -> str:
     """A markdown report: what each case includes, throughput per case, ratios per workload."""
-    notes = {label: note.format(restore_best=str(restore_best).lower()) for label, note in CASE_NOTES.items()}
+    labels = {label for result in results for label in result.cases}
+    notes = {
+        label: note.format(restore_best=str(restore_best).lower())
+        for label, note in CASE_NOTES.items() if label in labels
+    }
     lines = [
         f"## Training throughput (torch {torch.__version__}, {threads} thread(s), {rounds} rounds "
-        "+ 1 warm-up discarded; each round runs every case once, order rotating ABC, BCA, CAB)",
+        "+ 1 warm-up discarded; each round runs every case once, the order rotating: ABCD, BCDA, ...)",
         "",
         "Same model init, data, batch size and epochs in every case; early stopping off.",
         *(f"- {label} {note}" for label, note in notes.items()),
         "- train-only: B/C wall time minus their validation pass (A's cannot be separated)",
         "",
         "| workload | train rows | batch | epochs | case | median samples/s | min-max samples/s "
-        "| final val loss | final val acc |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| final val loss | final val acc | peak RSS above start (MiB) |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         workload = result.workload
@@ -349,35 +464,45 @@ def format_report(results: list[WorkloadResult], threads: int, rounds: int, rest
             name = notes[label].split(":")[0]
             lines.append(
                 f"{head if i == 0 else blank}| {label} {name} | {stats.median:,.0f} "
-                f"| {_span(stats.samples_per_second)} | {stats.val_loss:.4f} | {stats.val_accuracy:.4f} |"
+                f"| {_span(stats.samples_per_second)} | {stats.val_loss:.4f} | {stats.val_accuracy:.4f} "
+                f"| {stats.peak_rss_delta_mib:,.1f} |"
             )
             train_only = stats.train_only_samples_per_second
             if train_only is not None:
                 lines.append(
                     f"{blank}| {label} {name}, train-only | {statistics.median(train_only):,.0f} "
-                    f"| {_span(train_only)} |  |  |"
+                    f"| {_span(train_only)} |  |  |  |"
                 )
     lines += [
         "",
         f"| workload | A/B | A/B min-max | A/C | A/B train-only | A/C train-only | A >= {TARGET}x B "
-        "| peak RSS so far (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---|---:|",
+        f"| A/D | A/D min-max | A >= {TARGET_LIGHTNING:g}x D | peak RSS so far (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|",
     ]
     for result in results:
         r = result.ratios
         ab = result.round_ratios["A/B"]
+        ad = result.round_ratios.get("A/D")
+        d_cells = "| n/a | | not run " if ad is None else (
+            f"| {r['A/D']:.3f} | {min(ad):.2f}-{max(ad):.2f} | {'met' if result.lightning_target_met else 'NOT met'} "
+        )
         lines.append(
             f"| {result.workload.name} | {r['A/B']:.3f} | {min(ab):.2f}-{max(ab):.2f} | {r['A/C']:.3f} "
             f"| {r['A/B train-only']:.3f} | {r['A/C train-only']:.3f} "
-            f"| {'met' if result.target_met else 'NOT met'} | {result.peak_rss_mib:,.0f} |"
+            f"| {'met' if result.target_met else 'NOT met'} {d_cells}| {result.peak_rss_mib:,.0f} |"
         )
     missed = [r.workload.name for r in results if not r.target_met]
+    missed_d = [r.workload.name for r in results if r.lightning_target_met is False]
+    ran_d = any(r.lightning_target_met is not None for r in results)
     lines += [
         "",
         "Ratios are medians of per-round ratios of samples/s (above 1: A is faster); "
         "A/B min-max is their spread over the rounds.",
         f"Target A >= {TARGET}x B (with validation): "
         + (f"NOT met on {', '.join(missed)}" if missed else "met on every workload") + ".",
+        f"Target A >= {TARGET_LIGHTNING:g}x D: "
+        + ((f"NOT met on {', '.join(missed_d)}" if missed_d else "met on every workload") if ran_d
+           else LIGHTNING_MISSING) + ".",
     ]
     return "\n".join(lines) + "\n"
 
@@ -401,6 +526,10 @@ def main(argv: list[str] | None = None) -> list[WorkloadResult]:
         "--restore-best", action=argparse.BooleanOptionalAction, default=True,
         help="run A with train.restore_best on, the library default (B and C have no counterpart)",
     )
+    parser.add_argument(
+        "--lightning", action=argparse.BooleanOptionalAction, default=True,
+        help="run case D, PyTorch Lightning (needs the bench extra; left out with a message without it)",
+    )
     parser.add_argument("--output", type=Path, help="also write the markdown report to this file")
     args = parser.parse_args(argv)
     for name in ("rounds", "epochs", "threads"):
@@ -410,10 +539,16 @@ def main(argv: list[str] | None = None) -> list[WorkloadResult]:
     rounds = args.rounds or (3 if args.quick else 5)
     threads = args.threads or available_cores()
     torch.set_num_threads(threads)
+    cases = ["A", "B", "C"]
+    if args.lightning:
+        if lightning_available():
+            cases.append("D")
+        else:
+            print(LIGHTNING_MISSING, file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         workloads = default_workloads(args.quick, args.epochs, Path(tmp))
-        results = [run_workload(workload, rounds, args.restore_best) for workload in workloads]
+        results = [run_workload(workload, rounds, args.restore_best, cases) for workload in workloads]
     report = format_report(results, threads, rounds, args.restore_best)
     print(report)
     if args.output is not None:

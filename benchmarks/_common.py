@@ -1,0 +1,91 @@
+"""Helpers the benchmark modules share: memory sampling, the machine line, spans."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import sys
+import threading
+from typing import Sequence
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def current_rss_bytes() -> int:
+    """This process's resident set size now (Linux /proc; elsewhere the peak so far, a poor substitute)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except OSError:
+        return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """The process's high-water RSS (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+class PeakRSS:
+    """The peak RSS of this process while the block runs, sampled every `interval` seconds in a thread.
+
+    `peak_mib` is the highest RSS seen; `delta_mib` is that minus the RSS at entry: the extra
+    memory the block needed (freed memory that the allocator keeps counts as in use at entry).
+    A block shorter than the interval is sampled at entry and exit only.
+    """
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.start = self.peak = 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak = max(self.peak, current_rss_bytes())
+
+    def __enter__(self) -> "PeakRSS":
+        self.start = self.peak = current_rss_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss_bytes())
+
+    @property
+    def peak_mib(self) -> float:
+        return self.peak / 2**20
+
+    @property
+    def delta_mib(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def machine_line() -> str:
+    """Cores, CPU model, Python and torch versions, for a report's header."""
+    import torch
+
+    from tasks.device import available_cores
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return (
+        f"{available_cores()} usable cores ({os.cpu_count()} logical), {cpu}; Python {platform.python_version()}, "
+        f"torch {torch.__version__}, {platform.system()} {platform.release()}"
+    )
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def span(values: Sequence[float], fmt: str = "{:.2f}") -> str:
+    return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
