@@ -75,6 +75,14 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         interval_seconds=3600,
         tags=("train", "iris", "scheduled"),
     ),
+    DeploymentSpec(
+        name="digits-sweep",
+        flow="sweep",
+        config="configs/sweep_digits.yaml",
+        description="On demand: the digits MLP sweep (Optuna TPE, median pruning). Runs continue the study in "
+        "sweeps/<name>/ on the serving machine; raise n_trials to search further.",
+        tags=("sweep", "digits"),
+    ),
 )
 
 

@@ -254,3 +254,24 @@ def test_the_report_links_the_bundle_and_the_tracking_run(tmp_path):
     assert links["TensorBoard log dir"] == (tmp_path / "tb").resolve().as_uri()
     local = TrackingResult(mlflow_run_id="abc", mlflow_tracking_uri="sqlite:///mlflow.db")
     assert run_links(SimpleNamespace(bundle=None), local) == {"MLflow run": "sqlite:///mlflow.db#run=abc"}
+
+
+@pytest.mark.parametrize("name", [spec.name for spec in DEPLOYMENTS])
+def test_every_deployment_builds_and_its_parameters_fit_the_flows_schema(name):
+    import jsonschema
+    from prefect.utilities.callables import parameter_schema
+
+    from deployments.serve import _flow, build
+
+    deployment = build(find(name))
+    assert deployment.name == name and deployment.tags == list(find(name).tags)
+    # What the server checks a run's parameters against.
+    jsonschema.validate(deployment.parameters, parameter_schema(_flow(find(name))).model_dump_for_openapi())
+    schedules = [s.schedule for s in deployment.schedules]
+    spec = find(name)
+    if spec.cron:
+        assert [s.cron for s in schedules] == [spec.cron]
+    elif spec.interval_seconds:
+        assert [s.interval.total_seconds() for s in schedules] == [spec.interval_seconds]
+    else:
+        assert schedules == []
