@@ -4,6 +4,9 @@
 
 Input is CSV, Parquet or NPZ (array `X`). CSV and Parquet columns are matched
 to the training features by name, in any order; other columns are ignored.
+For a model trained on an image folder, the input is an image file or a
+folder of images (searched recursively), decoded, resized and normalized as
+in training; the CSV then starts with a `file` column.
 The output CSV has `prediction` (the class name, or the value for regression)
 and, for classification, one `proba_<class>` column per class.
 """
@@ -30,7 +33,15 @@ SUFFIX_KIND = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "
 
 @task(name="predict", cache_policy=NO_CACHE)
 def predict_file(bundle: LoadedBundle, input_path: Path) -> pd.DataFrame:
-    """Predictions for every row of `input_path`."""
+    """Predictions for every row of `input_path` (for an image model: every image file below it)."""
+    image = bundle.spec.preprocessing.image
+    if image is not None and (input_path.is_dir() or input_path.suffix.lower() not in SUFFIX_KIND):
+        from tasks.images import decode_for_prediction, prediction_images
+
+        files, names = prediction_images(input_path)
+        predictions = bundle.predict_array(decode_for_prediction(files, image), str(input_path))
+        predictions.insert(0, "file", names)
+        return predictions
     kind = SUFFIX_KIND.get(input_path.suffix.lower())
     if kind is None:
         raise DataError(f"{input_path}: unsupported input type {input_path.suffix!r}; use .csv, .parquet or .npz")

@@ -14,31 +14,55 @@ Activation = Literal["relu", "gelu", "tanh", "silu", "leaky_relu"]
 class MLPConfig(StrictModel):
     """A multilayer perceptron over flat features."""
 
-    kind: Literal["mlp"] = "mlp"
+    kind: Literal["mlp"] = Field("mlp", description="Model type: mlp, cnn, tinyvgg, resnet, linear, logistic or custom.")
     hidden_sizes: tuple[Annotated[int, Field(ge=1, le=65536)], ...] = Field(
         (128, 64), description="Width of each hidden layer."
     )
-    activation: Activation = "relu"
-    dropout: float = Field(0.1, ge=0, lt=1)
+    activation: Activation = Field("relu", description="Activation after each hidden layer.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout probability.")
 
 
 class CNNConfig(StrictModel):
     """A small CNN for image-shaped input (for example digits as 1x8x8)."""
 
-    kind: Literal["cnn"] = "cnn"
+    kind: Literal["cnn"] = Field("cnn", description="Model type: mlp, cnn, tinyvgg, resnet, linear, logistic or custom.")
     channels: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
         (16, 32), min_length=1, description="Output channels of each conv block."
     )
-    kernel_size: int = Field(3, ge=1, le=11)
+    kernel_size: int = Field(3, ge=1, le=11, description="Convolution kernel size.")
     hidden: int = Field(64, ge=1, le=65536, description="Width of the dense layer before the head.")
-    activation: Activation = "relu"
-    dropout: float = Field(0.1, ge=0, lt=1)
+    activation: Activation = Field("relu", description="Activation after each hidden layer.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout probability.")
+
+
+class TinyVGGConfig(StrictModel):
+    """TinyVGG, as in the PyTorch course: two blocks of conv-relu-conv-relu-maxpool, then a linear head.
+
+    Convolutions are 3x3 with padding 1, so each block halves height and width.
+    """
+
+    kind: Literal["tinyvgg"] = Field("tinyvgg", description="Model type: mlp, cnn, tinyvgg, resnet, linear, logistic or custom.")
+    hidden_units: int = Field(10, ge=1, le=4096, description="Channels of every conv layer.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier.")
+
+
+class ResNetConfig(StrictModel):
+    """A small ResNet: a 3x3 stem, stages of basic residual blocks, global average pooling, a linear head.
+
+    Every stage after the first halves height and width.
+    """
+
+    kind: Literal["resnet"] = Field("resnet", description="Model type: mlp, cnn, tinyvgg, resnet, linear, logistic or custom.")
+    channels: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
+        (16, 32, 64), min_length=1, description="Channels of each stage."
+    )
+    blocks_per_stage: int = Field(1, ge=1, le=16, description="Basic blocks (two 3x3 convs and a shortcut) per stage.")
 
 
 class LinearConfig(StrictModel):
     """One linear layer: linear regression, or logistic regression for classes."""
 
-    kind: Literal["linear", "logistic"] = "linear"
+    kind: Literal["linear", "logistic"] = Field("linear", description="Model type: mlp, cnn, tinyvgg, resnet, linear, logistic or custom.")
 
 
 class CustomModelConfig(StrictModel):
@@ -48,7 +72,7 @@ class CustomModelConfig(StrictModel):
     plus `input_shape=...` when the factory accepts it.
     """
 
-    kind: Literal["custom"] = "custom"
+    kind: Literal["custom"] = Field("custom", description="Model type: mlp, cnn, tinyvgg, resnet, linear, logistic or custom.")
     target: str = Field(
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
         description="Import path of the factory, as package.module:function.",
@@ -59,6 +83,6 @@ class CustomModelConfig(StrictModel):
 
 
 ModelConfig = Annotated[
-    Union[MLPConfig, CNNConfig, LinearConfig, CustomModelConfig],
+    Union[MLPConfig, CNNConfig, TinyVGGConfig, ResNetConfig, LinearConfig, CustomModelConfig],
     Field(discriminator="kind"),
 ]

@@ -4,7 +4,8 @@
     data = prepare_data.fn(DataConfig(), seed=0)
     data.X_train.shape, data.spec.class_names
 
-Sources: scikit-learn's built-in sets, CSV, Parquet and NPZ files. Every
+Sources: scikit-learn's built-in sets, CSV, Parquet and NPZ files, and
+folders of images (`tasks.images`, dispatched from `prepare_data`). Every
 problem with the data is a `DataError` that names the file, column, row or
 class. The scaler (and imputer) are fit on the training split only; their
 statistics travel in `DataSpec.preprocessing`, which the bundle reuses, so
@@ -17,7 +18,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
-from schemas.data import BuiltinSource, CsvSource, DataConfig, NpzSource, ParquetSource, SplitConfig
+from schemas.data import (
+    BuiltinSource,
+    CsvSource,
+    DataConfig,
+    ImageFolderSource,
+    NpzSource,
+    ParquetSource,
+    SplitConfig,
+)
 from schemas.errors import DataError
 
 Task = Literal["classification", "regression"]
@@ -36,8 +45,48 @@ Task = Literal["classification", "regression"]
 MAX_INFERRED_CLASSES = 50
 
 
+class ImagePreprocessing(BaseModel):
+    """How images become model input: decode, convert to `mode`, resize to `size`, normalize per channel.
+
+    `mean` and `std` are per-channel statistics of pixel / 255 over the
+    training split. Rows are raw pixel values (0-255) in C x H x W order.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    size: tuple[int, int]  # height, width
+    mode: Literal["rgb", "grayscale"]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.mean), *self.size)
+
+    def normalize(self, X: np.ndarray, source: str = "input", chunk: int = 1024) -> np.ndarray:
+        """Pixel rows (N x C*H*W, or N x C x H x W) to float32 model input rows, in chunks."""
+        X = np.asarray(X)
+        c, h, w = self.shape
+        if X.ndim < 2 or math.prod(X.shape[1:]) != c * h * w:
+            raise DataError(
+                f"{source}: expected images of {c}x{h}x{w} pixel values (rows of {c * h * w}), got shape {X.shape}"
+            )
+        if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+            raise DataError(f"{source}: pixel values have dtype {X.dtype}; expected numbers")
+        X = X.reshape(len(X), c, h * w)
+        mean = np.asarray(self.mean, dtype=np.float64)[None, :, None]
+        std = np.asarray(self.std, dtype=np.float64)[None, :, None]
+        out = np.empty((len(X), c * h * w), dtype=np.float32)
+        for start in range(0, len(X), chunk):  # elementwise, so chunking changes no value
+            part = X[start : start + chunk].astype(np.float64)
+            if not np.isfinite(part).all():
+                raise DataError(f"{source}: pixel values include NaN or inf")
+            out[start : start + chunk] = ((part / 255.0 - mean) / std).reshape(len(part), -1)
+        return out
+
+
 class Preprocessing(BaseModel):
-    """The fitted feature transform: impute, then `(x - center) / scale`."""
+    """The fitted feature transform: impute, then `(x - center) / scale`; or, for images, `image`."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -49,9 +98,12 @@ class Preprocessing(BaseModel):
     scale: tuple[float, ...] | None = None
     target_center: float | None = None
     target_scale: float | None = None
+    image: ImagePreprocessing | None = None
 
     def transform(self, X: np.ndarray, source: str = "input") -> np.ndarray:
         """Raw features (rows x features, in `feature_names` order) to model input."""
+        if self.image is not None:
+            return self.image.normalize(X, source)
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != len(self.feature_names):
             raise DataError(
@@ -102,7 +154,8 @@ class DataSpec(BaseModel):
 
     @property
     def n_features(self) -> int:
-        return len(self.preprocessing.feature_names)
+        # Images have no named features: their rows are C*H*W pixel values.
+        return len(self.preprocessing.feature_names) or math.prod(self.input_shape)
 
 
 @dataclass(frozen=True)
@@ -111,6 +164,14 @@ class PreparedData:
 
     Regression targets are in the (optionally standardized) training scale;
     `spec.preprocessing.inverse_target` maps predictions back.
+
+    `train_batches`, when set, is where the training loop takes its batches
+    from: called as `train_batches(order, epoch, start_batch, batch_size)`
+    with the loop's seeded row order, it yields `(xb, yb)` CPU tensors for
+    batches `start_batch, start_batch + 1, ...` of that order. Image data
+    sets it for augmentation and for the lazy path; then `X_train` may be a
+    placeholder with no columns (the lazy path keeps no training pixels in
+    memory).
     """
 
     spec: DataSpec
@@ -120,6 +181,7 @@ class PreparedData:
     y_val: torch.Tensor
     X_test: torch.Tensor
     y_test: torch.Tensor
+    train_batches: Callable[[torch.Tensor, int, int, int], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
 
 @dataclass(frozen=True)
@@ -537,6 +599,10 @@ def _run_name() -> str:
 @task(name="prepare-data", task_run_name=_run_name, cache_policy=NO_CACHE)
 def prepare_data(config: DataConfig, seed: int) -> PreparedData:
     """Load `config.source`, validate it, split with `seed`, scale, and return tensors."""
+    if isinstance(config.source, ImageFolderSource):
+        from tasks.images import prepare_image_folder
+
+        return prepare_image_folder(config, seed)
     return prepare_arrays(load_raw(config.source), config, seed)
 
 
@@ -564,6 +630,11 @@ def peek_shape(config: DataConfig) -> "InputShape":
     if isinstance(source, BuiltinSource):
         shape, n_out, task = _BUILTIN_SHAPES[source.name]
         return InputShape(shape, n_out, task if config.task == "auto" else config.task, f"builtin:{source.name}")
+    if isinstance(source, ImageFolderSource):
+        from tasks.images import peek_image_shape
+
+        image_shape, n_classes = peek_image_shape(source)
+        return InputShape(image_shape, n_classes, "classification", str(source.path))
     path = Path(source.path)
     if isinstance(source, NpzSource):
         _check_readable(path)

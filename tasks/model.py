@@ -22,7 +22,15 @@ from prefect.cache_policies import NO_CACHE
 from torch import nn
 
 from schemas.errors import ConfigError
-from schemas.model import CNNConfig, CustomModelConfig, LinearConfig, MLPConfig, ModelConfig
+from schemas.model import (
+    CNNConfig,
+    CustomModelConfig,
+    LinearConfig,
+    MLPConfig,
+    ModelConfig,
+    ResNetConfig,
+    TinyVGGConfig,
+)
 from schemas.optim import (
     AdamConfig,
     AdamWConfig,
@@ -98,6 +106,95 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x.view(-1, *self.input_shape)))
 
 
+class TinyVGG(nn.Module):
+    """The course's TinyVGG: two blocks of conv-relu-conv-relu-maxpool, then flatten and a linear layer.
+
+    Takes flat rows (or C x H x W images) and reshapes them to `input_shape`.
+    """
+
+    def __init__(self, config: TinyVGGConfig, input_shape: tuple[int, int, int], out_features: int) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        channels, height, width = input_shape
+        hidden = config.hidden_units
+
+        def block(c_in: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
+                nn.MaxPool2d(2),
+            )
+
+        self.block_1 = block(channels)
+        self.block_2 = block(hidden)
+        head: list[nn.Module] = [nn.Flatten()]
+        if config.dropout > 0:
+            head.append(nn.Dropout(config.dropout))
+        head.append(nn.Linear(hidden * (height // 4) * (width // 4), out_features))
+        self.classifier = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.block_2(self.block_1(x.view(-1, *self.input_shape))))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-batchnorm layers plus a shortcut (a strided 1x1 conv when the shape changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A 3x3 stem, stages of basic blocks (every stage after the first halves the map), average pool, linear head."""
+
+    def __init__(self, config: ResNetConfig, input_shape: tuple[int, int, int], out_features: int) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        width = config.channels[0]
+        self.stem = nn.Sequential(
+            nn.Conv2d(input_shape[0], width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        blocks: list[nn.Module] = []
+        for i, out_channels in enumerate(config.channels):
+            for j in range(config.blocks_per_stage):
+                stride = 2 if i > 0 and j == 0 else 1
+                blocks.append(BasicBlock(width, out_channels, stride))
+                width = out_channels
+        self.stages = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x.view(-1, *self.input_shape))))
+
+
+def _image_shape(config: ModelConfig, spec: DataSpec, min_side: int = 1) -> tuple[int, int, int]:
+    """The (C, H, W) input shape an image model needs, or a ConfigError that says what to use instead."""
+    if len(spec.input_shape) != 3:
+        raise ConfigError(
+            f"model.kind = {config.kind!r} needs image-shaped input (channels x height x width), but "
+            f"{spec.source} has {spec.n_features} flat feature(s); use model.kind=mlp, or image data "
+            "(an image_folder source, builtin digits, or an NPZ whose X is N x C x H x W)"
+        )
+    shape = tuple(int(d) for d in spec.input_shape)
+    if min(shape[1:]) < min_side:
+        raise ConfigError(
+            f"model.kind = {config.kind!r} needs images of at least {min_side}x{min_side} pixels; "
+            f"{spec.source} has {shape[1]}x{shape[2]} (set data.source.size larger)"
+        )
+    return shape  # type: ignore[return-value]
+
+
 class RegressionLoss(nn.Module):
     """A regression loss over an (N, 1) output and an (N,) target."""
 
@@ -145,6 +242,10 @@ def build_network(config: ModelConfig, spec: DataSpec) -> nn.Module:
                 "(builtin digits, or an NPZ whose X is N x C x H x W)"
             )
         model = SmallCNN(config, spec.input_shape, n_out)  # type: ignore[arg-type]
+    elif isinstance(config, TinyVGGConfig):
+        model = TinyVGG(config, _image_shape(config, spec, min_side=4), n_out)
+    elif isinstance(config, ResNetConfig):
+        model = SmallResNet(config, _image_shape(config, spec), n_out)
     elif isinstance(config, LinearConfig):
         model = nn.Linear(n_in, n_out)
     else:

@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from prefect import task
@@ -62,7 +62,8 @@ class TrainResult(BaseModel):
     samples_per_second: float
     resumed_from_epoch: int | None = None
     precision: str = "fp32"
-    data_placement: str = "device"  # "device": moved once; "host": each batch copied from (pinned) host memory
+    data_placement: str = "device"  # "device": moved once; "host": each batch copied from (pinned) host memory;
+    # "batches": batches from the data stage (image augmentation, lazy loading)
 
 
 @torch.inference_mode()
@@ -218,7 +219,10 @@ def train_model(
     checkpointing = checkpoint_dir is not None and config.checkpoint.enabled
     every_n = config.checkpoint.every_n_batches
 
-    if placement == "device":
+    if data.train_batches is not None:
+        # Batches come from the data stage (augmentation, lazy loading); the validation split is in memory.
+        placement = "batches"
+    if placement in ("device", "batches"):
         X, y = data.X_train.to(device), data.y_train.to(device)
         X_val, y_val = data.X_val.to(device), data.y_val.to(device)
         val_device = None
@@ -323,20 +327,10 @@ def train_model(
             model.train()
             epoch_generator_state = generator.get_state()  # replaying it gives this epoch's order again
             order = torch.randperm(n, generator=generator)
-            if placement == "device":
-                order = order.to(device)
-                X_epoch, y_epoch = X[order], y[order]
-            else:
-                # The previous epoch's copies have finished: its loss was read back on the host.
-                X_epoch = torch.index_select(X, 0, order, out=X_buffer)
-                y_epoch = torch.index_select(y, 0, order, out=y_buffer)
             if start_batch == 0:
                 epoch_losses = []
-            for batch in range(start_batch, n_batches):
-                start = batch * batch_size
-                xb, yb = X_epoch[start : start + batch_size], y_epoch[start : start + batch_size]
-                if placement == "host":
-                    xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            for batch, xb, yb in _epoch_batches(data, X, y, order, epoch, start_batch, batch_size, device, placement,
+                                                 (X_buffer, y_buffer) if placement == "host" else None):
                 with autocast_context(device, precision):
                     loss = loss_fn(model(xb), yb)
                 optimizer.zero_grad(set_to_none=True)
@@ -433,6 +427,40 @@ def train_model(
         precision=precision,
         data_placement=placement,
     )
+
+
+def _epoch_batches(
+    data: PreparedData,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    order: torch.Tensor,
+    epoch: int,
+    start_batch: int,
+    batch_size: int,
+    device: torch.device,
+    placement: str,
+    buffers: tuple[torch.Tensor, torch.Tensor] | None,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(batch index, xb, yb) on `device` for batches start_batch.. of this epoch's seeded `order`."""
+    if placement == "batches":
+        assert data.train_batches is not None
+        for batch, (xb, yb) in enumerate(data.train_batches(order, epoch, start_batch, batch_size), start=start_batch):
+            yield batch, xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        return
+    if placement == "device":
+        order = order.to(device)
+        X_epoch, y_epoch = X[order], y[order]
+    else:
+        # The previous epoch's copies have finished: its loss was read back on the host.
+        assert buffers is not None
+        X_epoch = torch.index_select(X, 0, order, out=buffers[0])
+        y_epoch = torch.index_select(y, 0, order, out=buffers[1])
+    for batch in range(start_batch, math.ceil(len(order) / batch_size)):
+        start = batch * batch_size
+        xb, yb = X_epoch[start : start + batch_size], y_epoch[start : start + batch_size]
+        if placement == "host":
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        yield batch, xb, yb
 
 
 def data_placement(data: PreparedData, device: torch.device, mode: str) -> str:

@@ -275,3 +275,31 @@ def test_every_deployment_builds_and_its_parameters_fit_the_flows_schema(name):
         assert [s.interval.total_seconds() for s in schedules] == [spec.interval_seconds]
     else:
         assert schedules == []
+
+
+REQUIRED_INPUTS = {"path", "target"}  # a data file and its target column, a custom model's factory: no default
+
+
+def _undocumented(flow) -> list[str]:
+    """Fields of a flow's parameter form without a description or a default, or free-form."""
+    from prefect.utilities.callables import parameter_schema
+
+    schema = parameter_schema(flow.fn).model_dump_for_openapi()
+    problems = []
+    for model, definition in schema.get("definitions", {}).items():
+        required = set(definition.get("required", ()))
+        for field, prop in definition.get("properties", {}).items():
+            where = f"{model}.{field}"
+            if "description" not in prop:
+                problems.append(f"{where}: no description")
+            if field in required and field not in REQUIRED_INPUTS:
+                problems.append(f"{where}: no default")
+            if prop.get("type") == "object" and "properties" not in prop and "additionalProperties" not in prop:
+                problems.append(f"{where}: free-form object, not editable in the form")
+    return problems
+
+
+def test_every_field_of_the_train_form_has_a_description_and_a_default():
+    from flows.train import train_flow
+
+    assert _undocumented(train_flow) == []
