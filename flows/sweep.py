@@ -31,7 +31,7 @@ from schemas.loading import config_to_yaml
 from schemas.sweep import SweepConfig, load_sweep_config, sweep_to_yaml
 from tasks.bundle import save_model
 from tasks.data import prepare_data
-from tasks.device import select_device
+from tasks.device import probe_workload, select_device
 from tasks.retry import retry_options
 from tasks.rundir import atomic_write_text, mark_finished, mark_running
 from tasks.sweep import (
@@ -92,7 +92,7 @@ def sweep_flow(config: SweepConfig, sweep_dir: str | None = None) -> SweepSummar
     started = time.perf_counter()
     base = config.base
     progress = base.train.progress
-    device = select_device.with_options(**retry_options(base.device.retry))(base.device)
+    device = select_device.with_options(**retry_options(base.device.retry))(base.device, probe_workload(base))
     data = prepare_data.with_options(**retry_options(base.data.retry))(base.data, base.seed)
     config.check_task(data.spec.task)
     workers, threads = plan_threads(config)

@@ -44,7 +44,7 @@ from schemas.errors import ConfigError
 from schemas.run import RunConfig
 from schemas.sweep import PrunerConfig, SweepConfig
 from tasks.data import DataSpec, PreparedData
-from tasks.device import available_cores, threads_per_worker
+from tasks.device import DeviceInfo, available_cores, threads_per_worker
 from tasks.evaluate import EvalReport, evaluate_model
 from tasks.model import build_model
 from tasks.train import EpochRecord, train_model
@@ -168,7 +168,14 @@ def execute_trial(request: TrialRequest, data: PreparedData, data_loads: int = 1
         worker=f"pid {os.getpid()} on {socket.gethostname()}", data_loads=data_loads,
     )
     try:
-        result = train_model.fn(parts, data, train_config, device, config.seed, None, callbacks)
+        # The device was chosen once for the sweep; the trial's own precision and placement apply.
+        plan = DeviceInfo(
+            requested=request.device, device=request.device, available=(request.device,),
+            threads=torch.get_num_threads(), reason="chosen once for the sweep", torch_version=torch.__version__,
+            precision=config.device.precision, data_on_device=config.device.data_on_device,
+            cudnn_benchmark=config.device.cudnn_benchmark, tf32=config.device.tf32,
+        )
+        result = train_model.fn(parts, data, train_config, plan, config.seed, None, callbacks)
     except optuna.TrialPruned:
         return TrialOutcome(
             state="pruned", value=None, epoch_values=tuple(reported), pruned_at=len(records),

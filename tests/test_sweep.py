@@ -400,3 +400,15 @@ def test_timeout_stops_asking_new_rounds(iris, tmp_path):
     study = open_study(path, config)
     report = run_rounds(study, config, path, 1, plain_dispatch(InProcessExecutor(iris, 1), 1), clock=lambda: next(clock))
     assert report.ran == 1 and report.stopped_by_timeout and finished_trials(study) == 1
+
+
+def test_the_base_configs_precision_reaches_the_trials(iris, tmp_path):
+    space = {"optimizer.lr": [0.01]}
+    fp32 = sweep(space=space, sampler="grid", n_trials=1, trials_per_round=1)
+    bf16 = sweep(space=space, sampler="grid", n_trials=1, trials_per_round=1,
+                 base={**BASE, "device": {"name": "cpu", "threads": 1, "precision": "bf16"}})
+    plain, _ = run_engine(fp32, iris, tmp_path / "fp32")
+    autocast, _ = run_engine(bf16, iris, tmp_path / "bf16")
+    a, b = summary(plain, fp32)[0], summary(autocast, bf16)[0]
+    assert a[1] == b[1] == "complete" and a[2] != b[2]  # bf16 autocast trains with other numbers
+    assert b[2] == pytest.approx(a[2], abs=0.1)  # ... to about the same result
