@@ -34,6 +34,7 @@ from tasks.data import prepare_data
 from tasks.device import probe_workload, select_device
 from tasks.retry import retry_options
 from tasks.rundir import atomic_write_text, mark_finished, mark_running
+from tasks.tracking import check_tracking
 from tasks.sweep import (
     BEST_CONFIG,
     BEST_MODEL,
@@ -55,6 +56,7 @@ from tasks.sweep import (
     replace_dir,
     requeue_interrupted,
     run_rounds,
+    track_sweep,
     target_trials,
     write_leaderboard_csv,
     write_plot,
@@ -91,6 +93,7 @@ def sweep_flow(config: SweepConfig, sweep_dir: str | None = None) -> SweepSummar
     """
     started = time.perf_counter()
     base = config.base
+    check_tracking(base.tracking)  # a missing tracking extra fails before any work
     progress = base.train.progress
     device = select_device.with_options(**retry_options(base.device.retry))(base.device, probe_workload(base))
     data = prepare_data.with_options(**retry_options(base.data.retry))(base.data, base.seed)
@@ -140,6 +143,7 @@ def sweep_flow(config: SweepConfig, sweep_dir: str | None = None) -> SweepSummar
                        "params": best_params}},
         )
         replace_dir(staging, path / BEST_MODEL)
+        track_sweep(config, path, rows)  # MLflow parent + nested trial runs, TensorBoard per trial, when enabled
         summary = SweepSummary(
             sweep_dir=str(path), resumed=resumed, requeued=requeued, ran_now=ran_now, stopped_by_timeout=stopped,
             executor=description, seconds=time.perf_counter() - started, metric=config.metric,

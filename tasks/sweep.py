@@ -52,6 +52,7 @@ from schemas.sweep import (
 )
 from tasks.data import DataSpec
 from tasks.rundir import atomic_write_text, read_run_state, write_json
+from tasks.train import EpochRecord
 from tasks.trial import PruningPlan, TrialOutcome, TrialRequest
 
 SWEEP_FILE = "sweep.yaml"
@@ -655,3 +656,66 @@ def format_summary(summary: SweepSummary, limit: int = 20) -> str:
     for name, where in summary.outputs.items():
         lines.append(f"{name:<12}{where}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- tracking
+
+
+def _trial_history(folder: Path) -> list[EpochRecord]:
+    path = folder / "history.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return [
+            EpochRecord(**{k: (None if v == "" else int(v) if k == "epoch" else float(v)) for k, v in row.items()})
+            for row in csv.DictReader(handle)
+        ]
+
+
+def track_sweep(config: SweepConfig, path: Path, rows: list[LeaderboardRow]) -> Any | None:
+    """Log the sweep as an MLflow parent run with a nested run per trial, and a TensorBoard run per trial.
+
+    Does nothing unless `base.tracking` turns a tracker on. Trials may have
+    run in other processes or on a Dask cluster, so they are logged here,
+    from what they wrote into the sweep dir: per-epoch history, the metric,
+    the state (complete, pruned, failed) and the searched parameters.
+    Returns the parent's TrackingResult.
+    """
+    from tasks.tracking import flatten, start_tracking
+
+    base = config.base
+    if not (base.tracking.mlflow or base.tracking.tensorboard):
+        return None
+    parent = start_tracking(
+        base, path, run_name=f"sweep-{config.name}", tensorboard=False,
+        params=flatten({k: v for k, v in config.model_dump(mode="json").items() if k != "base"}),
+        tags={"sweep": config.name},
+    )
+    with parent:
+        for row in sorted(rows, key=lambda r: r.trial):
+            folder = path / TRIALS / f"{row.trial:04d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            history = _trial_history(folder)
+            trial = start_tracking(
+                base, folder, run_name=f"trial-{row.trial}", parent_run_id=parent.mlflow_run_id,
+                tensorboard_dir=path / "tensorboard" / f"trial-{row.trial:04d}",
+                params={k: _param_text(v) for k, v in row.params.items()},
+                tags={"sweep": config.name, "trial_state": row.state},
+            )
+            with trial:
+                trial.log_history(history)
+                final = {config.metric: row.value} if row.value is not None else {}
+                trial.log_final(final, step=len(history), hparams={k: _param_text(v) for k, v in row.params.items()})
+                trial.finish("FAILED" if row.state == "failed" else "FINISHED", note=row.note or None)
+        best = [r for r in rows if r.state == "complete" and r.value is not None]
+        if best:
+            parent.log_final({f"best_{config.metric}": best[0].value}, step=len(rows))
+        parent.log_artifacts(
+            [("", path / name) for name in (LEADERBOARD, PLOT, BEST_CONFIG) if (path / name).exists()]
+            + ([("best_model", path / BEST_MODEL)] if (path / BEST_MODEL).exists() else [])
+        )
+    return parent.result()
+
+
+def _param_text(value: Any) -> Any:
+    return value if isinstance(value, (bool, int, float, str)) else json.dumps(value)

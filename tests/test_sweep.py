@@ -412,3 +412,48 @@ def test_the_base_configs_precision_reaches_the_trials(iris, tmp_path):
     a, b = summary(plain, fp32)[0], summary(autocast, bf16)[0]
     assert a[1] == b[1] == "complete" and a[2] != b[2]  # bf16 autocast trains with other numbers
     assert b[2] == pytest.approx(a[2], abs=0.1)  # ... to about the same result
+
+
+def test_tracking_logs_a_parent_run_with_a_nested_run_and_a_tensorboard_run_per_trial(iris, tmp_path):
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tasks.sweep import leaderboard, leaderboard_records, track_sweep, write_leaderboard_csv
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = {**BASE, "tracking": {"mlflow": True, "tensorboard": True, "mlflow_uri": uri, "experiment": "sweeps"}}
+    config = sweep(base=base, space={"optimizer.lr": [0.01, 0.03]}, sampler="grid", n_trials=2, trials_per_round=2)
+    study, _ = run_engine(config, iris, tmp_path / "s")
+    rows = leaderboard(study, config)
+    write_leaderboard_csv(tmp_path / "s" / "leaderboard.csv", leaderboard_records(rows, config))  # as the flow does
+    parent = track_sweep(config, tmp_path / "s", rows)
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([parent.mlflow_experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.mlflow_run_id]
+    assert len(runs) == 3 and len(children) == 2
+    by_name = {r.info.run_name: r for r in children}
+    for row in rows:
+        child = by_name[f"trial-{row.trial}"]
+        assert child.data.metrics["val_loss"] == pytest.approx(row.value)
+        assert child.data.params["optimizer.lr"] == str(row.params["optimizer.lr"])
+        assert child.data.tags["trial_state"] == "complete" and child.info.status == "FINISHED"
+        history = client.get_metric_history(child.info.run_id, "train_loss")
+        assert [m.step for m in history] == [1, 2, 3, 4]
+        events = EventAccumulator(str(tmp_path / "s" / "tensorboard" / f"trial-{row.trial:04d}"))
+        events.Reload()
+        assert [e.step for e in events.Scalars("train_loss")] == [1, 2, 3, 4]
+    best = min(r.value for r in rows)
+    parent_run = client.get_run(parent.mlflow_run_id)
+    assert parent_run.data.metrics["best_val_loss"] == pytest.approx(best)
+    names = {a.path for a in client.list_artifacts(parent.mlflow_run_id)}
+    assert "leaderboard.csv" in names
+
+
+def test_tracking_off_logs_nothing_for_a_sweep(iris, tmp_path):
+    from tasks.sweep import leaderboard, track_sweep
+
+    config = sweep(space={"optimizer.lr": [0.01]}, sampler="grid", n_trials=1, trials_per_round=1)
+    study, _ = run_engine(config, iris, tmp_path / "s")
+    assert track_sweep(config, tmp_path / "s", leaderboard(study, config)) is None
+    assert not (tmp_path / "s" / "tensorboard").exists() and not list(tmp_path.rglob("tracking.json"))
