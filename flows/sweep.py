@@ -39,6 +39,7 @@ from tasks.sweep import (
     BEST_CONFIG,
     BEST_MODEL,
     LEADERBOARD,
+    PARAM_PLOT,
     PLOT,
     Dispatch,
     SweepSummary,
@@ -57,6 +58,7 @@ from tasks.sweep import (
     requeue_interrupted,
     run_rounds,
     track_sweep,
+    write_param_plot,
     target_trials,
     write_leaderboard_csv,
     write_plot,
@@ -123,6 +125,7 @@ def sweep_flow(config: SweepConfig, sweep_dir: str | None = None) -> SweepSummar
         records = leaderboard_records(rows, config)
         write_leaderboard_csv(path / LEADERBOARD, records)
         write_plot(path / PLOT, rows, config)
+        write_param_plot(path / PARAM_PLOT, rows, config)
         create_table_artifact(
             table=records, key=_artifact_key(config.name),
             description=f"Sweep {config.name}: {config.metric} ({config.resolved_direction}), {len(rows)} trials",
@@ -151,7 +154,7 @@ def sweep_flow(config: SweepConfig, sweep_dir: str | None = None) -> SweepSummar
             best_value=best.value, best_params=best_params, best_test=evaluation.metrics, leaderboard=records,
             outputs={
                 "leaderboard": str(path / LEADERBOARD), "best_config": str(path / BEST_CONFIG),
-                "best_model": str(path / BEST_MODEL), "plot": str(path / PLOT),
+                "best_model": str(path / BEST_MODEL), "plot": str(path / PLOT), "param_plot": str(path / PARAM_PLOT),
             },
         )
     except BaseException as exc:

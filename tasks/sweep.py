@@ -548,6 +548,47 @@ def write_plot(path: Path, rows: list[LeaderboardRow], config: SweepConfig) -> N
         tmp.unlink(missing_ok=True)
 
 
+PARAM_PLOT = "param_vs_metric.png"
+
+
+def write_param_plot(path: Path, rows: list[LeaderboardRow], config: SweepConfig) -> None:
+    """One panel per searched parameter: the metric of each complete trial against the parameter's value.
+
+    Log-scale ranges get a log x-axis; categorical choices are spread as categories.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    keys = list(config.space)
+    done = [r for r in rows if r.state == "complete" and r.value is not None]
+    figure = Figure(figsize=(4 * len(keys), 3.6), dpi=100)
+    FigureCanvasAgg(figure)
+    for i, key in enumerate(keys, start=1):
+        axes = figure.add_subplot(1, len(keys), i)
+        param = config.space[key]
+        values = [r.params.get(key) for r in done]
+        if getattr(param, "kind", "") == "categorical" or not all(isinstance(v, (int, float)) for v in values):
+            labels = [json.dumps(c) if not isinstance(c, str) else c for c in getattr(param, "choices", [])]
+            shown = [json.dumps(v) if not isinstance(v, str) else v for v in values]
+            labels = labels or sorted(set(shown))
+            axes.scatter([labels.index(v) if v in labels else -1 for v in shown], [r.value for r in done])
+            axes.set_xticks(range(len(labels)), labels, rotation=20, fontsize="small")
+        else:
+            axes.scatter(values, [r.value for r in done])
+            if getattr(param, "log", False):
+                axes.set_xscale("log")
+        axes.set_xlabel(key)
+        axes.set_ylabel(config.metric if i == 1 else "")
+    figure.suptitle(f"{config.name}: {config.metric} against each parameter ({len(done)} complete trials)")
+    figure.tight_layout()
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        figure.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def replace_dir(staging: Path, target: Path) -> None:
     """Move a finished directory into place, replacing an older one."""
     trash = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
@@ -711,7 +752,7 @@ def track_sweep(config: SweepConfig, path: Path, rows: list[LeaderboardRow]) -> 
         if best:
             parent.log_final({f"best_{config.metric}": best[0].value}, step=len(rows))
         parent.log_artifacts(
-            [("", path / name) for name in (LEADERBOARD, PLOT, BEST_CONFIG) if (path / name).exists()]
+            [("", path / name) for name in (LEADERBOARD, PLOT, PARAM_PLOT, BEST_CONFIG) if (path / name).exists()]
             + ([("best_model", path / BEST_MODEL)] if (path / BEST_MODEL).exists() else [])
         )
     return parent.result()

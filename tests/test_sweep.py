@@ -457,3 +457,18 @@ def test_tracking_off_logs_nothing_for_a_sweep(iris, tmp_path):
     study, _ = run_engine(config, iris, tmp_path / "s")
     assert track_sweep(config, tmp_path / "s", leaderboard(study, config)) is None
     assert not (tmp_path / "s" / "tensorboard").exists() and not list(tmp_path.rglob("tracking.json"))
+
+
+def test_the_parameter_plot_has_a_panel_per_searched_key(iris, tmp_path):
+    from PIL import Image
+
+    from tasks.sweep import leaderboard, write_param_plot
+
+    config = sweep(space={"optimizer.lr": {"kind": "float", "low": 0.005, "high": 0.05, "log": True},
+                          "model.hidden_sizes": [[8], [16, 8]]}, sampler="random", n_trials=3, trials_per_round=3)
+    study, _ = run_engine(config, iris, tmp_path / "s")
+    write_param_plot(tmp_path / "p.png", leaderboard(study, config), config)
+    with Image.open(tmp_path / "p.png") as image:
+        image.verify()
+    with Image.open(tmp_path / "p.png") as image:
+        assert image.size == (800, 360)  # two 4-inch panels at 100 dpi
