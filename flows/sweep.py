@@ -33,7 +33,7 @@ from tasks.bundle import save_model
 from tasks.data import prepare_data
 from tasks.device import probe_workload, select_device
 from tasks.retry import retry_options
-from tasks.rundir import atomic_write_text, mark_finished, mark_running
+from tasks.rundir import atomic_write_text, mark_finished, mark_running, record_device
 from tasks.tracking import check_tracking
 from tasks.sweep import (
     BEST_CONFIG,
@@ -43,6 +43,7 @@ from tasks.sweep import (
     PLOT,
     Dispatch,
     SweepSummary,
+    SweepTracking,
     best_trial,
     count_states,
     decode_params,
@@ -57,10 +58,9 @@ from tasks.sweep import (
     replace_dir,
     requeue_interrupted,
     run_rounds,
-    track_sweep,
-    write_param_plot,
     target_trials,
     write_leaderboard_csv,
+    write_param_plot,
     write_plot,
 )
 from tasks.trial import TrialOutcome, TrialRequest, make_executor, plan_threads, run_trial
@@ -89,9 +89,12 @@ def prefect_dispatch(executor: Any, workers: int, retry: dict[str, Any]) -> Disp
 def sweep_flow(config: SweepConfig, sweep_dir: str | None = None) -> SweepSummary:
     """Run (or resume) the sweep described by `config` in `sweep_dir` (default sweeps/<name>/).
 
-    Writes sweep.yaml, study.journal, trials/<n>/, leaderboard.csv,
-    best_config.yaml, best_model/ (a bundle, as flows.train saves) and
-    metric_vs_trial.png; publishes the leaderboard as a Prefect table artifact.
+    Writes sweep.yaml, device.json, study.journal, trials/<n>/, leaderboard.csv,
+    best_config.yaml, best_model/ (a bundle, as flows.train saves),
+    metric_vs_trial.png and param_vs_metric.png; publishes the leaderboard as
+    a Prefect table artifact. With base.tracking on, the sweep is an MLflow
+    parent run with a nested run per trial, and each trial a TensorBoard run
+    under tensorboard/ (see tasks.sweep.SweepTracking).
     """
     started = time.perf_counter()
     base = config.base
@@ -102,12 +105,17 @@ def sweep_flow(config: SweepConfig, sweep_dir: str | None = None) -> SweepSummar
     config.check_task(data.spec.task)
     workers, threads = plan_threads(config)
     path, resumed = open_sweep_dir(sweep_dir, config, data.spec)
+    tracking = None
     try:
         mark_running(path)
+        record_device(path, device)
+        tracking = SweepTracking.start(config, path)
         study = open_study(path, config)
         requeued = requeue_interrupted(study)
         for old, new in requeued:
             emit(f"trial {old} was interrupted; re-queued as trial {new} with the same parameters")
+        if tracking is not None:
+            tracking.log_trials(leaderboard(study, config))  # a resumed sweep's earlier trials, under the new parent
         ran_now, stopped, description = 0, False, "nothing to run"
         if finished_trials(study) < target_trials(config):
             executor = make_executor(config, data)
@@ -116,7 +124,8 @@ def sweep_flow(config: SweepConfig, sweep_dir: str | None = None) -> SweepSummar
                 report = run_rounds(
                     study, config, path, threads,
                     prefect_dispatch(executor, workers, retry_options(base.train.retry)),
-                    log=emit if progress else (lambda line: None), device=device.device,
+                    log=emit if progress else (lambda line: None), device=device,
+                    on_trial=(lambda number: None) if tracking is None else tracking.log_trial,
                 )
             finally:
                 executor.close()
@@ -146,18 +155,29 @@ def sweep_flow(config: SweepConfig, sweep_dir: str | None = None) -> SweepSummar
                        "params": best_params}},
         )
         replace_dir(staging, path / BEST_MODEL)
-        track_sweep(config, path, rows)  # MLflow parent + nested trial runs, TensorBoard per trial, when enabled
+        outputs = {
+            "leaderboard": str(path / LEADERBOARD), "best_config": str(path / BEST_CONFIG),
+            "best_model": str(path / BEST_MODEL), "plot": str(path / PLOT), "param_plot": str(path / PARAM_PLOT),
+            "device": str(path / "device.json"),
+        }
+        if tracking is not None:
+            tracking.finish(rows, evaluation.metrics)
+            tracked = tracking.result()
+            if tracked.mlflow_run_id is not None:
+                where = tracked.mlflow_run_url or f"{tracked.mlflow_tracking_uri} run {tracked.mlflow_run_id}"
+                outputs["mlflow_run"] = where
+            if tracking.tensorboard_dir is not None:
+                outputs["tensorboard"] = str(tracking.tensorboard_dir)
         summary = SweepSummary(
             sweep_dir=str(path), resumed=resumed, requeued=requeued, ran_now=ran_now, stopped_by_timeout=stopped,
             executor=description, seconds=time.perf_counter() - started, metric=config.metric,
             direction=config.resolved_direction, counts=count_states(rows), best_trial=best.number,
             best_value=best.value, best_params=best_params, best_test=evaluation.metrics, leaderboard=records,
-            outputs={
-                "leaderboard": str(path / LEADERBOARD), "best_config": str(path / BEST_CONFIG),
-                "best_model": str(path / BEST_MODEL), "plot": str(path / PLOT), "param_plot": str(path / PARAM_PLOT),
-            },
+            outputs=outputs, device=f"{device.device} ({device.reason}; precision {device.precision})",
         )
     except BaseException as exc:
+        if tracking is not None:
+            tracking.fail(exc)
         mark_finished(path, exc)
         raise
     mark_finished(path)

@@ -33,7 +33,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pydantic import BaseModel
 
@@ -54,6 +54,10 @@ from tasks.data import DataSpec
 from tasks.rundir import atomic_write_text, read_run_state, write_json
 from tasks.train import EpochRecord
 from tasks.trial import PruningPlan, TrialOutcome, TrialRequest
+
+if TYPE_CHECKING:
+    from tasks.device import DeviceInfo
+    from tasks.tracking import Tracker, TrackingResult
 
 SWEEP_FILE = "sweep.yaml"
 STUDY_FILE = "study.journal"
@@ -274,10 +278,15 @@ def run_rounds(
     threads: int | None,
     dispatch: Dispatch,
     log: Callable[[str], None] = lambda line: None,
-    device: str = "cpu",
+    device: "DeviceInfo | str" = "cpu",
     clock: Callable[[], float] = time.monotonic,
+    on_trial: Callable[[int], None] = lambda number: None,
 ) -> RoundReport:
-    """Ask, run and tell rounds of trials until the study holds the target number of finished trials."""
+    """Ask, run and tell rounds of trials until the study holds the target number of finished trials.
+
+    `on_trial(number)` is called in this process once each trial's outcome is
+    recorded in its folder (the sweep's tracking logs it from there).
+    """
     from optuna.trial import TrialState
 
     dists = distributions(config)
@@ -308,6 +317,7 @@ def run_rounds(
             except ConfigError as exc:  # a combination of values the run schema refuses
                 _record_failure(study, trial, path, params, exc)
                 log(f"{trial_label(trial.number, params)} failed: {exc}")
+                on_trial(trial.number)
                 continue
             runnable.append((trial, params))
             requests.append(TrialRequest(trial.number, params, run_config, config.metric, plan, threads, device))
@@ -319,6 +329,7 @@ def run_rounds(
             else:
                 _record_outcome(study, trial, path, params, request.config, result, config)
                 log(_outcome_line(trial.number, params, result, config))
+            on_trial(trial.number)
         report.ran += len(asked)
         report.rounds += 1
     return report
@@ -380,8 +391,8 @@ def _record_outcome(
         "number": trial.number, "state": outcome.state, "params": params, "value": outcome.value,
         "metric": config.metric, "epochs": len(outcome.history), "pruned_at": outcome.pruned_at,
         "best_epoch": outcome.best_epoch, "seconds": outcome.seconds, "worker": outcome.worker,
-        "threads": outcome.threads, "data_loads": outcome.data_loads,
-        "test": None if outcome.report is None else outcome.report.metrics,
+        "threads": outcome.threads, "data_loads": outcome.data_loads, "device": outcome.device,
+        "precision": outcome.precision, "test": None if outcome.report is None else outcome.report.metrics,
     }
     if outcome.report is not None:
         write_json(folder / "evaluation.json", outcome.report.model_dump(mode="json"))
@@ -646,6 +657,7 @@ class SweepSummary(BaseModel):
     best_test: dict[str, float] | None = None  # the best trial's test-split metrics
     leaderboard: list[dict[str, Any]]
     outputs: dict[str, str]
+    device: str | None = None  # the device chosen once for every trial, why, and the precision
 
 
 def count_states(rows: list[LeaderboardRow]) -> dict[str, int]:
@@ -687,6 +699,8 @@ def format_summary(summary: SweepSummary, limit: int = 20) -> str:
         f"trials    {counts}; {summary.ran_now} run now in {summary.seconds:.1f}s ({summary.executor})"
         + ("; stopped by timeout_seconds" if summary.stopped_by_timeout else "")
     )
+    if summary.device:
+        lines.append(f"device    {summary.device}")
     if summary.best_trial is not None and summary.best_params is not None:
         shown = ", ".join(f"{k}={format_value(v)}" for k, v in summary.best_params.items())
         lines.append(f"best      trial {summary.best_trial}: {summary.metric} {summary.best_value:.4f} ({shown})")
@@ -701,62 +715,135 @@ def format_summary(summary: SweepSummary, limit: int = 20) -> str:
 
 # --------------------------------------------------------------------------- tracking
 
+TENSORBOARD = "tensorboard"
+_LOGGED_STATES = ("complete", "pruned", "failed")
+
 
 def _trial_history(folder: Path) -> list[EpochRecord]:
     path = folder / "history.csv"
-    if not path.exists():
+    if not path.is_file():
         return []
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         return [
             EpochRecord(**{k: (None if v == "" else int(v) if k == "epoch" else float(v)) for k, v in row.items()})
             for row in csv.DictReader(handle)
         ]
 
 
-def track_sweep(config: SweepConfig, path: Path, rows: list[LeaderboardRow]) -> Any | None:
-    """Log the sweep as an MLflow parent run with a nested run per trial, and a TensorBoard run per trial.
+class SweepTracking:
+    """The sweep in MLflow and TensorBoard: a parent run, and per trial a nested MLflow run and a TensorBoard run.
 
-    Does nothing unless `base.tracking` turns a tracker on. Trials may have
-    run in other processes or on a Dask cluster, so they are logged here,
-    from what they wrote into the sweep dir: per-epoch history, the metric,
-    the state (complete, pruned, failed) and the searched parameters.
-    Returns the parent's TrackingResult.
+        tracking = SweepTracking.start(config, path)   # None unless base.tracking turns a tracker on
+        tracking.log_trials(rows)                      # trials an earlier run of the sweep finished
+        run_rounds(..., on_trial=tracking.log_trial)   # each trial once its outcome is in trials/NNNN/
+        tracking.finish(rows, best_test)               # best value, leaderboard, plots, best config, best bundle
+        tracking.fail(exc)                             # the parent run ends FAILED
+
+    Trials may run in worker processes or on a Dask cluster, so they are
+    logged here, in the sweep's process, from what they wrote into their
+    folder: the trial's flattened run config as params, its per-epoch
+    history, the sweep metric as `sweep_<metric>`, its test metrics and its
+    state (tag `trial_state`: complete, pruned or failed; a failed trial's
+    MLflow run is FAILED). TensorBoard gets `tensorboard/trial-NNNN/` with the
+    epochs and the searched parameters as hparams beside the sweep metric.
     """
-    from tasks.tracking import flatten, start_tracking
 
-    base = config.base
-    if not (base.tracking.mlflow or base.tracking.tensorboard):
-        return None
-    parent = start_tracking(
-        base, path, run_name=f"sweep-{config.name}", tensorboard=False,
-        params=flatten({k: v for k, v in config.model_dump(mode="json").items() if k != "base"}),
-        tags={"sweep": config.name},
-    )
-    with parent:
-        for row in sorted(rows, key=lambda r: r.trial):
-            folder = path / TRIALS / f"{row.trial:04d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            history = _trial_history(folder)
-            trial = start_tracking(
-                base, folder, run_name=f"trial-{row.trial}", parent_run_id=parent.mlflow_run_id,
-                tensorboard_dir=path / "tensorboard" / f"trial-{row.trial:04d}",
-                params={k: _param_text(v) for k, v in row.params.items()},
-                tags={"sweep": config.name, "trial_state": row.state},
-            )
-            with trial:
-                trial.log_history(history)
-                final = {config.metric: row.value} if row.value is not None else {}
-                trial.log_final(final, step=len(history), hparams={k: _param_text(v) for k, v in row.params.items()})
-                trial.finish("FAILED" if row.state == "failed" else "FINISHED", note=row.note or None)
-        best = [r for r in rows if r.state == "complete" and r.value is not None]
-        if best:
-            parent.log_final({f"best_{config.metric}": best[0].value}, step=len(rows))
-        parent.log_artifacts(
-            [("", path / name) for name in (LEADERBOARD, PLOT, PARAM_PLOT, BEST_CONFIG) if (path / name).exists()]
-            + ([("best_model", path / BEST_MODEL)] if (path / BEST_MODEL).exists() else [])
+    def __init__(self, config: SweepConfig, path: Path, parent: "Tracker") -> None:
+        self.config = config
+        self.path = path
+        self.parent = parent
+        self.logged: set[int] = set()
+
+    @classmethod
+    def start(cls, config: SweepConfig, path: Path) -> "SweepTracking | None":
+        from tasks.tracking import flatten, start_tracking
+
+        tracking = config.base.tracking
+        if not (tracking.mlflow or tracking.tensorboard):
+            return None
+        parent = start_tracking(
+            config.base, path, run_name=f"sweep-{config.name}", tensorboard=False,
+            params=flatten(config.model_dump(mode="json")), tags={"sweep": config.name},
         )
-    return parent.result()
+        return cls(config, path, parent)
 
+    @property
+    def tensorboard_dir(self) -> Path | None:
+        return self.path / TENSORBOARD if self.config.base.tracking.tensorboard else None
 
-def _param_text(value: Any) -> Any:
-    return value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+    def result(self) -> "TrackingResult":
+        return self.parent.result()
+
+    def log_trials(self, rows: Sequence[LeaderboardRow]) -> None:
+        """Log every finished trial not logged yet (those of an earlier run, when the sweep resumes)."""
+        for row in sorted(rows, key=lambda r: r.trial):
+            if row.state in _LOGGED_STATES:
+                self.log_trial(row.trial, row)
+
+    def log_trial(self, number: int, row: LeaderboardRow | None = None) -> None:
+        """Log trial `number` from its folder (`row` stands in for a trial that left no result.json)."""
+        from tasks.tracking import flatten, start_tracking
+
+        if number in self.logged:
+            return
+        self.logged.add(number)
+        folder = self.path / TRIALS / f"{number:04d}"
+        try:
+            result = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            if row is None:
+                raise
+            result = {"state": row.state, "params": row.params, "value": row.value, "error": row.note}
+        state, searched = result["state"], result.get("params") or {}
+        params: dict[str, Any] = {}
+        if (folder / "config.yaml").is_file():  # absent when the run schema refused the combination
+            import yaml
+
+            params = flatten(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")))
+        params.update(searched)
+        board_dir = None if self.tensorboard_dir is None else self.tensorboard_dir / f"trial-{number:04d}"
+        # A resumed sweep's earlier trials keep the TensorBoard run they have; only MLflow gets a new parent.
+        fresh = board_dir is not None and not any(board_dir.glob("events.out.tfevents.*"))
+        tags = {"sweep": self.config.name, "trial": str(number), "trial_state": state}
+        if result.get("error"):
+            tags["error"] = str(result["error"])
+        folder.mkdir(parents=True, exist_ok=True)
+        history = _trial_history(folder)
+        final = {f"sweep_{self.config.metric}": result.get("value")}
+        final.update({f"test_{k}": v for k, v in (result.get("test") or {}).items()})
+        if result.get("seconds") is not None:
+            final["seconds"] = result["seconds"]
+        with start_tracking(
+            self.config.base, folder, run_name=f"trial-{number}", parent_run_id=self.parent.mlflow_run_id,
+            tensorboard_dir=board_dir, tensorboard=fresh, params=params, tags=tags,
+        ) as tracker:
+            tracker.log_history(history)
+            tracker.log_final(final, step=len(history), hparams=searched)
+            tracker.finish("FAILED" if state == "failed" else "FINISHED")
+
+    def finish(self, rows: Sequence[LeaderboardRow], best_test: dict[str, float] | None = None) -> None:
+        """Log the trials not logged yet, the best value and the sweep's files; end the parent run."""
+        self.log_trials(rows)
+        complete = [r for r in rows if r.state == "complete" and r.value is not None]
+        metrics: dict[str, float] = {f"trials_{state}": n for state, n in count_states(list(rows)).items()}
+        if complete:  # rows list the complete trials best first
+            metrics.update(best_value=complete[0].value, best_trial=complete[0].trial)
+            metrics.update({f"best_test_{k}": v for k, v in (best_test or {}).items()})
+        self.parent.log_final(metrics, step=len(rows))
+        self._log_files()
+        self.parent.finish()
+
+    def fail(self, error: BaseException) -> None:
+        """End the parent run FAILED (KILLED on Ctrl-C), with whatever files the sweep wrote; never raises."""
+        try:
+            self._log_files()
+        except Exception:
+            pass
+        self.parent.fail(error)
+
+    def _log_files(self) -> None:
+        names = (LEADERBOARD, PLOT, PARAM_PLOT, BEST_CONFIG, "device.json")
+        files: list[tuple[str, Path]] = [("", self.path / name) for name in names if (self.path / name).exists()]
+        if (self.path / BEST_MODEL).is_dir():
+            files.append((BEST_MODEL, self.path / BEST_MODEL))
+        self.parent.log_artifacts(files)

@@ -74,7 +74,7 @@ class TrialRequest:
     metric: str  # the sweep's objective
     pruning: PruningPlan | None = None
     threads: int | None = None  # torch CPU threads; None: decided where the trial runs
-    device: str = "cpu"  # chosen once for the sweep by the device stage
+    device: DeviceInfo | str = "cpu"  # chosen once for the sweep by the device stage (a name: plain settings)
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,8 @@ class TrialOutcome:
     threads: int
     worker: str
     data_loads: int  # how many times this worker process has loaded the sweep's data
+    device: str = "cpu"  # where it trained
+    precision: str = "fp32"  # the autocast it trained with
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -134,7 +136,8 @@ def execute_trial(request: TrialRequest, data: PreparedData, data_loads: int = 1
     if request.threads is not None:
         torch.set_num_threads(request.threads)
     config = request.config
-    device = torch.device(request.device)
+    info = trial_device(request.device, config, torch.get_num_threads())
+    device = info.torch_device
     records: list[EpochRecord] = []
     reported: list[float] = []
     callbacks: list[Any] = [records.append]
@@ -166,16 +169,10 @@ def execute_trial(request: TrialRequest, data: PreparedData, data_loads: int = 1
     common = dict(
         number=request.number, history=tuple(records), threads=torch.get_num_threads(),
         worker=f"pid {os.getpid()} on {socket.gethostname()}", data_loads=data_loads,
+        device=info.device, precision=info.precision,
     )
     try:
-        # The device was chosen once for the sweep; the trial's own precision and placement apply.
-        plan = DeviceInfo(
-            requested=request.device, device=request.device, available=(request.device,),
-            threads=torch.get_num_threads(), reason="chosen once for the sweep", torch_version=torch.__version__,
-            precision=config.device.precision, data_on_device=config.device.data_on_device,
-            cudnn_benchmark=config.device.cudnn_benchmark, tf32=config.device.tf32,
-        )
-        result = train_model.fn(parts, data, train_config, plan, config.seed, None, callbacks)
+        result = train_model.fn(parts, data, train_config, info, config.seed, None, callbacks)
     except optuna.TrialPruned:
         return TrialOutcome(
             state="pruned", value=None, epoch_values=tuple(reported), pruned_at=len(records),
@@ -197,6 +194,25 @@ def execute_trial(request: TrialRequest, data: PreparedData, data_loads: int = 1
         state="complete", value=value, epoch_values=tuple(reported), pruned_at=None,
         rung_attrs=_rung_attrs(pruning_study), best_epoch=result.best_epoch, report=report, weights=weights,
         seconds=time.perf_counter() - started, **{**common, "history": result.history},
+    )
+
+
+def trial_device(chosen: DeviceInfo | str, config: RunConfig, threads: int) -> DeviceInfo:
+    """The sweep's device decision with this trial's accelerator settings (precision, data placement).
+
+    The device is chosen once for the sweep; a space may still search
+    `device.precision` or `device.data_on_device`, so those come from the
+    trial's config. A bare name (tests, direct callers) is taken as is.
+    """
+    settings = {
+        "precision": config.device.precision, "data_on_device": config.device.data_on_device,
+        "cudnn_benchmark": config.device.cudnn_benchmark, "tf32": config.device.tf32, "threads": threads,
+    }
+    if isinstance(chosen, DeviceInfo):
+        return chosen.model_copy(update=settings)
+    return DeviceInfo(
+        requested=chosen, device=chosen, available=(chosen,), reason="given to the trial",
+        torch_version=torch.__version__, **settings,
     )
 
 

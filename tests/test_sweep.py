@@ -342,6 +342,8 @@ def test_flow_writes_results_and_the_best_bundle_predicts(prefect_api, tmp_path,
     assert values == sorted(values, reverse=True) and values[0] == result.best_value
     assert int(board[0]["trial"]) == result.best_trial
     assert (path / PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((path / "device.json").read_text())["device"] == "cpu"
+    assert not (path / "tensorboard").exists() and not list(path.rglob("tracking.json"))  # tracking is off
 
     best = load_config(path / "best_config.yaml")
     assert best == config.trial_config(result.best_params)
@@ -378,6 +380,42 @@ def test_flow_writes_results_and_the_best_bundle_predicts(prefect_api, tmp_path,
 
 
 @pytest.mark.slow
+def test_flow_tracks_the_sweep_and_records_its_device(prefect_api, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from flows.sweep import sweep_flow
+    from schemas.errors import TrainingError
+
+    config = _tracked(tmp_path, precision="bf16")
+    result = sweep_flow(config=config, sweep_dir=str(tmp_path / "s"))
+    path = tmp_path / "s"
+    device = json.loads((path / "device.json").read_text())
+    assert (device["device"], device["precision"]) == ("cpu", "bf16") and result.outputs["device"] == str(path / "device.json")
+    assert {json.loads(p.read_text()).get("precision") for p in path.glob("trials/*/result.json")} == {"bf16", None}
+    assert result.device.startswith("cpu (") and result.outputs["tensorboard"] == str(path / "tensorboard")
+    assert sorted(p.name for p in (path / "tensorboard").iterdir()) == ["trial-0000", "trial-0001", "trial-0002"]
+    parent = json.loads((path / "tracking.json").read_text())
+    client = MlflowClient(parent["mlflow_tracking_uri"])
+    run = client.get_run(parent["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.metrics["best_value"] == pytest.approx(result.best_value)
+    assert run.data.metrics["best_test_accuracy"] == pytest.approx(result.best_test["accuracy"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"leaderboard.csv", "metric_vs_trial.png", "param_vs_metric.png", "best_config.yaml", "device.json",
+            "best_model"} <= artifacts
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert sorted(c.data.tags["trial_state"] for c in children) == ["complete", "complete", "failed"]
+
+    # A sweep in which no trial completes fails, and so does its parent run.
+    broken = _tracked(tmp_path, name="iris-broken", space={"model": [{"kind": "cnn"}]}, n_trials=1)
+    with pytest.raises(TrainingError, match="no trial of sweep iris-broken completed"):
+        sweep_flow(config=broken, sweep_dir=str(tmp_path / "broken"))
+    failed = client.get_run(json.loads((tmp_path / "broken" / "tracking.json").read_text())["mlflow_run_id"])
+    assert failed.info.status == "FAILED" and "no trial of sweep" in failed.data.tags["error"]
+    nested = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{failed.info.run_id}'")
+    assert [c.info.status for c in nested] == ["FAILED"]
+
+
+@pytest.mark.slow
 def test_dask_local_cluster_gives_the_serial_results(prefect_api, tmp_path):
     from flows.sweep import sweep_flow
 
@@ -402,61 +440,126 @@ def test_timeout_stops_asking_new_rounds(iris, tmp_path):
     assert report.ran == 1 and report.stopped_by_timeout and finished_trials(study) == 1
 
 
-def test_the_base_configs_precision_reaches_the_trials(iris, tmp_path):
+def test_the_sweeps_device_decision_and_precision_reach_the_trials(iris, tmp_path):
+    from tasks.device import probe_workload, select_device
+
     space = {"optimizer.lr": [0.01]}
     fp32 = sweep(space=space, sampler="grid", n_trials=1, trials_per_round=1)
     bf16 = sweep(space=space, sampler="grid", n_trials=1, trials_per_round=1,
                  base={**BASE, "device": {"name": "cpu", "threads": 1, "precision": "bf16"}})
-    plain, _ = run_engine(fp32, iris, tmp_path / "fp32")
-    autocast, _ = run_engine(bf16, iris, tmp_path / "bf16")
-    a, b = summary(plain, fp32)[0], summary(autocast, bf16)[0]
+    results = []
+    for config, name in ((fp32, "fp32"), (bf16, "bf16")):
+        chosen = select_device.fn(config.base.device, probe_workload(config.base))  # as the flow does, once
+        path, _ = open_sweep_dir(tmp_path / name, config, iris.spec)
+        study = open_study(path, config)
+        run_rounds(study, config, path, 1, plain_dispatch(InProcessExecutor(iris, 1), 1), device=chosen)
+        recorded = json.loads((path / "trials" / "0000" / "result.json").read_text())
+        assert (recorded["device"], recorded["precision"]) == ("cpu", name)
+        results.append(summary(study, config)[0])
+    a, b = results
     assert a[1] == b[1] == "complete" and a[2] != b[2]  # bf16 autocast trains with other numbers
     assert b[2] == pytest.approx(a[2], abs=0.1)  # ... to about the same result
+
+
+TRACKED_BASE = {**BASE, "train": {**BASE["train"], "epochs": 2}}
+# Two MLPs and a CNN, which iris's flat features refuse: two complete trials and a failed one.
+TRACKED_SPACE = {"model": [{"kind": "mlp", "hidden_sizes": [8]}, {"kind": "mlp", "hidden_sizes": [16]}, {"kind": "cnn"}]}
+
+
+def _tracked(tmp_path, mlflow=True, tensorboard=True, precision="fp32", **settings):
+    tracking = {"mlflow": mlflow, "tensorboard": tensorboard, "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                "experiment": "sweeps"}
+    base = {**TRACKED_BASE, "tracking": tracking, "device": {**BASE["device"], "precision": precision}}
+    return sweep(**{"base": base, "space": TRACKED_SPACE, "sampler": {"name": "grid", "seed": 0}, "n_trials": 3,
+                    "trials_per_round": 3, **settings})
 
 
 def test_tracking_logs_a_parent_run_with_a_nested_run_and_a_tensorboard_run_per_trial(iris, tmp_path):
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
 
-    from tasks.sweep import leaderboard, leaderboard_records, track_sweep, write_leaderboard_csv
+    from tasks.sweep import (
+        LEADERBOARD, PARAM_PLOT, SweepTracking, leaderboard_records, write_leaderboard_csv, write_param_plot,
+    )
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    base = {**BASE, "tracking": {"mlflow": True, "tensorboard": True, "mlflow_uri": uri, "experiment": "sweeps"}}
-    config = sweep(base=base, space={"optimizer.lr": [0.01, 0.03]}, sampler="grid", n_trials=2, trials_per_round=2)
-    study, _ = run_engine(config, iris, tmp_path / "s")
+    config = _tracked(tmp_path)
+    path, _ = open_sweep_dir(tmp_path / "s", config, iris.spec)
+    study = open_study(path, config)
+    tracking = SweepTracking.start(config, path)
+    logged = []
+
+    def on_trial(number):  # called as each outcome is recorded, before the round's next trial is told
+        logged.append(number)
+        tracking.log_trial(number)
+
+    run_rounds(study, config, path, 1, plain_dispatch(InProcessExecutor(iris, 1), 1), on_trial=on_trial)
     rows = leaderboard(study, config)
-    write_leaderboard_csv(tmp_path / "s" / "leaderboard.csv", leaderboard_records(rows, config))  # as the flow does
-    parent = track_sweep(config, tmp_path / "s", rows)
+    write_leaderboard_csv(path / LEADERBOARD, leaderboard_records(rows, config))  # as the flow does
+    write_param_plot(path / PARAM_PLOT, rows, config)
+    tracking.finish(rows, {"accuracy": 0.9})
+    parent = tracking.result()
+    assert sorted(logged) == [0, 1, 2] and [r.state for r in rows] == ["complete", "complete", "failed"]
 
-    client = MlflowClient(uri)
+    client = MlflowClient(parent.mlflow_tracking_uri)
     runs = client.search_runs([parent.mlflow_experiment_id])
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.mlflow_run_id]
-    assert len(runs) == 3 and len(children) == 2
-    by_name = {r.info.run_name: r for r in children}
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.mlflow_run_id}
+    assert len(runs) == 4 and len(children) == 3
     for row in rows:
-        child = by_name[f"trial-{row.trial}"]
-        assert child.data.metrics["val_loss"] == pytest.approx(row.value)
-        assert child.data.params["optimizer.lr"] == str(row.params["optimizer.lr"])
-        assert child.data.tags["trial_state"] == "complete" and child.info.status == "FINISHED"
-        history = client.get_metric_history(child.info.run_id, "train_loss")
-        assert [m.step for m in history] == [1, 2, 3, 4]
-        events = EventAccumulator(str(tmp_path / "s" / "tensorboard" / f"trial-{row.trial:04d}"))
-        events.Reload()
-        assert [e.step for e in events.Scalars("train_loss")] == [1, 2, 3, 4]
-    best = min(r.value for r in rows)
+        child = children[f"trial-{row.trial}"]
+        assert child.data.tags["trial_state"] == row.state
+        assert child.data.params["model.kind"] == row.params["model"]["kind"]
+        assert child.data.params["optimizer.lr"] == "0.01" and child.data.params["data.source.name"] == "iris"
+        board = EventAccumulator(str(path / "tensorboard" / f"trial-{row.trial:04d}"))
+        board.Reload()
+        if row.state == "failed":
+            assert child.info.status == "FAILED" and "image-shaped" in child.data.tags["error"]
+            assert "sweep_val_loss" not in child.data.metrics and board.Tags()["scalars"] == []
+            continue
+        assert child.info.status == "FINISHED"
+        assert child.data.metrics["sweep_val_loss"] == pytest.approx(row.value)
+        assert 0 < child.data.metrics["test_accuracy"] <= 1
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")] == [1, 2]
+        history = list(csv.DictReader(open(path / "trials" / f"{row.trial:04d}" / "history.csv")))
+        assert [e.value for e in board.Scalars("train_loss")] == pytest.approx([float(h["train_loss"]) for h in history])
+        assert [e.step for e in board.Scalars("val_loss")] == [1, 2]
+        assert board.Scalars("sweep_val_loss")[0].value == pytest.approx(row.value)  # in the same run as the hparams
+        start = plugin_data_pb2.HParamsPluginData.FromString(
+            board.PluginTagToContent("hparams")["_hparams_/session_start_info"])
+        assert json.loads(start.session_start_info.hparams["model"].string_value) == row.params["model"]
+
+    best = min(r.value for r in rows if r.value is not None)
     parent_run = client.get_run(parent.mlflow_run_id)
-    assert parent_run.data.metrics["best_val_loss"] == pytest.approx(best)
-    names = {a.path for a in client.list_artifacts(parent.mlflow_run_id)}
-    assert "leaderboard.csv" in names
+    assert parent_run.info.status == "FINISHED" and parent_run.info.run_name == "sweep-iris"
+    assert parent_run.data.metrics["best_value"] == pytest.approx(best) == rows[0].value
+    assert parent_run.data.metrics["best_trial"] == rows[0].trial and parent_run.data.metrics["trials_failed"] == 1
+    assert parent_run.data.metrics["best_test_accuracy"] == pytest.approx(0.9)
+    assert parent_run.data.params["n_trials"] == "3" and parent_run.data.params["base.train.epochs"] == "2"
+    assert {a.path for a in client.list_artifacts(parent.mlflow_run_id)} >= {LEADERBOARD, PARAM_PLOT}
+
+    # Resumed: a new parent logs every finished trial again; the TensorBoard runs are left as they were.
+    events = sorted(p.name for p in (path / "tensorboard").rglob("events.out.tfevents.*"))
+    again = SweepTracking.start(config, path)
+    again.log_trials(rows)
+    again.fail(RuntimeError("worker lost"))
+    failed = client.get_run(again.result().mlflow_run_id)
+    assert failed.info.status == "FAILED" and failed.data.tags["error"] == "RuntimeError: worker lost"
+    nested = client.search_runs([parent.mlflow_experiment_id],
+                                f"tags.mlflow.parentRunId = '{again.result().mlflow_run_id}'")
+    assert len(nested) == 3
+    assert sorted(p.name for p in (path / "tensorboard").rglob("events.out.tfevents.*")) == events
 
 
-def test_tracking_off_logs_nothing_for_a_sweep(iris, tmp_path):
-    from tasks.sweep import leaderboard, track_sweep
+def test_tracking_off_writes_no_tracking_files(iris, tmp_path, monkeypatch):
+    from tasks.sweep import SweepTracking
 
-    config = sweep(space={"optimizer.lr": [0.01]}, sampler="grid", n_trials=1, trials_per_round=1)
-    study, _ = run_engine(config, iris, tmp_path / "s")
-    assert track_sweep(config, tmp_path / "s", leaderboard(study, config)) is None
-    assert not (tmp_path / "s" / "tensorboard").exists() and not list(tmp_path.rglob("tracking.json"))
+    monkeypatch.chdir(tmp_path)  # the default MLflow store would be ./mlflow.db
+    config = _tracked(tmp_path, mlflow=False, tensorboard=False)
+    path, _ = open_sweep_dir(tmp_path / "s", config, iris.spec)
+    assert SweepTracking.start(config, path) is None
+    run_rounds(open_study(path, config), config, path, 1, plain_dispatch(InProcessExecutor(iris, 1), 1))
+    written = {p.name for p in tmp_path.rglob("*")}
+    assert "result.json" in written and not written & {"tensorboard", "tracking.json", "mlflow.db", "mlruns"}
 
 
 def test_the_parameter_plot_has_a_panel_per_searched_key(iris, tmp_path):
