@@ -190,6 +190,7 @@ def test_bad_image_folders_are_clear_errors(shapes, tmp_path):
     def error(root: Path, *overrides: str) -> str:
         with pytest.raises(DataError) as info:
             prepare_data.fn(_config(root, *overrides, cache_dir=tmp_path / "cache").data, 0)
+        assert info.value.exit_code == 3  # what the train and predict commands exit with
         return str(info.value)
 
     assert error(tmp_path / "missing") == f"image folder not found: {tmp_path / 'missing'}"
