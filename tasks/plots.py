@@ -39,7 +39,8 @@ def _figure(size: tuple[float, float] = (6.0, 4.0)) -> Any:
     return fig
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_png(fig: Any, path: Path) -> Path:
+    """Write a figure as PNG atomically (a temporary file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp.png")
     try:
@@ -64,7 +65,7 @@ def plot_losses(history: Sequence["EpochRecord"], path: Path, best_epoch: int | 
     ax.set_title("Loss per epoch")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_metric(history: Sequence["EpochRecord"], path: Path, best_epoch: int | None = None) -> Path | None:
@@ -83,7 +84,7 @@ def plot_metric(history: Sequence["EpochRecord"], path: Path, best_epoch: int | 
     ax.set_title(f"{name} per epoch")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path) -> Path:
@@ -105,7 +106,7 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
             for j in range(k):
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if cm[i, j] > threshold else "black")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, path: Path) -> Path:
@@ -122,7 +123,7 @@ def plot_predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, path: Pa
     ax.set_ylabel("predicted")
     ax.set_title(f"Predicted vs actual (test, {actual.size} rows)")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def write_plots(

@@ -108,7 +108,7 @@ def open_run_dir_for_resume(run_dir: str | Path, bundle_dirname: str = "model") 
     if state.get("state") == "completed":
         raise ConfigError(f"--resume {path}: the run already completed; start a new run instead")
     pid = state.get("pid")
-    if state.get("state") == "running" and isinstance(pid, int) and pid != os.getpid() and _alive(pid):
+    if state.get("state") == "running" and isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
         raise ConfigError(f"--resume {path}: the run is still running (pid {pid})")
     for leftover in path.glob(".*.tmp"):  # from a process killed mid-write
         if leftover.is_dir():
@@ -119,7 +119,8 @@ def open_run_dir_for_resume(run_dir: str | Path, bundle_dirname: str = "model") 
     return path
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (on this machine)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

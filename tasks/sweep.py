@@ -51,7 +51,7 @@ from schemas.sweep import (
     sweep_to_yaml,
 )
 from tasks.data import DataSpec
-from tasks.rundir import atomic_write_text, read_run_state, write_json
+from tasks.rundir import atomic_write_text, pid_alive, read_run_state, write_json
 from tasks.train import EpochRecord
 from tasks.trial import PruningPlan, TrialOutcome, TrialRequest
 
@@ -111,7 +111,7 @@ def open_sweep_dir(sweep_dir: str | Path | None, config: SweepConfig, spec: Data
         except (OSError, json.JSONDecodeError):
             state = {}
         pid = state.get("pid")
-        if state.get("state") == "running" and isinstance(pid, int) and pid != os.getpid() and _alive(pid):
+        if state.get("state") == "running" and isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
             raise ConfigError(f"sweep dir {path}: the sweep is still running (pid {pid})")
     elif path.is_dir() and any(path.iterdir()):
         raise ConfigError(f"--sweep-dir {path}: already holds files that are not a sweep; choose a new or empty directory")
@@ -121,16 +121,6 @@ def open_sweep_dir(sweep_dir: str | Path | None, config: SweepConfig, spec: Data
     atomic_write_text(path / SWEEP_FILE, sweep_to_yaml(config))
     write_json(path / DATA_FILE, {"data_hash": spec.data_hash, "source": spec.source, "task": spec.task})
     return path, resumed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --------------------------------------------------------------------------- the study
@@ -551,12 +541,9 @@ def write_plot(path: Path, rows: list[LeaderboardRow], config: SweepConfig) -> N
     if complete or pruned:
         axes.legend(loc="best", fontsize="small")
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from tasks.plots import save_png
+
+    save_png(figure, path)
 
 
 PARAM_PLOT = "param_vs_metric.png"
@@ -592,12 +579,9 @@ def write_param_plot(path: Path, rows: list[LeaderboardRow], config: SweepConfig
         axes.set_ylabel(config.metric if i == 1 else "")
     figure.suptitle(f"{config.name}: {config.metric} against each parameter ({len(done)} complete trials)")
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from tasks.plots import save_png
+
+    save_png(figure, path)
 
 
 def replace_dir(staging: Path, target: Path) -> None:
