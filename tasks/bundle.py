@@ -14,25 +14,25 @@ A bundle is a directory:
 
 It is written to a temporary sibling directory and renamed into place, so a
 failed save leaves nothing half-written. Loading verifies every hash before
-using a byte, and never unpickles.
+using a byte (the weights' hash is re-computed only when the file changed
+since it was last verified; see `load_model`), and never unpickles.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import mmap
 import os
 import platform
 import shutil
-import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -46,11 +46,12 @@ from pydantic import ValidationError
 from torch import nn
 
 from schemas.errors import BundleError, ConfigError, DataError
-from schemas.loading import config_to_yaml, validate_config
+from schemas.loading import config_to_yaml, load_yaml, validate_config
 from schemas.run import RunConfig
 from tasks.data import DataSpec, frame_to_features
 from tasks.evaluate import EvalReport, model_outputs
 from tasks.model import build_network
+from tasks.rundir import atomic_write_text, user_cache_dir
 
 FORMAT = "pytorch-workflow-bundle"
 FORMAT_VERSION = 1
@@ -180,55 +181,68 @@ def write_bundle(
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights = safetensors.torch.save(state, metadata={"format": FORMAT})
     config_text = config_to_yaml(config).encode()
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seed": config.seed,
-        "task": spec.task,
-        "spec": spec.model_dump(mode="json"),
-        "spec_sha256": _spec_hash(spec.model_dump(mode="json")),
-        "metrics": None if report is None else report.model_dump(mode="json"),
-        "versions": package_versions(),
-        "files": {WEIGHTS: _sha256(weights), CONFIG: _sha256(config_text)},
-        **(extra or {}),
-    }
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.mkdir()
     try:
-        (tmp / WEIGHTS).write_bytes(weights)
-        (tmp / CONFIG).write_bytes(config_text)
+        with ThreadPoolExecutor(1) as pool:  # hashlib releases the GIL: hash while the file is written
+            weights_sha256 = pool.submit(_sha256, weights)
+            (tmp / WEIGHTS).write_bytes(weights)
+            (tmp / CONFIG).write_bytes(config_text)
+            manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "seed": config.seed,
+                "task": spec.task,
+                "spec": spec.model_dump(mode="json"),
+                "spec_sha256": _spec_hash(spec.model_dump(mode="json")),
+                "metrics": None if report is None else report.model_dump(mode="json"),
+                "versions": package_versions(),
+                "files": {WEIGHTS: weights_sha256.result(), CONFIG: _sha256(config_text)},
+                **(extra or {}),
+            }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    # These bytes were hashed as they were written: the first load need not hash them again.
+    _remember_verified(path / WEIGHTS, _stat_key(path / WEIGHTS), manifest["files"][WEIGHTS])
     return path
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedBundle:
-    """Rebuild the model from a bundle, verify hashes, and return a predictor."""
+def load_model(
+    path: str | Path, device: torch.device | str = "cpu", verify: Literal["changed", "always"] = "changed"
+) -> LoadedBundle:
+    """Rebuild the model from a bundle, verify hashes, and return a predictor.
+
+    The config and the data spec are hashed on every load. The weights are hashed
+    when the file changed since this user last verified it: a record of the
+    file's inode, size, mtime and ctime beside its sha256 (as git's index
+    does) sits in $XDG_CACHE_HOME/pytorch-workflow/verified, written by
+    `write_bundle` and by every full check. Any write to the file, a copy or
+    a move to another disk changes those, and the next load hashes again.
+    `verify="always"` hashes every time.
+
+    The weights are memory-mapped (copy-on-write): loading costs no copy, and
+    processes loading the same bundle share its pages.
+    """
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"no model bundle at {path}: not a directory")
     manifest = _read_manifest(path)
-    contents: dict[str, bytearray | mmap.mmap] = {}
     for name in (WEIGHTS, CONFIG):
-        expected = manifest["files"].get(name)
-        file = path / name
-        if not file.is_file():
+        if not (path / name).is_file():
             raise BundleError(f"{path}: bundle is missing {name}")
-        data = _read_buffer(file)
-        if expected is None or _sha256(data) != expected:
-            raise BundleError(
-                f"{file}: sha256 does not match the one recorded in {MANIFEST}; "
-                "the file was modified or corrupted after saving"
-            )
-        contents[name] = data
+    config_bytes = (path / CONFIG).read_bytes()
+    _check_hash(path / CONFIG, _sha256(config_bytes), manifest["files"].get(CONFIG))
+    _verify_weights(path / WEIGHTS, manifest["files"].get(WEIGHTS), always=verify == "always")
     try:
-        config_data = yaml.safe_load(bytes(contents[CONFIG]).decode())
+        config_data = load_yaml(config_bytes.decode())
         config = validate_config(config_data if isinstance(config_data, dict) else {}, source=str(path / CONFIG))
-    except (ConfigError, yaml.YAMLError) as exc:
+    except (ConfigError, yaml.YAMLError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path / CONFIG}: not a valid run config: {exc}") from None
     if _spec_hash(manifest.get("spec")) != manifest.get("spec_sha256"):
         raise BundleError(
@@ -240,7 +254,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedBu
     except (ValidationError, KeyError) as exc:
         raise BundleError(f"{path / MANIFEST}: invalid data spec: {str(exc).splitlines()[0]}") from None
     try:
-        state = _tensors_from_buffer(contents.pop(WEIGHTS))
+        state = safetensors.torch.load_file(path / WEIGHTS)
         network = _network_with_weights(config, spec, state)
     except (RuntimeError, safetensors.SafetensorError) as exc:
         raise BundleError(f"{path / WEIGHTS}: weights do not fit the model in {CONFIG}: {str(exc).splitlines()[0]}") from None
@@ -249,58 +263,56 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedBu
     return LoadedBundle(model=network, spec=spec, device=device, config=config, manifest=manifest, path=path)
 
 
-def _read_buffer(file: Path) -> bytearray | mmap.mmap:
-    """The file's bytes in one private, writable buffer, read once (tensors can then share it).
-
-    A large file goes into anonymous memory, whose pages are zeroed lazily by
-    the kernel as they are read into; a bytearray would be zero-filled first,
-    a whole extra pass over the memory.
-    """
-    with file.open("rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < 1 << 20:
-            return bytearray(f.read())
-        buffer = mmap.mmap(-1, size)
-        read = f.readinto(buffer)
-    return buffer if read == size else bytearray(buffer[:read])  # it shrank while being read: the hash fails
+VERIFY_MODES = ("changed", "always")
 
 
-_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
+def _check_hash(file: Path, actual: str, expected: Any) -> None:
+    if actual != expected:
+        raise BundleError(
+            f"{file}: sha256 does not match the one recorded in {MANIFEST}; "
+            "the file was modified or corrupted after saving"
+        )
 
 
-def _tensors_from_buffer(buffer: bytearray | mmap.mmap) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file as views of `buffer`, which was read and verified once.
+def _file_sha256(file: Path) -> str:
+    """sha256 of a file, hashed from a read-only memory map (no copy into Python memory)."""
+    with file.open("rb") as handle:
+        if os.fstat(handle.fileno()).st_size < 1 << 20:
+            return _sha256(handle.read())
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            return hashlib.sha256(view).hexdigest()
 
-    `safetensors.torch.load` would copy every tensor out of the bytes (for
-    200 MB of weights, a third of the load time). The format is an 8-byte
-    little-endian header length, a JSON header of dtype, shape and data
-    offsets per tensor, then the data. Anything this does not handle (a
-    big-endian host, an unknown dtype) goes through safetensors; both raise
-    SafetensorError on a malformed file.
-    """
+
+def _stat_key(file: Path) -> list[int]:
+    st = file.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _verified_record(file: Path) -> Path:
+    name = hashlib.sha256(str(file.resolve()).encode()).hexdigest()[:32]
+    return user_cache_dir() / "verified" / f"{name}.json"
+
+
+def _remember_verified(file: Path, key: list[int], sha256: str) -> None:
+    """Record that `file`, as it is now (`key`), hashes to `sha256`; a cache that cannot be written is skipped."""
     try:
-        header_size = int.from_bytes(buffer[:8], "little")
-        header = json.loads(bytes(buffer[8 : 8 + header_size]))
-        start = 8 + header_size
-        if sys.byteorder != "little" or len(buffer) < start or not isinstance(header, dict):
-            raise ValueError("not a plain safetensors file on a little-endian host")
-        header.pop("__metadata__", None)
-        state = {}
-        for name, entry in header.items():
-            dtype = _DTYPES[entry["dtype"]]
-            begin, end = (start + int(offset) for offset in entry["data_offsets"])
-            count = math.prod(entry["shape"])
-            if not start <= begin <= end <= len(buffer) or end - begin != count * dtype.itemsize:
-                raise ValueError(f"tensor {name!r} does not fit its data offsets")
-            flat = torch.frombuffer(buffer, dtype=dtype, count=count, offset=begin) if count else torch.empty(0, dtype=dtype)
-            state[name] = flat.view(entry["shape"])
-        return state
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        return safetensors.torch.load(bytes(buffer))
+        record = {"path": str(file.resolve()), "stat": key, "sha256": sha256}
+        atomic_write_text(_verified_record(file), json.dumps(record), fsync=False)
+    except OSError:
+        pass
+
+
+def _verify_weights(file: Path, expected: Any, always: bool) -> None:
+    key = _stat_key(file)
+    if not always:
+        try:
+            record = json.loads(_verified_record(file).read_text(encoding="utf-8"))
+            if record["stat"] == key and record["sha256"] == expected:
+                return
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no record, or a damaged one: hash the file
+    _check_hash(file, _file_sha256(file), expected)
+    _remember_verified(file, key, expected)
 
 
 def _network_with_weights(config: RunConfig, spec: DataSpec, state: dict[str, torch.Tensor]) -> nn.Module:
@@ -316,14 +328,14 @@ def _network_with_weights(config: RunConfig, spec: DataSpec, state: dict[str, to
     """
     try:
         with torch.device("meta"):
-            network = build_network(config.model, spec)
+            network = build_network(config.model, spec, check_output=False)
     except Exception:  # any failure on meta tensors: the ordinary path reports real errors
         network = None
     if network is not None:
         network.load_state_dict(state, strict=True, assign=True)
         if not any(t.is_meta for t in (*network.parameters(), *network.buffers())):
             return network
-    network = build_network(config.model, spec)
+    network = build_network(config.model, spec, check_output=False)
     network.load_state_dict(state, strict=True)
     return network
 

@@ -37,6 +37,7 @@ from schemas.device import DeviceConfig
 from schemas.errors import ConfigError
 from schemas.model import ModelConfig
 from schemas.optim import LossConfig, OptimizerConfig
+from tasks.rundir import atomic_write_text, user_cache_dir
 
 WARMUP_STEPS = 2
 CACHE_VERSION = 1
@@ -266,8 +267,7 @@ def decision_key(
 def cache_root(config: DeviceConfig) -> Path:
     if config.cache_dir is not None:
         return Path(config.cache_dir).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pytorch-workflow"
+    return user_cache_dir()
 
 
 def _read_cached(path: Path, key: str) -> tuple[Candidate, ...] | None:
@@ -282,13 +282,8 @@ def _read_cached(path: Path, key: str) -> tuple[Candidate, ...] | None:
 
 def _write_cached(path: Path, key: str, candidates: Sequence[Candidate]) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(
-            json.dumps({"key": key, "created": time.time(), "candidates": [c.model_dump() for c in candidates]}),
-            encoding="utf-8",
-        )
-        os.replace(tmp, path)
+        record = {"key": key, "created": time.time(), "candidates": [c.model_dump() for c in candidates]}
+        atomic_write_text(path, json.dumps(record), fsync=False)
     except OSError as exc:  # a read-only cache costs a re-measure next time, nothing more
         print(f"warning: could not cache the device decision in {path}: {exc.strerror}", file=sys.stderr)
 

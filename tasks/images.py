@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader, Dataset
 from schemas.data import DataConfig, ImageAugmentation, ImageFolderSource, SplitConfig
 from schemas.errors import ConfigError, DataError
 from tasks.data import DataSpec, ImagePreprocessing, PreparedData, Preprocessing, val_fraction_of_rest
+from tasks.rundir import user_cache_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 SPLIT_FOLDERS = ("train", "val", "test")
@@ -266,8 +267,7 @@ def _decode_all(
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pytorch-workflow" / "images"
+    return user_cache_dir() / "images"
 
 
 def cache_key(listing: Listing, files: Sequence[Path], source: ImageFolderSource) -> str:

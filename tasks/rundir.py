@@ -35,15 +35,25 @@ DEFAULT_ROOT = Path("runs")
 RUN_STATE = "run.json"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename it into place."""
+def user_cache_dir() -> Path:
+    """The project's per-user cache: $XDG_CACHE_HOME (or ~/.cache) / pytorch-workflow."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pytorch-workflow"
+
+
+def atomic_write_text(path: Path, text: str, fsync: bool = True) -> None:
+    """Write to a temporary file beside `path`, then rename it into place.
+
+    `fsync=False` is for caches, which a crash may lose but never half-write.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "x", encoding="utf-8", newline="") as handle:
             handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

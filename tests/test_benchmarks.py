@@ -99,10 +99,12 @@ def test_bundle_io_runs_save_and_load_cases():
         assert result.parameters > 0 and result.bundle_bytes > 0 and result.base_bytes > 0
         for case in CASES:
             assert len(result.seconds[case]) == 1 and result.seconds[case][0] > 0
-        assert all(math.isfinite(result.ratio(kind)) and result.ratio(kind) > 0 for kind in ("save", "load"))
+        for kind in ("save", "load", "load, full check", "load + first forward"):
+            ratio = result.ratio(f"bundle {kind}", f"base {kind.replace(', full check', '')}")
+            assert math.isfinite(ratio) and ratio > 0
         assert result.peak_rss_mib > 0 and min(result.load_rss_delta_mib["bundle load"]) >= 0
     report = format_report(results, rounds=1, threads=1)
-    assert "| MLP 4 x 16 |" in report and "| bundle load |" in report and "sha256 share" in report
+    assert "| MLP 4 x 16 |" in report and "| bundle load, full check |" in report and "| base load, mmap |" in report
 
 
 def test_orchestration_plain_stages_and_import_breakdown(tmp_path):

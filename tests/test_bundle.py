@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import platform
 import shutil
@@ -375,6 +376,72 @@ def test_tampered_weights_fail_the_hash(iris_copy):
     data[-3] ^= 0x01
     file.write_bytes(bytes(data))
     _raises(iris_copy, str(file), "sha256 does not match")
+
+
+def _no_hashing(monkeypatch):
+    def refuse(file):
+        raise AssertionError(f"{file} was hashed again")
+
+    monkeypatch.setattr(bundle_module, "_file_sha256", refuse)
+
+
+def test_a_bundle_just_written_loads_without_hashing_its_weights_again(runs, tmp_path, monkeypatch):
+    run = runs("iris")
+    target = write_bundle(run.model, run.config, run.spec, run.report, tmp_path / "model")
+    _no_hashing(monkeypatch)
+    assert load_model(target).spec == run.spec
+    with pytest.raises(AssertionError, match="hashed again"):
+        load_model(target, verify="always")
+
+
+def test_a_copied_bundle_is_hashed_once_then_trusted_until_it_changes(iris_copy, monkeypatch):
+    calls = []
+    real = bundle_module._file_sha256
+    monkeypatch.setattr(bundle_module, "_file_sha256", lambda file: calls.append(file) or real(file))
+    load_model(iris_copy)
+    load_model(iris_copy)
+    assert calls == [iris_copy / "weights.safetensors"]
+
+
+def test_weights_changed_after_a_verified_load_fail_the_hash(iris_copy):
+    load_model(iris_copy)  # verified and recorded
+    file = iris_copy / "weights.safetensors"
+    before = file.stat()
+    data = bytearray(file.read_bytes())
+    data[-3] ^= 0x01
+    file.write_bytes(bytes(data))
+    os.utime(file, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size and mtime: the ctime still moves
+    _raises(iris_copy, str(file), "sha256 does not match")
+
+
+def test_verification_works_when_the_cache_cannot_be_written(iris_copy, tmp_path, monkeypatch):
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    assert load_model(iris_copy).spec.class_names == ("setosa", "versicolor", "virginica")
+    file = iris_copy / "weights.safetensors"
+    data = bytearray(file.read_bytes())
+    data[-3] ^= 0x01
+    file.write_bytes(bytes(data))
+    _raises(iris_copy, str(file), "sha256 does not match")
+
+
+def test_unknown_verify_mode_is_refused(iris_copy):
+    with pytest.raises(ValueError, match="verify must be one of changed, always"):
+        load_model(iris_copy, verify="never")
+
+
+def test_changing_a_reloaded_model_never_writes_to_the_bundle(iris_copy):
+    file = iris_copy / "weights.safetensors"
+    before = file.read_bytes()
+    loaded = load_model(iris_copy)
+    with torch.no_grad():
+        for parameter in loaded.model.parameters():
+            parameter.add_(1.0)  # the weights are mapped copy-on-write
+    assert file.read_bytes() == before
+    fresh = load_model(iris_copy, verify="always")
+    first = next(fresh.model.parameters())
+    assert not torch.equal(first, next(loaded.model.parameters()))
 
 
 def test_hand_edited_config_fails_the_hash(iris_copy):
