@@ -415,11 +415,12 @@ def _time_steps(
     torch_device: torch.device, workload: ProbeWorkload, shape: InputShape, config: DeviceConfig,
     budget_seconds: float, started: float,
 ) -> tuple[float, int]:
-    from tasks.model import build_loss, build_network, build_optimizer
+    from tasks.model import build_loss, build_network, build_optimizer, training_memory_format
 
     precision = config.precision
     torch.manual_seed(workload.seed)
     model = build_network(workload.model, shape).to(torch_device)  # type: ignore[arg-type]
+    model.to(memory_format=training_memory_format(model, torch_device))  # as train_model trains it
     generator = torch.Generator().manual_seed(workload.seed)
     X = torch.randn((workload.batch_size, shape.n_features), generator=generator)  # flat rows, as the data stage gives
     if shape.task == "classification":

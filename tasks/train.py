@@ -29,7 +29,7 @@ from schemas.train import TrainConfig
 from tasks.checkpoint import load_checkpoint, read_reduced_batch_size, save_checkpoint, write_reduced_batch_size
 from tasks.data import PreparedData
 from tasks.device import DeviceInfo, autocast_context, grad_scaler
-from tasks.model import TrainingComponents
+from tasks.model import TrainingComponents, training_memory_format
 from tasks.retry import RetryWithSmallerBatch
 
 EVAL_CHUNK = 8192  # rows per forward pass when validating
@@ -319,6 +319,10 @@ def train_model(
         limit = config.time_limit_seconds
         return limit is not None and time.perf_counter() - started >= limit
 
+    # channels_last for conv nets on the CPU (see training_memory_format); back to the default layout at the
+    # end, so the returned model, its evaluation and the bundle reloaded from it compute in the same layout.
+    layout = training_memory_format(model, device)
+    model.to(memory_format=layout)
     try:
         while not finished and done_epochs < config.epochs:
             epoch = done_epochs + 1
@@ -409,6 +413,8 @@ def train_model(
     finally:
         if emit is not None:
             emit.close()
+        if layout != torch.contiguous_format:
+            model.to(memory_format=torch.contiguous_format)
 
     if best_state is not None:
         model.load_state_dict(best_state)

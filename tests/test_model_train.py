@@ -220,3 +220,31 @@ def test_callbacks_see_every_epoch_and_can_stop_training():
     config, data, parts = _setup("train.epochs=4", "train.early_stopping.enabled=false")
     with pytest.raises(Stop):
         train_model.fn(parts, data, config.train, CPU, config.seed, callbacks=[stop_after_two])
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_optimizers_use_the_fused_kernel_on_the_cpu(name):
+    _, _, parts = _setup(f"optimizer.name={name}")
+    assert parts.optimizer.defaults["fused"] is True
+
+
+def test_conv_nets_train_channels_last_on_the_cpu_and_come_back_contiguous():
+    from tasks.model import training_memory_format
+
+    cnn = ("data.source.name=digits", "model.kind=cnn", "model.channels=[4, 8]")
+    config, data, parts = _setup(*cnn)
+    assert training_memory_format(parts.model, CPU) == torch.channels_last
+    assert training_memory_format(_setup()[2].model, CPU) == torch.contiguous_format  # the MLP: no convolutions
+    seen = []
+
+    def layout(record):
+        conv = [m for m in parts.model.modules() if isinstance(m, torch.nn.Conv2d)][-1]  # 4 input channels
+        seen.append(conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous())
+
+    train_model.fn(parts, data, config.train, CPU, config.seed, callbacks=[layout])
+    assert seen and all(seen)  # trained in channels_last
+    assert all(p.is_contiguous() for p in parts.model.parameters())  # returned in the default layout
+    # The same config trains to the same weights again (determinism holds in channels_last).
+    _, _, again = _setup(*cnn)
+    train_model.fn(again, data, config.train, CPU, config.seed)
+    assert all(torch.equal(a, b) for a, b in zip(parts.model.state_dict().values(), again.model.state_dict().values()))
