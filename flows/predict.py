@@ -14,7 +14,6 @@ and, for classification, one `proba_<class>` column per class.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import pandas as pd
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows._cli import prefect_session, run_command
+from flows._cli import exit_quickly, prefect_session, run_command
 from schemas.errors import ConfigError, DataError
 from tasks.bundle import LoadedBundle, load_model_task
 from tasks.data import read_npz_arrays, read_table
@@ -97,4 +96,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quickly(main())

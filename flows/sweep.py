@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -25,7 +24,7 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows._cli import prefect_session, run_command
+from flows._cli import TRAINING_IMPORTS, exit_quickly, prefect_session, run_command
 from schemas.errors import TrainingError
 from schemas.loading import config_to_yaml
 from schemas.sweep import SweepConfig, load_sweep_config, sweep_to_yaml
@@ -213,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(sweep_to_yaml(config), end="")
             return 0
-        with prefect_session(args.debug):
+        with prefect_session(args.debug, TRAINING_IMPORTS):
             summary = sweep_flow(config=config, sweep_dir=None if args.sweep_dir is None else str(args.sweep_dir))
         print(format_summary(summary))
         return 0
@@ -222,4 +221,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quickly(main())

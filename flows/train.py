@@ -11,14 +11,13 @@ starts a temporary local one, so nothing needs setting up.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from prefect import flow
 
-from flows._cli import prefect_session, run_command
+from flows._cli import TRAINING_IMPORTS, exit_quickly, prefect_session, run_command
 from schemas.errors import ConfigError
-from schemas.loading import config_diff, config_to_yaml, load_config, resume_config
+from schemas.loading import config_to_yaml, load_config, resume_config
 from schemas.run import RunConfig
 from tasks.bundle import save_model
 from tasks.data import prepare_data
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(config_to_yaml(config), end="")
             return 0
-        with prefect_session(args.debug):
+        with prefect_session(args.debug, TRAINING_IMPORTS):
             summary = train_flow(config=config, run_dir=run_dir, resume=args.resume is not None)
         print(format_summary(summary))
         return 0
@@ -171,4 +170,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quickly(main())

@@ -18,7 +18,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,9 @@ from schemas.data import (
     SplitConfig,
 )
 from schemas.errors import DataError
+
+if TYPE_CHECKING:
+    from tasks.device import InputShape
 
 Task = Literal["classification", "regression"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -138,7 +139,12 @@ def test_orchestration_report_and_per_task_overhead(prefect_api, monkeypatch):
     assert per_task["task_ms"] > -1000 and per_task["empty_flow_s"] > 0 and per_task["plain_call_ms"] >= 0
 
     # The cold runs take 30 s or more each; test_flows covers them. Here they report fixed figures.
-    monkeypatch.setattr(orchestration, "flow_run", lambda directory, env: (20.0, 2.0))
+    @contextlib.contextmanager
+    def fake_server(env):
+        yield {**env, "PREFECT_API_URL": "http://127.0.0.1:1/api"}
+
+    monkeypatch.setattr(orchestration, "running_server", fake_server)
+    monkeypatch.setattr(orchestration, "flow_run", lambda directory, env: (12.0, 2.0) if "PREFECT_API_URL" in env else (20.0, 2.0))
     monkeypatch.setattr(orchestration, "plain_run", lambda directory, env, peaks=None: (8.0, 2.1, {"import": 3.0, "train": 2.1}))
     monkeypatch.setattr(orchestration, "server_start_stop", lambda env: (4.0, 1.0))
     monkeypatch.setattr(orchestration, "per_task_overhead", lambda n, rounds, env: per_task)
@@ -147,3 +153,4 @@ def test_orchestration_report_and_per_task_overhead(prefect_api, monkeypatch):
     assert result.imports[0]["torch"] > 0 and result.imports[0]["prefect"] > 0
     report = orchestration.format_report(result)
     assert "**60.5%** (NOT met" in report and "per-task overhead" in report and "| torch |" in report
+    assert math.isclose(result.running_share, (10.0 - 5.9) / 12.0) and "**34.2%** (NOT met)" in report

@@ -269,3 +269,41 @@ def test_save_disabled_writes_no_bundle(prefect_api, tmp_path):
     summary = _train(config, tmp_path / "run")
     assert summary.bundle is None and not (tmp_path / "run" / "model").exists()
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"] == summary.test
+
+
+def test_cli_with_no_server_set_up_uses_a_temporary_one(tmp_path):
+    """The README's first command: no PREFECT_API_URL, a fresh PREFECT_HOME; Prefect's temporary server."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(ROOT))
+    overrides = [a for o in tiny_overrides() for a in ("--set", o)]
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.train", *overrides, "--run-dir", "run"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / "metrics.json").is_file() and (tmp_path / "run" / "model" / "bundle.json").is_file()
+    assert "accuracy" in result.stdout and "Traceback" not in result.stderr
+    assert (tmp_path / "prefect-home" / "prefect.db").is_file()  # the run went through the temporary server
+
+
+def test_cli_session_starts_a_temporary_server_early_only_when_none_is_set_up(prefect_api, monkeypatch):
+    import flows._cli as cli
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    started = []
+    monkeypatch.setattr(cli, "_start_temporary_server", lambda warm: started.append(tuple(warm)))
+    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        with cli.prefect_session(False, cli.TRAINING_IMPORTS):
+            # The server ends with the process: no heartbeats, whose thread costs each flow run up to a second.
+            assert get_current_settings().flows.heartbeat_frequency is None
+    assert started == [cli.TRAINING_IMPORTS]
+    with cli.prefect_session(False, cli.TRAINING_IMPORTS):  # the session's server is set up: nothing to start
+        assert get_current_settings().flows.heartbeat_frequency == 180
+    assert started == [cli.TRAINING_IMPORTS]
