@@ -241,9 +241,13 @@ def format_report(result: Result, rows: int, epochs: int) -> str:
         f"Memory: parallel peak PSS is {extra:,.0f} MiB above serial for 2 worker processes (interpreter, torch, "
         f"the trial's model) with a {result.data_mib:.1f} MiB data set; each worker loaded the data "
         f"{'once' if loads == [1] else f'{loads} times'} for all its trials (mapped copy-on-write, shared).",
-        f"S1 and P found the same value for every trial, bit for bit; S (torch on {result.cores} threads) differs "
-        f"by up to {result.thread_drift:.1e} relative: another thread count sums in another order, and training "
-        "compounds it.",
+        "S1 and P found the same value for every trial, bit for bit; "
+        + (
+            f"so did S (torch on {result.cores} threads)."
+            if result.thread_drift == 0
+            else f"S (torch on {result.cores} threads) differs by up to {result.thread_drift:.1e} relative: another "
+            "thread count sums in another order, and training compounds it."
+        ),
     ]
     return "\n".join(lines) + "\n"
 
