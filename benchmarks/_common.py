@@ -8,6 +8,7 @@ import resource
 import statistics
 import sys
 import threading
+from pathlib import Path
 from typing import Sequence
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -89,3 +90,10 @@ def median(values: Sequence[float]) -> float:
 
 def span(values: Sequence[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
+
+
+def emit_report(report: str, output: Path | None) -> None:
+    """Print a benchmark's markdown report, and write it to `output` when given (--output)."""
+    print(report)
+    if output is not None:
+        output.write_text(report, encoding="utf-8")

@@ -59,7 +59,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import PeakRSS, machine_line, median, span
+from benchmarks._common import PeakRSS, emit_report, machine_line, median, span
 from schemas.loading import load_config
 from schemas.run import RunConfig
 from tasks.bundle import WEIGHTS, load_model, write_bundle
@@ -252,9 +252,7 @@ def main(argv: list[str] | None = None) -> list[ModelResult]:
     torch.set_num_threads(threads)
     results = run_benchmark(rounds, args.large_hidden)
     report = format_report(results, rounds, threads)
-    print(report)
-    if args.output is not None:
-        args.output.write_text(report, encoding="utf-8")
+    emit_report(report, args.output)
     return results
 
 

@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from benchmarks._common import median, span
+from benchmarks._common import emit_report, median, span
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.20  # Prefect's share of a cold run, at most
@@ -508,9 +508,7 @@ def main(argv: list[str] | None = None) -> Result | None:
     n_tasks = args.tasks or (20 if args.quick else 50)
     result = run_benchmark(rounds, n_tasks, task_rounds=3 if args.quick else 5)
     report = format_report(result)
-    print(report)
-    if args.output is not None:
-        args.output.write_text(report, encoding="utf-8")
+    emit_report(report, args.output)
     return result
 
 

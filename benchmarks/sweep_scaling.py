@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks._common import emit_report
 from schemas.sweep import SweepConfig, validate_sweep
 from tasks.data import PreparedData, prepare_data
 from tasks.device import available_cores
@@ -269,9 +270,7 @@ def main(argv: list[str] | None = None) -> Result:
     epochs = args.epochs or (1 if args.quick else 3)
     result = run_benchmark(rows, epochs, rounds)
     report = format_report(result, rows, epochs)
-    print(report)
-    if args.output is not None:
-        args.output.write_text(report, encoding="utf-8")
+    emit_report(report, args.output)
     return result
 
 

@@ -75,7 +75,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmarks._common import PeakRSS
+from benchmarks._common import PeakRSS, emit_report
 from schemas.loading import load_config
 from schemas.run import RunConfig
 from tasks.data import PreparedData, prepare_data
@@ -576,9 +576,7 @@ def main(argv: list[str] | None = None) -> list[WorkloadResult]:
         workloads = default_workloads(args.quick, args.epochs, Path(tmp))
         results = [run_workload(workload, rounds, args.restore_best, cases) for workload in workloads]
     report = format_report(results, threads, rounds, args.restore_best)
-    print(report)
-    if args.output is not None:
-        args.output.write_text(report, encoding="utf-8")
+    emit_report(report, args.output)
     return results
 
 

@@ -14,7 +14,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any, Callable, Iterable, Union
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -171,22 +171,29 @@ def format_validation_error(exc: ValidationError, data: Any, source: str | None 
 
 def _format_one(err: dict[str, Any], data: Any) -> str:
     raw_loc = tuple(err["loc"])
-    key = ".".join(str(p) for p in _clean_loc(raw_loc, data))
+    keys = [str(p) for p in _clean_loc(raw_loc, data)]
+    return describe_error(err, keys, lambda: _allowed_keys(raw_loc[:-1]))
+
+
+def describe_error(err: dict[str, Any], keys: list[str], allowed: Callable[[], list[str]]) -> str:
+    """One line for one pydantic error, at the user-facing dotted key `keys` (union tags already dropped).
+
+    `allowed()` lists the keys valid beside an unknown one, for "did you
+    mean" and "expected one of". Shared by the run config and the sweep file.
+    """
+    key = ".".join(keys)
     kind = err["type"]
+    value = err.get("input")
     if kind == "value_error":
         msg = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
-        value = err.get("input")
         if not key:
             return msg
         return f"{key} = {value!r}: {msg}" if isinstance(value, (str, int, float)) else f"{key}: {msg}"
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(raw_loc[:-1])
-        unknown = str(raw_loc[-1])
-        hint = ""
-        close = difflib.get_close_matches(unknown, allowed, n=1)
-        if close:
-            hint = f" (did you mean {'.'.join([*key.split('.')[:-1], close[0]])}?)"
-        expected = f"; expected one of: {', '.join(allowed)}" if allowed else ""
+        names = allowed()
+        close = difflib.get_close_matches(keys[-1], names, n=1)
+        hint = f" (did you mean {'.'.join([*keys[:-1], close[0]])}?)" if close else ""
+        expected = f"; expected one of: {', '.join(names)}" if names else ""
         return f"{key}: unknown key{hint}{expected}"
     if kind == "missing":
         return f"{key}: required key is missing"
@@ -194,8 +201,8 @@ def _format_one(err: dict[str, Any], data: Any) -> str:
         ctx = err["ctx"]
         return f"{key}.{ctx['discriminator'].strip(chr(39))} = {ctx['tag']!r}: expected one of {ctx['expected_tags']}"
     if kind == "union_tag_not_found":
-        return f"{key}: needs a {err['ctx']['discriminator']} key"
-    return f"{key} = {err.get('input')!r}: {err['msg']}"
+        return f"{key}: needs a {err['ctx']['discriminator'].strip(chr(39))} key"
+    return f"{key} = {value!r}: {err['msg']}"
 
 
 def _clean_loc(loc: tuple[Any, ...], data: Any) -> list[Any]:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from schemas.base import StrictModel
 from schemas.errors import ConfigError
-from schemas.loading import apply_overrides, format_validation_error, parse_override, read_yaml_mapping
+from schemas.loading import apply_overrides, describe_error, format_validation_error, parse_override, read_yaml_mapping
 from schemas.run import RunConfig
 
 # Keys a trial may not change: the data is prepared once per sweep, and the
@@ -583,29 +583,7 @@ def format_sweep_error(exc: ValidationError, data: Any, source: str | None = Non
 
 def _format_sweep_one(err: dict[str, Any]) -> str:
     keys, model = _walk(tuple(err["loc"]))
-    key = ".".join(keys)
-    kind = err["type"]
-    value = err.get("input")
-    if kind == "value_error":
-        msg = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
-        if not key:
-            return msg
-        return f"{key} = {value!r}: {msg}" if isinstance(value, (str, int, float)) else f"{key}: {msg}"
-    if kind == "extra_forbidden":
-        allowed = list(model.model_fields) if model is not None else []
-        unknown = keys[-1]
-        close = difflib.get_close_matches(unknown, allowed, n=1)
-        hint = f" (did you mean {'.'.join([*keys[:-1], close[0]])}?)" if close else ""
-        expected = f"; expected one of: {', '.join(allowed)}" if allowed else ""
-        return f"{key}: unknown key{hint}{expected}"
-    if kind == "missing":
-        return f"{key}: required key is missing"
-    if kind == "union_tag_invalid":
-        ctx = err["ctx"]
-        return f"{key}.{ctx['discriminator'].strip(chr(39))} = {ctx['tag']!r}: expected one of {ctx['expected_tags']}"
-    if kind == "union_tag_not_found":
-        return f"{key}: needs a {err['ctx']['discriminator'].strip(chr(39))} key"
-    return f"{key} = {value!r}: {err['msg']}"
+    return describe_error(err, keys, lambda: list(model.model_fields) if model is not None else [])
 
 
 def _walk(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None]:

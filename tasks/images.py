@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -53,22 +52,11 @@ from schemas.data import DataConfig, ImageAugmentation, ImageFolderSource, Split
 from schemas.errors import ConfigError, DataError
 from tasks.data import DataSpec, ImagePreprocessing, PreparedData, Preprocessing, val_fraction_of_rest
 from tasks.rundir import user_cache_dir
+from tasks.runlog import say
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 SPLIT_FOLDERS = ("train", "val", "test")
 CACHE_VERSION = 1  # bump when decoding changes, so old cache files are not used
-
-
-def _say(line: str) -> None:
-    """One progress line to stderr, and to the Prefect run's log when running inside Prefect."""
-    print(line, file=sys.stderr, flush=True)
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        get_run_logger().info(line)
-    except MissingContextError:
-        pass
 
 
 def _first_line(exc: BaseException) -> str:
@@ -297,10 +285,10 @@ def _read_cache(path: Path, n: int, shape: tuple[int, int, int]) -> tuple[np.nda
     except FileNotFoundError:
         return None
     except Exception as exc:  # a truncated or foreign file: decode again and replace it
-        _say(f"images: cache file {path} is unreadable ({_first_line(exc)}); decoding again")
+        say(f"images: cache file {path} is unreadable ({_first_line(exc)}); decoding again")
         return None
     if images.shape != (n, *shape) or images.dtype != np.uint8 or ok.shape != (n,) or ok.dtype != bool:
-        _say(f"images: cache file {path} does not match the images; decoding again")
+        say(f"images: cache file {path} does not match the images; decoding again")
         return None
     return images, ok
 
@@ -315,7 +303,7 @@ def _write_cache(path: Path, images: np.ndarray, ok: np.ndarray) -> bool:
         return True
     except OSError as exc:  # a cache that cannot be written costs time, not correctness
         tmp.unlink(missing_ok=True)
-        _say(f"images: could not write the cache file {path} ({exc.strerror or exc}); continuing without it")
+        say(f"images: could not write the cache file {path} ({exc.strerror or exc}); continuing without it")
         return False
 
 
@@ -334,7 +322,7 @@ def decode_files(
         cache_file = cache_dir / f"{cache_key(listing, files, source)[:40]}.npz"
         cached = _read_cache(cache_file, len(files), shape)
         if cached is not None:
-            _say(f"images: loaded {_plural(len(files), 'decoded image')} from the cache {cache_file} (decoding skipped)")
+            say(f"images: loaded {_plural(len(files), 'decoded image')} from the cache {cache_file} (decoding skipped)")
             return cached
     started = time.perf_counter()
     images, bad = _decode_all(files, source.size, source.mode, max(1, source.workers))
@@ -346,7 +334,7 @@ def decode_files(
     line = f"images: decoded {_plural(len(files), 'image')} in {time.perf_counter() - started:.1f}s"
     if cache_file is not None and _write_cache(cache_file, images, ok):
         line += f"; cached in {cache_file}"
-    _say(line)
+    say(line)
     return images, ok
 
 
@@ -354,7 +342,7 @@ def _report_skipped(listing: Listing, files: Sequence[Path], ok: np.ndarray) -> 
     skipped = [listing.relative(files[i]) for i in np.flatnonzero(~ok)]
     if skipped:
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
-        _say(f"warning: skipped {_plural(len(skipped), 'unreadable image')} (data.source.on_bad_image=skip): {shown}")
+        say(f"warning: skipped {_plural(len(skipped), 'unreadable image')} (data.source.on_bad_image=skip): {shown}")
 
 
 def _check_classes_left(listing: Listing, labels: np.ndarray, where: str) -> None:
@@ -628,13 +616,13 @@ def prepare_image_folder(config: DataConfig, seed: int) -> PreparedData:
             "use classification or auto"
         )
     listing = list_image_folder(Path(source.path))
-    _say(
+    say(
         f"images: {_plural(len(listing.files), 'image')} in {len(listing.class_names)} classes under "
         f"{listing.root}{_describe_ignored(listing)}"
     )
     megabytes = decoded_megabytes(len(listing.files), source)
     if megabytes > source.lazy_above_mb:
-        _say(
+        say(
             f"images: {megabytes:.0f} MB decoded is above data.source.lazy_above_mb={source.lazy_above_mb:g}: the "
             f"training split streams through a DataLoader ({_plural(source.workers, 'worker')}); val and test stay in memory"
         )
@@ -744,7 +732,7 @@ def prediction_images(path: Path) -> tuple[list[Path], list[str]]:
         seen = f" (found {_plural(len(others), 'non-image file')})" if others else ""
         raise DataError(f"{path}: no images found{seen}; expected files ending in {', '.join(IMAGE_SUFFIXES)}")
     if others:
-        _say(f"images: ignored {_plural(len(others), 'non-image file')} under {path} (e.g. {others[0].relative_to(path).as_posix()})")
+        say(f"images: ignored {_plural(len(others), 'non-image file')} under {path} (e.g. {others[0].relative_to(path).as_posix()})")
     return images, [p.relative_to(path).as_posix() for p in images]
 
 

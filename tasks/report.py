@@ -19,13 +19,8 @@ from typing import Any, Sequence
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.runlog import in_prefect_run
 from tasks.train import EpochRecord
-
-
-def _in_prefect_run() -> bool:
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
 def artifact_key(name: str, suffix: str) -> str:
@@ -40,7 +35,7 @@ class EpochProgress:
     def __init__(self, total_epochs: int, description: str = "Training progress (epochs)") -> None:
         self.total = total_epochs
         self.artifact_id = None
-        if _in_prefect_run():
+        if in_prefect_run():
             from prefect.artifacts import create_progress_artifact
 
             self.artifact_id = create_progress_artifact(progress=0.0, description=description)
@@ -89,7 +84,7 @@ def publish_run_report(config: Any, summary: Any, history: Sequence[EpochRecord]
     The report is `tasks.plots.markdown_report`, as in the run directory's
     report.md, without the plots (local files the UI cannot show).
     """
-    if not _in_prefect_run():
+    if not in_prefect_run():
         return
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 

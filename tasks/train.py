@@ -30,6 +30,7 @@ from tasks.checkpoint import load_checkpoint, read_reduced_batch_size, save_chec
 from tasks.data import PreparedData
 from tasks.device import DeviceInfo, autocast_context, grad_scaler
 from tasks.model import TrainingComponents, training_memory_format
+from tasks.runlog import log_to_prefect, say
 from tasks.retry import RetryWithSmallerBatch
 
 EVAL_CHUNK = 8192  # rows per forward pass when validating
@@ -137,7 +138,7 @@ class EpochProgressDisplay:
     def __call__(self, record: EpochRecord) -> None:
         line = _epoch_line(record, self.total)
         if not self.tty:
-            _emit_line(line)
+            say(line)
             return
         if self.bar is None:  # opened at the first epoch, after any "resumed from" line; a resumed run starts there
             from tqdm import tqdm
@@ -146,7 +147,7 @@ class EpochProgressDisplay:
                             file=sys.stderr, dynamic_ncols=True)
         self.bar.update(record.epoch - self.bar.n)
         self.bar.set_postfix_str(line.split("  ", 1)[1].rsplit("  ", 1)[0])
-        _log_to_prefect(line)
+        log_to_prefect(line)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -158,24 +159,8 @@ def _progress_printer(total_epochs: int) -> EpochProgressDisplay:
     return EpochProgressDisplay(total_epochs)
 
 
-def _log_to_prefect(line: str) -> None:
-    """Send the line to the Prefect run's log (the UI) when running inside Prefect."""
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        get_run_logger().info(line)
-    except MissingContextError:
-        pass
-
-
 class TimeLimitReached(TrainingError):
     """`train.time_limit_seconds` ran out; the run can be resumed from its checkpoint."""
-
-
-def _emit_line(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-    _log_to_prefect(line)
 
 
 @task(name="train-model", cache_policy=NO_CACHE)
@@ -239,7 +224,7 @@ def train_model(
         reduced = read_reduced_batch_size(checkpoint_dir)
         if reduced is not None:
             batch_size = reduced
-            _emit_line(f"using batch size {batch_size} after running out of memory")
+            say(f"using batch size {batch_size} after running out of memory")
     n_batches = math.ceil(n / batch_size)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout and any other sampling inside the model
@@ -278,7 +263,7 @@ def train_model(
         finished, elapsed_before = saved["finished"], saved["elapsed"]
         resumed_from = done_epochs
         where = f"epoch {done_epochs}" + (f", batch {start_batch}" if start_batch else "")
-        _emit_line(f"resumed from {where} (checkpoint {checkpoint_dir / 'last.pt'})")
+        say(f"resumed from {where} (checkpoint {checkpoint_dir / 'last.pt'})")
 
     def checkpoint(epoch_generator_state: torch.Tensor, batch: int, best: bool = False) -> None:
         if not checkpointing:
