@@ -13,7 +13,8 @@ Cases, each a fresh process, the order rotating from round to round (F R P, R P 
   R running   the same cold `python -m flows.train`, with PREFECT_API_URL
               pointing at a server that is already running (the setup the
               README recommends for repeated runs; here Prefect's own
-              temporary server, started once by the benchmark).
+              server process, started by the benchmark before the run and
+              stopped after it, outside the timing).
   P plain     the same stages called without Prefect (`task.fn`) in a fresh
               process (`python -m benchmarks.orchestration --plain-run DIR`):
               device, data, model, train (with checkpoints), evaluate, bundle,
@@ -390,30 +391,30 @@ def run_benchmark(rounds: int, n_tasks: int, task_rounds: int) -> Result:
         # cold_run gives no per-process usage; only flow runs have ended so far, so this is the flow's peak.
         result.peak_rss_mib["F flow"] = _children_peak_mib()
         _python(["-c", "import flows.train"], env)  # warm the file cache for the plain case too
-        with running_server(env) as running_env:
-            flow_run(folder / "warm-up-running", running_env)
-            for index in range(1, rounds + 1):
-                print(f"orchestration: round {index}/{rounds}", file=sys.stderr, flush=True)
-                order = ("F", "R", "P")[(index - 1) % 3 :] + ("F", "R", "P")[: (index - 1) % 3]
-                for case in order:
-                    if case == "F":
-                        wall, train = flow_run(folder / f"flow-{index}", env)
-                        result.flow_wall.append(wall)
-                        result.flow_train.append(train)
-                    elif case == "R":
+        for index in range(1, rounds + 1):
+            print(f"orchestration: round {index}/{rounds}", file=sys.stderr, flush=True)
+            order = ("F", "R", "P")[(index - 1) % 3 :] + ("F", "R", "P")[: (index - 1) % 3]
+            for case in order:
+                if case == "F":
+                    wall, train = flow_run(folder / f"flow-{index}", env)
+                    result.flow_wall.append(wall)
+                    result.flow_train.append(train)
+                elif case == "R":
+                    # Started for this case only, so that it does not share the cores with the others.
+                    with running_server(env) as running_env:
                         wall, train = flow_run(folder / f"running-{index}", running_env)
-                        result.running_wall.append(wall)
-                        result.running_train.append(train)
-                    else:
-                        wall, train, stages = plain_run(folder / f"plain-{index}", env, result.peak_rss_mib)
-                        result.plain_wall.append(wall)
-                        result.plain_train.append(train)
-                        result.plain_stages.append(stages)
-                result.interpreter.append(interpreter_start(env))
-                result.imports.append(import_breakdown(env))
-                start, stop = server_start_stop(env)
-                result.server_start.append(start)
-                result.server_stop.append(stop)
+                    result.running_wall.append(wall)
+                    result.running_train.append(train)
+                else:
+                    wall, train, stages = plain_run(folder / f"plain-{index}", env, result.peak_rss_mib)
+                    result.plain_wall.append(wall)
+                    result.plain_train.append(train)
+                    result.plain_stages.append(stages)
+            result.interpreter.append(interpreter_start(env))
+            result.imports.append(import_breakdown(env))
+            start, stop = server_start_stop(env)
+            result.server_start.append(start)
+            result.server_stop.append(stop)
         print("orchestration: per-task overhead", file=sys.stderr, flush=True)
         result.per_task = per_task_overhead(n_tasks, task_rounds, env)
     return result

@@ -219,8 +219,8 @@ def baseline_components(config: RunConfig, data: PreparedData) -> TrainingCompon
     """The same model and loss (same initial weights), with the optimizer a hand-written script creates.
 
     That is torch's class with the config's hyperparameters and torch's
-    defaults (the multi-tensor `foreach` update); the library's own choice
-    (the fused kernel) is part of what case A measures.
+    defaults (on the CPU, the per-parameter update loop); the library's own
+    choice (the fused kernel) is part of what case A measures.
     """
     parts = fresh_components(config, data)
     opt, params = config.optimizer, parts.model.parameters()

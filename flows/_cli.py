@@ -44,7 +44,7 @@ def prefect_session(debug: bool, warm_imports: Sequence[str] = ()) -> Iterator[N
 
     In that temporary-server mode the server is started here, in a thread,
     while this thread imports `warm_imports`; and flow-run heartbeats are off
-    (unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set): they let a lasting
+    (unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set anywhere): they let a lasting
     server mark a crashed run, but this server ends with the process, and
     stopping the heartbeat thread costs each flow run up to a second.
     """
@@ -55,6 +55,7 @@ def prefect_session(debug: bool, warm_imports: Sequence[str] = ()) -> Iterator[N
         PREFECT_SERVER_ANALYTICS_ENABLED,
         PREFECT_SERVER_EPHEMERAL_ENABLED,
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        get_current_settings,
         temporary_settings,
     )
 
@@ -62,8 +63,8 @@ def prefect_session(debug: bool, warm_imports: Sequence[str] = ()) -> Iterator[N
     if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
         updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = 90
     temporary_server = not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value()
-    if temporary_server and "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" not in os.environ:
-        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
+    if temporary_server and "heartbeat_frequency" not in get_current_settings().flows.model_fields_set:
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None  # unless set (environment, profile, prefect.toml)
     quiet = not debug and "PREFECT_LOGGING_LEVEL" not in os.environ
     if quiet:
         # Left quiet until exit: the temporary server logs its shutdown at exit.
@@ -95,15 +96,22 @@ def _start_temporary_server(warm_imports: Sequence[str]) -> None:
         except BaseException as exc:  # re-raised in the calling thread
             failure.append(exc)
 
-    # The thread sees this context's settings (the startup timeout) only through a copy of it.
-    thread = threading.Thread(target=contextvars.copy_context().run, args=(start,), name="prefect-server-start")
+    # The thread sees this context's settings (the startup timeout) only through a copy of it. A daemon: an
+    # interrupted start (Ctrl-C also stops the server process) must not hold the exit for the whole timeout.
+    thread = threading.Thread(
+        target=contextvars.copy_context().run, args=(start,), name="prefect-server-start", daemon=True
+    )
     thread.start()
-    for name in warm_imports:
-        try:
-            importlib.import_module(name)
-        except ImportError:  # an optional module; the stage that needs it reports it
-            pass
-    thread.join()
+    try:
+        for name in warm_imports:
+            try:
+                importlib.import_module(name)
+            except Exception:  # only a head start: the stage that needs the module reports any problem
+                pass
+        thread.join()
+    except BaseException:
+        server.stop()
+        raise
     if failure:
         raise failure[0]
 

@@ -13,9 +13,9 @@ A bundle is a directory:
                           other files
 
 It is written to a temporary sibling directory and renamed into place, so a
-failed save leaves nothing half-written. Loading verifies every hash before
-using a byte (the weights' hash is re-computed only when the file changed
-since it was last verified; see `load_model`), and never unpickles.
+failed save leaves nothing half-written. Loading checks every hash (the
+weights' only when the file changed since it was last verified; see
+`load_model`), and never unpickles.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import pandas as pd
@@ -221,11 +221,15 @@ def load_model(
     file's inode, size, mtime and ctime beside its sha256 (as git's index
     does) sits in $XDG_CACHE_HOME/pytorch-workflow/verified, written by
     `write_bundle` and by every full check. Any write to the file, a copy or
-    a move to another disk changes those, and the next load hashes again.
-    `verify="always"` hashes every time.
+    a move to another disk changes those, and the next load hashes again
+    (unlike git, there is no check for a change within the filesystem's
+    timestamp resolution right after a record is taken).
 
     The weights are memory-mapped (copy-on-write): loading costs no copy, and
-    processes loading the same bundle share its pages.
+    processes loading the same bundle share its pages; see
+    `_verified_weights` for what that means for a file rewritten in place.
+    `verify="always"` hashes the weights every time and builds the model from
+    the very bytes it hashed (a copy in memory).
     """
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
@@ -238,7 +242,7 @@ def load_model(
             raise BundleError(f"{path}: bundle is missing {name}")
     config_bytes = (path / CONFIG).read_bytes()
     _check_hash(path / CONFIG, _sha256(config_bytes), manifest["files"].get(CONFIG))
-    _verify_weights(path / WEIGHTS, manifest["files"].get(WEIGHTS), always=verify == "always")
+    weights = _verified_weights(path / WEIGHTS, manifest["files"].get(WEIGHTS), always=verify == "always")
     try:
         config_data = load_yaml(config_bytes.decode())
         config = validate_config(config_data if isinstance(config_data, dict) else {}, source=str(path / CONFIG))
@@ -254,8 +258,7 @@ def load_model(
     except (ValidationError, KeyError) as exc:
         raise BundleError(f"{path / MANIFEST}: invalid data spec: {str(exc).splitlines()[0]}") from None
     try:
-        state = safetensors.torch.load_file(path / WEIGHTS)
-        network = _network_with_weights(config, spec, state)
+        network = _network_with_weights(config, spec, weights())
     except (RuntimeError, safetensors.SafetensorError) as exc:
         raise BundleError(f"{path / WEIGHTS}: weights do not fit the model in {CONFIG}: {str(exc).splitlines()[0]}") from None
     device = torch.device(device)
@@ -298,21 +301,38 @@ def _remember_verified(file: Path, key: list[int], sha256: str) -> None:
     try:
         record = {"path": str(file.resolve()), "stat": key, "sha256": sha256}
         atomic_write_text(_verified_record(file), json.dumps(record), fsync=False)
-    except OSError:
+    except Exception:  # no home directory, a read-only cache: the next load hashes again
         pass
 
 
-def _verify_weights(file: Path, expected: Any, always: bool) -> None:
+def _verified_before(file: Path, key: list[int], expected: Any) -> bool:
+    try:
+        record = json.loads(_verified_record(file).read_text(encoding="utf-8"))
+        return record["stat"] == key and record["sha256"] == expected
+    except Exception:  # no record, a damaged one, no cache directory: hash the file
+        return False
+
+
+def _verified_weights(file: Path, expected: Any, always: bool) -> Callable[[], dict[str, torch.Tensor]]:
+    """Check the weights' sha256 (unless recorded for the file as it is), and return how to read them.
+
+    Normally the tensors are then mapped from the file, copy-on-write: no copy,
+    and pages shared between processes. The mapping reads the file as it is
+    when a page is first touched, so a file rewritten in place (not replaced,
+    as `write_bundle` does) changes a loaded model, and one truncated under it
+    ends the process (SIGBUS). `always` hashes the bytes in memory and builds
+    the tensors from those same bytes, which nothing can change afterwards.
+    """
     key = _stat_key(file)
-    if not always:
-        try:
-            record = json.loads(_verified_record(file).read_text(encoding="utf-8"))
-            if record["stat"] == key and record["sha256"] == expected:
-                return
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # no record, or a damaged one: hash the file
-    _check_hash(file, _file_sha256(file), expected)
-    _remember_verified(file, key, expected)
+    if always:
+        data = file.read_bytes()
+        _check_hash(file, _sha256(data), expected)
+        _remember_verified(file, key, expected)
+        return lambda: safetensors.torch.load(data)
+    if not _verified_before(file, key, expected):
+        _check_hash(file, _file_sha256(file), expected)
+        _remember_verified(file, key, expected)
+    return lambda: safetensors.torch.load_file(file)
 
 
 def _network_with_weights(config: RunConfig, spec: DataSpec, state: dict[str, torch.Tensor]) -> nn.Module:
@@ -321,21 +341,23 @@ def _network_with_weights(config: RunConfig, spec: DataSpec, state: dict[str, to
     It is built on the meta device, so no memory is allocated or randomly
     initialised for weights that are replaced at once (for a 50M-parameter
     MLP that was half of the load time), and `assign=True` makes the loaded
-    tensors the parameters, without another copy. A network that cannot be
-    built on the meta device (a custom factory that computes with its
-    weights), or that keeps tensors outside its state dict, is built the
-    ordinary way instead.
+    tensors the parameters, without another copy. A custom model, a network
+    that cannot be built on the meta device, or one that keeps tensors
+    outside its state dict, is built the ordinary way instead.
     """
-    try:
-        with torch.device("meta"):
-            network = build_network(config.model, spec, check_output=False)
-    except Exception:  # any failure on meta tensors: the ordinary path reports real errors
-        network = None
+    custom = config.model.kind == "custom"  # its factory is imported afresh: check its output, as training did
+    network = None
+    if not custom:
+        try:
+            with torch.device("meta"):
+                network = build_network(config.model, spec, check_output=False)
+        except Exception:  # any failure on meta tensors: the ordinary path reports real errors
+            network = None
     if network is not None:
         network.load_state_dict(state, strict=True, assign=True)
         if not any(t.is_meta for t in (*network.parameters(), *network.buffers())):
             return network
-    network = build_network(config.model, spec, check_output=False)
+    network = build_network(config.model, spec, check_output=custom)
     network.load_state_dict(state, strict=True)
     return network
 

@@ -300,9 +300,11 @@ def training_memory_format(model: nn.Module, device: torch.device) -> torch.memo
     against 270 us in NCHW here, and a digits CNN training step 25% less. Only
     4-D weights change layout; a convolution given NCHW input and
     channels_last weights returns channels_last output, so the data need not
-    change. Models without Conv2d, and other devices, keep the default.
+    change. Only the built-in conv nets switch, whose layers are written for
+    any layout; a custom model may flatten with `.view`, which needs the
+    default one. Other models, and other devices, keep the default.
     """
-    if device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+    if device.type == "cpu" and isinstance(model, (SmallCNN, TinyVGG, SmallResNet)):
         return torch.channels_last
     return torch.contiguous_format
 
@@ -323,20 +325,46 @@ def build_optimizer(config: OptimizerConfig, params: Any) -> torch.optim.Optimiz
     The fused implementation does the whole update in one kernel per dtype and
     device instead of a dozen multi-tensor ops (on the CPU, AdamW's step on the
     digits CNN takes 0.20 ms instead of 0.46 ms). torch supports it for
-    floating-point parameters on the CPU and CUDA; elsewhere (MPS) the default
-    implementation is used.
+    floating-point parameters on the CPU and CUDA (from torch 2.4); elsewhere
+    (MPS, an older torch) the default implementation is used.
     """
     params = list(params)
     tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
     fused = bool(tensors) and all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
     if isinstance(config, SGDConfig):
-        return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
-            weight_decay=config.weight_decay, fused=fused or None,
+        cls: type[torch.optim.Optimizer] = torch.optim.SGD
+        kwargs: dict[str, Any] = dict(
+            lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
+            weight_decay=config.weight_decay,
         )
-    cls = torch.optim.AdamW if isinstance(config, AdamWConfig) else torch.optim.Adam
-    assert isinstance(config, (AdamConfig, AdamWConfig))
-    return cls(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, fused=fused or None)
+    else:
+        assert isinstance(config, (AdamConfig, AdamWConfig))
+        cls = torch.optim.AdamW if isinstance(config, AdamWConfig) else torch.optim.Adam
+        kwargs = dict(lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    if fused:
+        try:
+            return cls(params, **kwargs, fused=True)
+        except (TypeError, RuntimeError):  # this torch has no fused kernel for it
+            pass
+    return cls(params, **kwargs)
+
+
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each optimizer state tensor (momenta) its parameter's memory layout.
+
+    The fused kernels read a parameter and its state as raw memory of the same
+    layout; after a parameter changes layout (channels_last for training, a
+    checkpoint saved in the other layout or on another device), a state
+    tensor left in the old one would be updated wrongly without an error.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param)
+            if not state:
+                continue
+            for name, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def build_scheduler(

@@ -29,7 +29,7 @@ from schemas.train import TrainConfig
 from tasks.checkpoint import load_checkpoint, read_reduced_batch_size, save_checkpoint, write_reduced_batch_size
 from tasks.data import PreparedData
 from tasks.device import DeviceInfo, autocast_context, grad_scaler
-from tasks.model import TrainingComponents, training_memory_format
+from tasks.model import TrainingComponents, match_state_layout, training_memory_format
 from tasks.runlog import log_to_prefect, say
 from tasks.retry import RetryWithSmallerBatch
 
@@ -241,7 +241,12 @@ def train_model(
     saved = load_checkpoint(checkpoint_dir, seed, spec.data_hash) if checkpointing else None
     if saved is not None:
         model.load_state_dict(saved["model"])
+        # The checkpoint's param groups carry the implementation flags it was saved with; keep this optimizer's
+        # (GradScaler relies on a fused optimizer staying fused).
+        flags = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
         optimizer.load_state_dict(saved["optimizer"])
+        for group, kept in zip(optimizer.param_groups, flags):
+            group.update(kept)
         if scheduler is not None and saved["scheduler"] is not None:
             scheduler.load_state_dict(saved["scheduler"])
         if scaler is not None and saved.get("scaler") is not None:
@@ -308,6 +313,7 @@ def train_model(
     # end, so the returned model, its evaluation and the bundle reloaded from it compute in the same layout.
     layout = training_memory_format(model, device)
     model.to(memory_format=layout)
+    match_state_layout(optimizer)
     try:
         while not finished and done_epochs < config.epochs:
             epoch = done_epochs + 1
@@ -400,6 +406,7 @@ def train_model(
             emit.close()
         if layout != torch.contiguous_format:
             model.to(memory_format=torch.contiguous_format)
+            match_state_layout(optimizer)
 
     if best_state is not None:
         model.load_state_dict(best_state)

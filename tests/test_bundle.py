@@ -388,10 +388,26 @@ def _no_hashing(monkeypatch):
 def test_a_bundle_just_written_loads_without_hashing_its_weights_again(runs, tmp_path, monkeypatch):
     run = runs("iris")
     target = write_bundle(run.model, run.config, run.spec, run.report, tmp_path / "model")
+    size = (target / "weights.safetensors").stat().st_size
+    hashed = []
+    real = bundle_module._sha256
+    monkeypatch.setattr(bundle_module, "_sha256", lambda data: hashed.append(len(data)) or real(data))
     _no_hashing(monkeypatch)
     assert load_model(target).spec == run.spec
-    with pytest.raises(AssertionError, match="hashed again"):
-        load_model(target, verify="always")
+    assert size not in hashed
+    assert load_model(target, verify="always").spec == run.spec
+    assert size in hashed  # "always" hashed the weights' bytes
+
+
+def test_verify_always_builds_the_model_from_the_bytes_it_hashed(iris_copy):
+    file = iris_copy / "weights.safetensors"
+    loaded = load_model(iris_copy, verify="always")
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    data = bytearray(file.read_bytes())
+    data[-64:] = bytes(64)  # rewritten in place, same size: a mapped model would see this
+    with open(file, "r+b") as handle:
+        handle.write(bytes(data))
+    assert all(torch.equal(v, before[k]) for k, v in loaded.model.state_dict().items())
 
 
 def test_a_copied_bundle_is_hashed_once_then_trusted_until_it_changes(iris_copy, monkeypatch):
@@ -435,13 +451,13 @@ def test_changing_a_reloaded_model_never_writes_to_the_bundle(iris_copy):
     file = iris_copy / "weights.safetensors"
     before = file.read_bytes()
     loaded = load_model(iris_copy)
+    original = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     with torch.no_grad():
         for parameter in loaded.model.parameters():
             parameter.add_(1.0)  # the weights are mapped copy-on-write
     assert file.read_bytes() == before
-    fresh = load_model(iris_copy, verify="always")
-    first = next(fresh.model.parameters())
-    assert not torch.equal(first, next(loaded.model.parameters()))
+    fresh = load_model(iris_copy, verify="always")  # and the file still holds the saved weights
+    assert all(torch.equal(v, original[k]) for k, v in fresh.model.state_dict().items())
 
 
 def test_hand_edited_config_fails_the_hash(iris_copy):

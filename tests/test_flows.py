@@ -304,6 +304,12 @@ def test_cli_session_starts_a_temporary_server_early_only_when_none_is_set_up(pr
             # The server ends with the process: no heartbeats, whose thread costs each flow run up to a second.
             assert get_current_settings().flows.heartbeat_frequency is None
     assert started == [cli.TRAINING_IMPORTS]
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}, restore_defaults={PREFECT_API_URL}):
+        with cli.prefect_session(False, ()):  # heartbeats the user set (env, profile, prefect.toml) are kept
+            assert get_current_settings().flows.heartbeat_frequency == 60
+    assert started == [cli.TRAINING_IMPORTS, ()]
     with cli.prefect_session(False, cli.TRAINING_IMPORTS):  # the session's server is set up: nothing to start
         assert get_current_settings().flows.heartbeat_frequency == 180
-    assert started == [cli.TRAINING_IMPORTS]
+    assert started == [cli.TRAINING_IMPORTS, ()]

@@ -248,3 +248,64 @@ def test_conv_nets_train_channels_last_on_the_cpu_and_come_back_contiguous():
     _, _, again = _setup(*cnn)
     train_model.fn(again, data, config.train, CPU, config.seed)
     assert all(torch.equal(a, b) for a, b in zip(parts.model.state_dict().values(), again.model.state_dict().values()))
+
+
+def test_channels_last_training_matches_the_default_layout(monkeypatch):
+    import tasks.train
+
+    cnn = ("data.source.name=digits", "model.kind=cnn", "model.channels=[4, 8]")
+    config, data, fast = _setup(*cnn)
+    train_model.fn(fast, data, config.train, CPU, config.seed)
+    monkeypatch.setattr(tasks.train, "training_memory_format", lambda model, device: torch.contiguous_format)
+    _, _, plain = _setup(*cnn)
+    train_model.fn(plain, data, config.train, CPU, config.seed)
+    for (name, a), b in zip(fast.model.state_dict().items(), plain.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), name  # the same training, up to summation order
+
+
+def test_optimizer_state_follows_its_parameter_into_another_layout():
+    from tasks.model import match_state_layout
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 8, 3)
+    reference = torch.nn.Conv2d(4, 8, 3)
+    reference.load_state_dict(conv.state_dict())
+    opt = torch.optim.AdamW(conv.parameters(), lr=0.1, fused=True)
+    ref_opt = torch.optim.AdamW(reference.parameters(), lr=0.1, foreach=False)
+    x = torch.randn(2, 4, 6, 6)
+    for model, optimizer in ((conv, opt), (reference, ref_opt)):
+        model(x).square().mean().backward()
+        optimizer.step()  # state created in the default layout
+    conv.to(memory_format=torch.channels_last)  # as train_model does after loading a checkpoint
+    match_state_layout(opt)
+    assert opt.state[conv.weight]["exp_avg"].stride() == conv.weight.stride()
+    for model, optimizer in ((conv, opt), (reference, ref_opt)):
+        optimizer.zero_grad()
+        model(x).square().mean().backward()
+        optimizer.step()
+    assert torch.allclose(conv.weight, reference.weight, atol=1e-6)
+
+
+def test_a_custom_conv_net_that_flattens_with_view_trains(tmp_path, monkeypatch):
+    (tmp_path / "view_models.py").write_text(
+        textwrap.dedent(
+            """
+            from torch import nn
+
+            class Net(nn.Module):
+                def __init__(self, in_features, out_features):
+                    super().__init__()
+                    self.conv = nn.Conv2d(1, 4, 3, padding=1)
+                    self.head = nn.Linear(4 * 8 * 8, out_features)
+
+                def forward(self, x):
+                    x = self.conv(x.view(-1, 1, 8, 8)).relu()
+                    return self.head(x.view(x.size(0), -1))  # needs the default memory layout
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config, data, parts = _setup("data.source.name=digits", "model.kind=custom", "model.target=view_models:Net")
+    result = train_model.fn(parts, data, config.train, CPU, config.seed)
+    assert math.isfinite(result.history[-1].train_loss)
+    sys.modules.pop("view_models", None)
