@@ -123,7 +123,7 @@ def resume_config(
 # Keys that change how a run is executed, not what it computes.
 _RESUME_SAFE = (
     "train.progress", "train.time_limit_seconds", "train.checkpoint.every_n_batches", "evaluate.batch_size",
-    "device.remeasure", "device.probe_", "device.cache_dir", "tracking.",
+    "device.remeasure", "device.probe_", "device.cache_dir", "tracking.", "data.source.cache_dir",
 )
 
 

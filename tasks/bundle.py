@@ -296,13 +296,28 @@ def _verified_record(file: Path) -> Path:
     return user_cache_dir() / "verified" / f"{name}.json"
 
 
+VERIFIED_RECORDS_KEPT = 1000  # records beyond this, the least recently written first, are removed
+
+
 def _remember_verified(file: Path, key: list[int], sha256: str) -> None:
     """Record that `file`, as it is now (`key`), hashes to `sha256`; a cache that cannot be written is skipped."""
     try:
+        record_file = _verified_record(file)
         record = {"path": str(file.resolve()), "stat": key, "sha256": sha256}
-        atomic_write_text(_verified_record(file), json.dumps(record), fsync=False)
+        atomic_write_text(record_file, json.dumps(record), fsync=False)
+        _prune_records(record_file.parent)
     except Exception:  # no home directory, a read-only cache: the next load hashes again
         pass
+
+
+def _prune_records(folder: Path) -> None:
+    """Keep the newest VERIFIED_RECORDS_KEPT records: one is written per bundle path ever loaded."""
+    entries = list(os.scandir(folder))
+    if len(entries) <= VERIFIED_RECORDS_KEPT:
+        return
+    entries.sort(key=lambda entry: entry.stat().st_mtime_ns)
+    for entry in entries[: len(entries) - VERIFIED_RECORDS_KEPT // 2]:
+        Path(entry.path).unlink(missing_ok=True)
 
 
 def _verified_before(file: Path, key: list[int], expected: Any) -> bool:

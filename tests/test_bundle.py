@@ -442,6 +442,15 @@ def test_verification_works_when_the_cache_cannot_be_written(iris_copy, tmp_path
     _raises(iris_copy, str(file), "sha256 does not match")
 
 
+def test_old_verification_records_are_pruned(runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(bundle_module, "VERIFIED_RECORDS_KEPT", 4)
+    run = runs("iris")
+    bundles = [write_bundle(run.model, run.config, run.spec, None, tmp_path / f"model-{i}") for i in range(5)]
+    records = bundle_module._verified_record(bundles[0]).parent
+    assert len(list(records.iterdir())) <= 4
+    assert bundle_module._verified_record(bundles[-1] / "weights.safetensors").is_file()  # the newest is kept
+
+
 def test_unknown_verify_mode_is_refused(iris_copy):
     with pytest.raises(ValueError, match="verify must be one of changed, always"):
         load_model(iris_copy, verify="never")

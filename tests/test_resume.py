@@ -233,6 +233,20 @@ def test_resume_refuses_a_different_config_unless_forced(tmp_path):
     assert resume_config(run, None, ["train.epochs=9"], force=True).train.epochs == 9
 
 
+def test_resume_accepts_a_new_image_cache_dir(tmp_path):
+    from schemas.loading import config_to_yaml, load_config, resume_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    source = f"data.source={{kind: image_folder, path: {tmp_path}, cache_dir: {tmp_path / 'a'}}}"
+    config = load_config(None, [source, "model.kind=tinyvgg"])
+    (run / "config.yaml").write_text(config_to_yaml(config))
+    resumed = resume_config(run, None, [f"data.source.cache_dir={tmp_path / 'b'}"])  # where decoded images are cached
+    assert resumed.data.source.cache_dir == tmp_path / "b"
+    with pytest.raises(ConfigError, match=r"differs from the run's in data.source.size"):
+        resume_config(run, None, ["data.source.size=[16, 16]"])  # what the model sees: refused
+
+
 def test_resume_refuses_turning_checkpoints_off(tmp_path):
     from schemas.loading import config_to_yaml, resume_config
 
