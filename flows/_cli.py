@@ -111,6 +111,8 @@ def _start_temporary_server(warm_imports: Sequence[str]) -> None:
         thread.join()
     except BaseException:
         server.stop()
+        thread.join(1)  # interrupted before the thread launched the server process: let it, then stop that
+        server.stop()
         raise
     if failure:
         raise failure[0]

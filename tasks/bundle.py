@@ -296,7 +296,7 @@ def _verified_record(file: Path) -> Path:
     return user_cache_dir() / "verified" / f"{name}.json"
 
 
-VERIFIED_RECORDS_KEPT = 1000  # records beyond this, the least recently written first, are removed
+VERIFIED_RECORDS_KEPT = 1000  # above this many records, the older half is removed
 
 
 def _remember_verified(file: Path, key: list[int], sha256: str) -> None:
@@ -311,7 +311,7 @@ def _remember_verified(file: Path, key: list[int], sha256: str) -> None:
 
 
 def _prune_records(folder: Path) -> None:
-    """Keep the newest VERIFIED_RECORDS_KEPT records: one is written per bundle path ever loaded."""
+    """Above VERIFIED_RECORDS_KEPT records (one per bundle path ever loaded), keep the newest half of that."""
     entries = list(os.scandir(folder))
     if len(entries) <= VERIFIED_RECORDS_KEPT:
         return

@@ -242,11 +242,12 @@ def train_model(
     if saved is not None:
         model.load_state_dict(saved["model"])
         # The checkpoint's param groups carry the implementation flags it was saved with; keep this optimizer's
-        # (GradScaler relies on a fused optimizer staying fused).
+        # (GradScaler relies on a fused optimizer staying fused), and load with them, so that torch puts the
+        # state (the fused kernels' step counters) on the parameters' device.
         flags = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
-        optimizer.load_state_dict(saved["optimizer"])
-        for group, kept in zip(optimizer.param_groups, flags):
-            group.update(kept)
+        optimizer_state = saved["optimizer"]
+        groups = [{**group, **kept} for group, kept in zip(optimizer_state["param_groups"], flags)]
+        optimizer.load_state_dict({**optimizer_state, "param_groups": groups})
         if scheduler is not None and saved["scheduler"] is not None:
             scheduler.load_state_dict(saved["scheduler"])
         if scaler is not None and saved.get("scaler") is not None:

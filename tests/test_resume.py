@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -321,3 +322,33 @@ def test_out_of_memory_without_the_option_is_a_clear_error(tmp_path):
 def test_oom_option_needs_epoch_boundary_checkpoints():
     with pytest.raises(ConfigError, match="leave train.checkpoint.every_n_batches unset"):
         load_config(None, ["train.oom_smaller_batch=true", "train.checkpoint.every_n_batches=5"])
+
+
+def test_a_checkpoint_of_an_unfused_optimizer_resumes_into_the_fused_one(tmp_path, monkeypatch):
+    """A checkpoint written by another optimizer implementation (MPS, an older torch or version) resumes."""
+    config = _config()
+    data, parts = _fresh(config)
+    ckpt = tmp_path / "ckpt"
+    parts.optimizer = torch.optim.Adam(parts.model.parameters(), lr=config.optimizer.lr, foreach=False)
+    real_validate = tasks.train.validate
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk went away")
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.train, "validate", failing)
+    with pytest.raises(OSError):
+        train_model.fn(parts, data, config.train, CPU, config.seed, ckpt)
+    assert torch.load(ckpt / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]["fused"] is None
+
+    _, fused = _fresh(config)  # the library's optimizer: fused
+    resumed = train_model.fn(fused, data, config.train, CPU, config.seed, ckpt)
+    assert resumed.resumed_from_epoch == 2 and len(resumed.history) == config.train.epochs
+    group = fused.optimizer.param_groups[0]
+    assert group["fused"] is True and group["foreach"] is None  # this optimizer's implementation, kept
+    first = group["params"][0]
+    assert fused.optimizer.state[first]["step"].device == first.device
+    assert all(math.isfinite(r.train_loss) for r in resumed.history)
