@@ -102,6 +102,13 @@ def iris_copy(saved, tmp_path) -> Path:
     return Path(shutil.copytree(saved("iris"), tmp_path / "model"))
 
 
+def _flip_a_byte(file: Path) -> None:
+    """Corrupt one byte near the end of `file`, in place (same size)."""
+    data = bytearray(file.read_bytes())
+    data[-3] ^= 0x01
+    file.write_bytes(bytes(data))
+
+
 def _raises(path: Path, *fragments: str) -> str:
     with pytest.raises(BundleError) as info:
         load_model(path)
@@ -372,9 +379,7 @@ def test_missing_config(iris_copy):
 
 def test_tampered_weights_fail_the_hash(iris_copy):
     file = iris_copy / "weights.safetensors"
-    data = bytearray(file.read_bytes())
-    data[-3] ^= 0x01
-    file.write_bytes(bytes(data))
+    _flip_a_byte(file)
     _raises(iris_copy, str(file), "sha256 does not match")
 
 
@@ -423,9 +428,7 @@ def test_weights_changed_after_a_verified_load_fail_the_hash(iris_copy):
     load_model(iris_copy)  # verified and recorded
     file = iris_copy / "weights.safetensors"
     before = file.stat()
-    data = bytearray(file.read_bytes())
-    data[-3] ^= 0x01
-    file.write_bytes(bytes(data))
+    _flip_a_byte(file)
     os.utime(file, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size and mtime: the ctime still moves
     _raises(iris_copy, str(file), "sha256 does not match")
 
@@ -436,9 +439,7 @@ def test_verification_works_when_the_cache_cannot_be_written(iris_copy, tmp_path
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
     assert load_model(iris_copy).spec.class_names == ("setosa", "versicolor", "virginica")
     file = iris_copy / "weights.safetensors"
-    data = bytearray(file.read_bytes())
-    data[-3] ^= 0x01
-    file.write_bytes(bytes(data))
+    _flip_a_byte(file)
     _raises(iris_copy, str(file), "sha256 does not match")
 
 

@@ -49,6 +49,20 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _fail_validation(monkeypatch, at_call: int, error: BaseException) -> None:
+    """Make the `at_call`-th validation pass raise `error` (the end of an epoch, where a run fails)."""
+    real_validate = tasks.train.validate
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == at_call:
+            raise error
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.train, "validate", failing)
+
+
 def _uninterrupted(config, tmp_path: Path):
     data, parts = _fresh(config)
     result = train_model.fn(parts, data, config.train, CPU, config.seed, tmp_path / "reference")
@@ -61,16 +75,7 @@ def test_failure_at_an_epoch_then_resume_is_bit_for_bit(tmp_path, monkeypatch, s
     config = _config(**extra)
     reference, ref_weights, ref_opt = _uninterrupted(config, tmp_path)
 
-    real_validate = tasks.train.validate
-    calls = []
-
-    def failing(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise OSError("disk went away")
-        return real_validate(*args, **kwargs)
-
-    monkeypatch.setattr(tasks.train, "validate", failing)
+    _fail_validation(monkeypatch, 3, OSError("disk went away"))
     data, parts = _fresh(config)
     ckpt = tmp_path / "interrupted"
     with pytest.raises(OSError):
@@ -147,16 +152,7 @@ def test_prefect_retry_resumes_inside_the_flow(prefect_api, tmp_path, monkeypatc
     config = _config(**{"train.retry.retries": "1", "train.retry.delay_seconds": "0"})
     train_flow(config=config, run_dir=str(tmp_path / "clean"))
 
-    real_validate = tasks.train.validate
-    calls = []
-
-    def failing(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
-            raise ConnectionResetError("transient")
-        return real_validate(*args, **kwargs)
-
-    monkeypatch.setattr(tasks.train, "validate", failing)
+    _fail_validation(monkeypatch, 4, ConnectionResetError("transient"))
     summary = train_flow(config=config, run_dir=str(tmp_path / "retried"))
     assert summary.epochs_run == 8
     clean = (tmp_path / "clean" / "model" / "weights.safetensors").read_bytes()
@@ -330,16 +326,7 @@ def test_a_checkpoint_of_an_unfused_optimizer_resumes_into_the_fused_one(tmp_pat
     data, parts = _fresh(config)
     ckpt = tmp_path / "ckpt"
     parts.optimizer = torch.optim.Adam(parts.model.parameters(), lr=config.optimizer.lr, foreach=False)
-    real_validate = tasks.train.validate
-    calls = []
-
-    def failing(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise OSError("disk went away")
-        return real_validate(*args, **kwargs)
-
-    monkeypatch.setattr(tasks.train, "validate", failing)
+    _fail_validation(monkeypatch, 3, OSError("disk went away"))
     with pytest.raises(OSError):
         train_model.fn(parts, data, config.train, CPU, config.seed, ckpt)
     assert torch.load(ckpt / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]["fused"] is None
