@@ -163,11 +163,18 @@ def flow_run(directory: Path, env: dict[str, str]) -> tuple[float, float]:
     """Case F: (wall, training seconds) of a cold `python -m flows.train`, reusing device_selection's cold_run."""
     from benchmarks import device_selection
 
+    with _environment(env):  # cold_run passes this process's environment on
+        return device_selection.cold_run(directory)
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    """This process's environment replaced by `env` for the block (subprocesses started in it inherit it)."""
     saved = dict(os.environ)
     os.environ.clear()
-    os.environ.update(env)  # cold_run passes this process's environment on
+    os.environ.update(env)
     try:
-        return device_selection.cold_run(directory)
+        yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -179,18 +186,12 @@ def running_server(env: dict[str, str]) -> Iterator[dict[str, str]]:
     environment whose PREFECT_API_URL points at it."""
     from prefect.server.api.server import SubprocessASGIServer
 
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)  # the server process inherits this environment
-    try:
+    with _environment(env):  # the server process inherits this environment
         with socket.socket() as probe:  # a port of its own: SubprocessASGIServer keeps one instance per port
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         server = SubprocessASGIServer(port=port)
         server.start(timeout=120)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
     try:
         yield {**env, "PREFECT_API_URL": server.api_url}
     finally:
