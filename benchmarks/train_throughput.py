@@ -80,7 +80,7 @@ from schemas.loading import load_config
 from schemas.run import RunConfig
 from tasks.data import PreparedData, prepare_data
 from tasks.device import available_cores
-from tasks.model import TrainingComponents, build_model
+from tasks.model import TrainingComponents, build_model, build_optimizer
 from tasks.train import EVAL_CHUNK, train_model
 
 TARGET = 0.97  # the project's target for A/B (with validation)
@@ -223,16 +223,7 @@ def baseline_components(config: RunConfig, data: PreparedData) -> TrainingCompon
     choice (the fused kernel) is part of what case A measures.
     """
     parts = fresh_components(config, data)
-    opt, params = config.optimizer, parts.model.parameters()
-    if opt.name == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov and opt.momentum > 0,
-            weight_decay=opt.weight_decay,
-        )
-    else:
-        cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
-        optimizer = cls(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
-    return dataclasses.replace(parts, optimizer=optimizer)
+    return dataclasses.replace(parts, optimizer=build_optimizer(config.optimizer, parts.model.parameters(), fused=False))
 
 
 def time_library(config: RunConfig, data: PreparedData) -> Timing:

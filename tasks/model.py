@@ -319,18 +319,19 @@ def build_loss(config: LossConfig, task: str) -> nn.Module:
     return RegressionLoss(base)
 
 
-def build_optimizer(config: OptimizerConfig, params: Any) -> torch.optim.Optimizer:
+def build_optimizer(config: OptimizerConfig, params: Any, fused: bool = True) -> torch.optim.Optimizer:
     """The optimizer of `config`, with torch's fused kernel where the parameters allow it.
 
     The fused implementation does the whole update in one kernel per dtype and
     device instead of a dozen multi-tensor ops (on the CPU, AdamW's step on the
     digits CNN takes 0.20 ms instead of 0.46 ms). torch supports it for
     floating-point parameters on the CPU and CUDA (from torch 2.4); elsewhere
-    (MPS, an older torch) the default implementation is used.
+    (MPS, an older torch), or with `fused=False`, torch's default
+    implementation is used.
     """
     params = list(params)
     tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
-    fused = bool(tensors) and all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
+    fused = fused and bool(tensors) and all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
     if isinstance(config, SGDConfig):
         cls: type[torch.optim.Optimizer] = torch.optim.SGD
         kwargs: dict[str, Any] = dict(

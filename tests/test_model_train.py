@@ -224,8 +224,12 @@ def test_callbacks_see_every_epoch_and_can_stop_training():
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
 def test_optimizers_use_the_fused_kernel_on_the_cpu(name):
-    _, _, parts = _setup(f"optimizer.name={name}")
+    config, _, parts = _setup(f"optimizer.name={name}")
     assert parts.optimizer.defaults["fused"] is True
+    from tasks.model import build_optimizer
+
+    plain = build_optimizer(config.optimizer, parts.model.parameters(), fused=False)  # torch's default, as a script
+    assert not plain.defaults["fused"] and type(plain) is type(parts.optimizer)
 
 
 def test_conv_nets_train_channels_last_on_the_cpu_and_come_back_contiguous():
