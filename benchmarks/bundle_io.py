@@ -60,12 +60,13 @@ from pathlib import Path
 import torch
 
 from benchmarks._common import PeakRSS, emit_report, machine_line, median, span
+from schemas.data import DataSpec
 from schemas.loading import load_config
 from schemas.run import RunConfig
 from tasks.bundle import WEIGHTS, load_model, write_bundle
-from tasks.data import DataSpec, prepare_data
+from tasks.data import prepare_data
 from tasks.device import available_cores
-from tasks.model import build_network
+from tasks.nets.networks import build_network
 
 TARGET_MS = 50.0  # load_model of the large model
 LOAD_CASES = ("bundle load", "bundle load, full check", "base load", "base load, mmap")

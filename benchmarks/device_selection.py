@@ -38,15 +38,9 @@ import torch
 
 from schemas.loading import load_config
 from tasks.data import peek_shape
-from tasks.device import (
-    Candidate,
-    warm_process,
-    available_cores,
-    available_devices,
-    choose,
-    probe_device,
-    probe_workload,
-)
+from schemas.device import Candidate
+from tasks.data import probe_workload
+from tasks.device import available_cores, available_devices, choose, probe_device, warm_process
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = {

@@ -212,12 +212,14 @@ def run_plain_stages(directory: Path, overrides: tuple[str, ...] = ()) -> dict[s
     started = time.perf_counter()
     from schemas.loading import config_to_yaml, load_config
     from tasks.bundle import write_bundle
-    from tasks.data import prepare_data
-    from tasks.device import probe_workload, select_device
+    from tasks.common.files import atomic_write_text
+    from tasks.data import prepare_data, probe_workload
+    from tasks.device import select_device
     from tasks.evaluate import evaluate_model
     from tasks.model import build_model
-    from tasks.rundir import atomic_write_text, create_run_dir, mark_finished, mark_running, record_device, record_results
-    from tasks.tracking import check_tracking, record_tracking, start_tracking
+    from tasks.run.outputs import record_device, record_outputs, record_results
+    from tasks.run.rundir import create_run_dir, mark_finished, mark_running
+    from tasks.run.tracking import check_tracking, start_tracking
     from tasks.train import train_model
 
     times = {"import": time.perf_counter() - started}
@@ -251,7 +253,7 @@ def run_plain_stages(directory: Path, overrides: tuple[str, ...] = ()) -> dict[s
     )
     summary = timed("record", record_results, path, device, data.spec, result, report, bundle)
     timed(
-        "plots and report", record_tracking, tracker, config, path, summary, result, report, parts.model, data,
+        "plots and report", record_outputs, tracker, config, path, summary, result, report, parts.model, data,
         device.torch_device,
     )
     mark_finished(path)

@@ -13,7 +13,7 @@ stopping off, the sweep's own ask/run/tell loop without Prefect task runs):
   S1 serial    the same with `base.device.threads: 1`, for reference: what a
                single thread does alone.
   P parallel   parallelism 2: a pool of 2 worker processes x 1 torch thread
-               (`tasks.trial.LocalPoolExecutor`), started and stopped inside
+               (`tasks.sweep.executors.LocalPoolExecutor`), started and stopped inside
                the timed part. The data is written once as .npy files that
                each worker maps copy-on-write.
 
@@ -50,10 +50,11 @@ import torch
 
 from benchmarks._common import emit_report
 from schemas.sweep import SweepConfig, validate_sweep
-from tasks.data import PreparedData, prepare_data
+from schemas.data import PreparedData
+from tasks.data import prepare_data
 from tasks.device import available_cores
 from tasks.sweep import leaderboard, open_study, open_sweep_dir, plain_dispatch, run_rounds
-from tasks.trial import InProcessExecutor, LocalPoolExecutor, plan_threads
+from tasks.sweep.executors import InProcessExecutor, LocalPoolExecutor, plan_threads
 
 TARGET = 1.7
 

@@ -78,9 +78,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from benchmarks._common import PeakRSS, emit_report
 from schemas.loading import load_config
 from schemas.run import RunConfig
-from tasks.data import PreparedData, prepare_data
+from schemas.data import PreparedData
+from tasks.data import prepare_data
 from tasks.device import available_cores
-from tasks.model import TrainingComponents, build_model, build_optimizer
+from schemas.model import TrainingComponents
+from tasks.model import build_model
+from tasks.nets.optim import build_optimizer
 from tasks.train import EVAL_CHUNK, train_model
 
 TARGET = 0.97  # the project's target for A/B (with validation)

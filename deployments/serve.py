@@ -24,6 +24,7 @@ import yaml
 from deployments.definitions import DEPLOYMENTS, ROOT, DeploymentSpec, find
 from flows._cli import run_command
 from schemas.errors import ConfigError
+from tasks.common.files import atomic_write_text
 
 PREFECT_YAML = Path(__file__).with_name("prefect.yaml")
 WORK_POOL = "pytorch-workflow"
@@ -41,17 +42,12 @@ def _flow(spec: DeploymentSpec) -> Any:
 
 def build(spec: DeploymentSpec) -> Any:
     """A RunnerDeployment for `spec`, its parameters validated by the run schema."""
-    schedule: dict[str, Any] = {}
-    if spec.cron:
-        schedule["cron"] = spec.cron
-    elif spec.interval_seconds:
-        schedule["interval"] = spec.interval_seconds
     return _flow(spec).to_deployment(
         name=spec.name,
         parameters=spec.parameters(),
         description=spec.description,
         tags=list(spec.tags),
-        **schedule,
+        **spec.schedule(),
     )
 
 
@@ -103,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{spec.flow}/{spec.name:<22} {when or 'on demand':<18} {spec.config}  tags: {', '.join(spec.tags)}")
             return 0
         if args.write_prefect_yaml:
-            PREFECT_YAML.write_text(prefect_yaml())
+            atomic_write_text(PREFECT_YAML, prefect_yaml())
             print(f"wrote {PREFECT_YAML.relative_to(ROOT)}")
             return 0
         if not os.environ.get("PREFECT_API_URL"):

@@ -15,11 +15,10 @@ from typing import Callable, Iterator, NoReturn, Sequence
 
 from schemas.errors import PipelineError
 
-
 # Modules the training stages import on first use (scikit-learn and matplotlib are
 # imported inside functions; torch.optim pulls in torch's compiler stack when the
-# first optimizer is built): seconds of imports that can run while a temporary
-# Prefect server starts, instead of after it.
+# first optimizer is built): imports that can run while a temporary Prefect
+# server starts, instead of after it.
 TRAINING_IMPORTS = (
     "torch._dynamo",
     "sklearn.datasets",
@@ -46,7 +45,7 @@ def prefect_session(debug: bool, warm_imports: Sequence[str] = ()) -> Iterator[N
     while this thread imports `warm_imports`; and flow-run heartbeats are off
     (unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set anywhere): they let a lasting
     server mark a crashed run, but this server ends with the process, and
-    stopping the heartbeat thread costs each flow run up to a second.
+    stopping the heartbeat thread delays the end of each flow run.
     """
     from prefect.logging.handlers import PrefectConsoleHandler
     from prefect.settings import (
@@ -80,7 +79,7 @@ def prefect_session(debug: bool, warm_imports: Sequence[str] = ()) -> Iterator[N
 def _start_temporary_server(warm_imports: Sequence[str]) -> None:
     """Start Prefect's temporary server (as the first flow call would) while importing `warm_imports`.
 
-    The server is a subprocess that takes seconds to become healthy; the
+    The server is a subprocess that takes a while to become healthy; the
     imports hold this process's interpreter meanwhile. The flow call then
     finds the server running (SubprocessASGIServer is one instance per
     process, and `start` does nothing once it has started).
@@ -121,8 +120,8 @@ def _start_temporary_server(warm_imports: Sequence[str]) -> None:
 def exit_quickly(code: int) -> NoReturn:
     """`sys.exit(code)`, without the garbage collector's pass over every object at exit.
 
-    With torch, Prefect, scikit-learn and matplotlib loaded, that pass took
-    about a second of a command's wall time here. Frozen objects are still
+    With torch, Prefect, scikit-learn and matplotlib loaded, that pass is a
+    visible share of a short command's wall time. Frozen objects are still
     freed by reference counting, atexit handlers still run and open files
     are still flushed; only objects in reference cycles are left to the
     operating system, as they may be at any interpreter exit.

@@ -24,8 +24,8 @@ from prefect.cache_policies import NO_CACHE
 from flows._cli import exit_quickly, prefect_session, run_command
 from schemas.errors import ConfigError, DataError
 from tasks.bundle import LoadedBundle, load_model_task
-from tasks.data import read_npz_arrays, read_table
-from tasks.rundir import atomic_write_text
+from tasks.common.files import atomic_write_text
+from tasks.common.tables import read_npz_arrays, read_table
 
 SUFFIX_KIND = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
 
@@ -35,7 +35,7 @@ def predict_file(bundle: LoadedBundle, input_path: Path) -> pd.DataFrame:
     """Predictions for every row of `input_path` (for an image model: every image file below it)."""
     image = bundle.spec.preprocessing.image
     if image is not None and (input_path.is_dir() or input_path.suffix.lower() not in SUFFIX_KIND):
-        from tasks.images import decode_for_prediction, prediction_images
+        from tasks.data import decode_for_prediction, prediction_images
 
         files, names = prediction_images(input_path)
         predictions = bundle.predict_array(decode_for_prediction(files, image), str(input_path))

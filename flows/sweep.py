@@ -14,74 +14,35 @@ same command again resumes the sweep there.
 from __future__ import annotations
 
 import argparse
-import re
 import time
-import uuid
 from pathlib import Path
-from typing import Any, Sequence
 
 from prefect import flow
-from prefect.artifacts import create_table_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows._cli import TRAINING_IMPORTS, exit_quickly, prefect_session, run_command
-from schemas.errors import TrainingError
-from schemas.loading import config_to_yaml
 from schemas.sweep import SweepConfig, load_sweep_config, sweep_to_yaml
-from tasks.bundle import save_model
-from tasks.data import prepare_data
-from tasks.device import probe_workload, select_device
-from tasks.retry import retry_options
-from tasks.rundir import atomic_write_text, mark_finished, mark_running, record_device
-from tasks.tracking import check_tracking
+from schemas.trial import SweepSummary
+from tasks.common.log import say
+from tasks.common.retry import retry_options
+from tasks.data import prepare_data, probe_workload
+from tasks.device import select_device
+from tasks.run.outputs import record_device
+from tasks.run.rundir import run_lifecycle
+from tasks.run.tracking import check_tracking
 from tasks.sweep import (
-    BEST_CONFIG,
-    BEST_MODEL,
-    LEADERBOARD,
-    PARAM_PLOT,
-    PLOT,
-    Dispatch,
-    SweepSummary,
     SweepTracking,
-    best_trial,
     count_states,
-    decode_params,
-    emit,
-    finished_trials,
     format_summary,
     leaderboard,
-    leaderboard_records,
-    load_trial_model,
     open_study,
     open_sweep_dir,
-    replace_dir,
+    plan_threads,
+    publish_results,
     requeue_interrupted,
-    run_rounds,
-    target_trials,
-    write_leaderboard_csv,
-    write_param_plot,
-    write_plot,
+    run_pending,
+    save_best_model,
+    sweep_outputs,
 )
-from tasks.trial import TrialOutcome, TrialRequest, make_executor, plan_threads, run_trial
-
-
-def prefect_dispatch(executor: Any, workers: int, retry: dict[str, Any]) -> Dispatch:
-    """Run each request as its own Prefect task run, `workers` at a time."""
-
-    def dispatch(requests: Sequence[TrialRequest]) -> list[TrialOutcome | BaseException]:
-        results: list[TrialOutcome | BaseException] = []
-        with ThreadPoolTaskRunner(max_workers=workers) as runner:
-            futures = [
-                runner.submit(run_trial.with_options(**retry), {"request": r, "executor": executor}) for r in requests
-            ]
-            for future in futures:
-                try:
-                    results.append(future.result())
-                except Exception as exc:  # the trial failed after its retries: recorded, the sweep goes on
-                    results.append(exc)
-        return results
-
-    return dispatch
 
 
 @flow(name="sweep", flow_run_name="sweep-{config.name}", validate_parameters=True)
@@ -98,93 +59,37 @@ def sweep_flow(config: SweepConfig, sweep_dir: str | None = None) -> SweepSummar
     started = time.perf_counter()
     base = config.base
     check_tracking(base.tracking)  # a missing tracking extra fails before any work
-    progress = base.train.progress
     device = select_device.with_options(**retry_options(base.device.retry))(base.device, probe_workload(base))
     data = prepare_data.with_options(**retry_options(base.data.retry))(base.data, base.seed)
     config.check_task(data.spec.task)
-    workers, threads = plan_threads(config)
+    workers, threads = plan_threads(config)  # too many workers for the cores fails before the folder exists
     path, resumed = open_sweep_dir(sweep_dir, config, data.spec)
-    tracking = None
-    try:
-        mark_running(path)
+    with run_lifecycle(path) as run:
         record_device(path, device)
-        tracking = SweepTracking.start(config, path)
+        run.tracker = tracking = SweepTracking.start(config, path)
         study = open_study(path, config)
         requeued = requeue_interrupted(study)
         for old, new in requeued:
-            emit(f"trial {old} was interrupted; re-queued as trial {new} with the same parameters")
+            say(f"trial {old} was interrupted; re-queued as trial {new} with the same parameters")
         if tracking is not None:
             tracking.log_trials(leaderboard(study, config))  # a resumed sweep's earlier trials, under the new parent
-        ran_now, stopped, description = 0, False, "nothing to run"
-        if finished_trials(study) < target_trials(config):
-            executor = make_executor(config, data)
-            description = executor.description
-            try:
-                report = run_rounds(
-                    study, config, path, threads,
-                    prefect_dispatch(executor, workers, retry_options(base.train.retry)),
-                    log=emit if progress else (lambda line: None), device=device,
-                    on_trial=(lambda number: None) if tracking is None else tracking.log_trial,
-                )
-            finally:
-                executor.close()
-            ran_now, stopped = report.ran, report.stopped_by_timeout
-        rows = leaderboard(study, config)
-        records = leaderboard_records(rows, config)
-        write_leaderboard_csv(path / LEADERBOARD, records)
-        write_plot(path / PLOT, rows, config)
-        write_param_plot(path / PARAM_PLOT, rows, config)
-        create_table_artifact(
-            table=records, key=_artifact_key(config.name),
-            description=f"Sweep {config.name}: {config.metric} ({config.resolved_direction}), {len(rows)} trials",
+        rounds, executor = run_pending(
+            study, config, path, data, device, workers, threads, retry_options(base.train.retry),
+            on_trial=(lambda number: None) if tracking is None else tracking.log_trial,
         )
-        best = best_trial(study)
-        if best is None:
-            raise TrainingError(
-                f"no trial of sweep {config.name} completed; see {path / LEADERBOARD} for each trial's error"
-            )
-        best_params = decode_params(config, best.params)
-        best_config = config.trial_config(best_params)
-        atomic_write_text(path / BEST_CONFIG, config_to_yaml(best_config))
-        model, evaluation = load_trial_model(path, best.number, best_config, data.spec)
-        staging = path / f".{BEST_MODEL}.{uuid.uuid4().hex}.new"
-        save_model.with_options(**retry_options(base.save.retry))(
-            model, best_config, data.spec, evaluation, staging,
-            {"sweep": {"name": config.name, "trial": best.number, "metric": config.metric, "value": best.value,
-                       "params": best_params}},
-        )
-        replace_dir(staging, path / BEST_MODEL)
-        outputs = {
-            "leaderboard": str(path / LEADERBOARD), "best_config": str(path / BEST_CONFIG),
-            "best_model": str(path / BEST_MODEL), "plot": str(path / PLOT), "param_plot": str(path / PARAM_PLOT),
-            "device": str(path / "device.json"),
-        }
+        rows, records = publish_results(study, config, path)
+        best, best_params, evaluation = save_best_model(study, config, path, data.spec, retry_options(base.save.retry))
         if tracking is not None:
             tracking.finish(rows, evaluation.metrics)
-            tracked = tracking.result()
-            if tracked.mlflow_run_id is not None:
-                where = tracked.mlflow_run_url or f"{tracked.mlflow_tracking_uri} run {tracked.mlflow_run_id}"
-                outputs["mlflow_run"] = where
-            if tracking.tensorboard_dir is not None:
-                outputs["tensorboard"] = str(tracking.tensorboard_dir)
         summary = SweepSummary(
-            sweep_dir=str(path), resumed=resumed, requeued=requeued, ran_now=ran_now, stopped_by_timeout=stopped,
-            executor=description, seconds=time.perf_counter() - started, metric=config.metric,
-            direction=config.resolved_direction, counts=count_states(rows), best_trial=best.number,
-            best_value=best.value, best_params=best_params, best_test=evaluation.metrics, leaderboard=records,
-            outputs=outputs, device=f"{device.device} ({device.reason}; precision {device.precision})",
+            sweep_dir=str(path), resumed=resumed, requeued=requeued, ran_now=rounds.ran,
+            stopped_by_timeout=rounds.stopped_by_timeout, executor=executor, seconds=time.perf_counter() - started,
+            metric=config.metric, direction=config.resolved_direction, counts=count_states(rows),
+            best_trial=best.number, best_value=best.value, best_params=best_params, best_test=evaluation.metrics,
+            leaderboard=records, outputs=sweep_outputs(path, tracking),
+            device=f"{device.device} ({device.reason}; precision {device.precision})",
         )
-    except BaseException as exc:
-        if tracking is not None:
-            tracking.fail(exc)
-        mark_finished(path, exc)
-        raise
-    mark_finished(path)
     return summary
-
-
-def _artifact_key(name: str) -> str:
-    return "sweep-" + re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,25 +18,18 @@ from prefect import flow
 from flows._cli import TRAINING_IMPORTS, exit_quickly, prefect_session, run_command
 from schemas.errors import ConfigError
 from schemas.loading import config_to_yaml, load_config, resume_config
-from schemas.run import RunConfig
+from schemas.run import RunConfig, RunSummary
 from tasks.bundle import save_model
-from tasks.data import prepare_data
-from tasks.device import probe_workload, select_device
+from tasks.common.retry import retry_options
+from tasks.data import prepare_data, probe_workload
+from tasks.device import select_device
 from tasks.evaluate import evaluate_model
 from tasks.model import build_model
-from tasks.report import EpochProgress, publish_run_report
-from tasks.retry import retry_options
-from tasks.rundir import (
-    RunSummary,
-    atomic_write_text,
-    create_run_dir,
-    mark_finished,
-    mark_running,
-    open_run_dir_for_resume,
-    record_device,
-    record_results,
-)
-from tasks.tracking import check_tracking, record_tracking, start_tracking
+from tasks.run.artifacts import publish_run_artifacts
+from tasks.run.outputs import record_config, record_device, record_outputs, record_results
+from tasks.run.progress import PrefectProgress
+from tasks.run.rundir import create_run_dir, open_run_dir_for_resume, run_lifecycle
+from tasks.run.tracking import check_tracking, start_tracking
 from tasks.train import train_model
 
 
@@ -51,29 +44,22 @@ def train_flow(config: RunConfig = RunConfig(), run_dir: str | None = None, resu
     last checkpoint.
     """
     check_tracking(config.tracking)  # a missing extra fails before any work
-    if resume:
-        if run_dir is None:
-            raise ConfigError("resume needs the run directory to continue")
-        path = open_run_dir_for_resume(run_dir, config.save.dirname)
-    else:
-        path = create_run_dir(run_dir, config.name)
+    path = _open_run_dir(config, run_dir, resume)
     # Without checkpoints a retry would restart on half-trained weights: don't retry then.
     train_retry = retry_options(config.train.retry) if config.train.checkpoint.enabled else {"retries": 0}
-    tracker = None
-    try:
-        atomic_write_text(path / "config.yaml", config_to_yaml(config))
-        mark_running(path)
+    with run_lifecycle(path) as run:
+        record_config(path, config)
         device = select_device.with_options(**retry_options(config.device.retry))(
             config.device, probe_workload(config)
         )
         record_device(path, device)
-        tracker = start_tracking(config, path)
+        run.tracker = tracker = start_tracking(config, path)
         data = prepare_data.with_options(**retry_options(config.data.retry))(config.data, config.seed)
         parts = build_model(
             config.model, config.loss, config.optimizer, config.scheduler, data.spec,
             device.torch_device, config.seed, config.train.epochs, config.train.monitor,
         )
-        progress = EpochProgress(config.train.epochs)
+        progress = PrefectProgress(config.train.epochs)
         result = train_model.with_options(**train_retry)(
             parts, data, config.train, device, config.seed, path / "checkpoints", callbacks=[progress, tracker]
         )
@@ -88,15 +74,18 @@ def train_flow(config: RunConfig = RunConfig(), run_dir: str | None = None, resu
                 {"device": device.model_dump()},
             )
         summary = record_results(path, device, data.spec, result, report, bundle)
-        tracked = record_tracking(tracker, config, path, summary, result, report, parts.model, data, device.torch_device)
-        publish_run_report(config, summary, result.history, tracked)
-    except BaseException as exc:
-        if tracker is not None:
-            tracker.fail(exc)
-        mark_finished(path, exc)
-        raise
-    mark_finished(path)
+        tracked = record_outputs(tracker, config, path, summary, result, report, parts.model, data, device.torch_device)
+        publish_run_artifacts(config, summary, result.history, tracked)
     return summary
+
+
+def _open_run_dir(config: RunConfig, run_dir: str | None, resume: bool) -> Path:
+    """A new run directory, or with `resume` the unfinished one at `run_dir`."""
+    if not resume:
+        return create_run_dir(run_dir, config.name)
+    if run_dir is None:
+        raise ConfigError("resume needs the run directory to continue")
+    return open_run_dir_for_resume(run_dir, config.save.dirname)
 
 
 def format_summary(summary: RunSummary) -> str:

@@ -1,13 +1,30 @@
-"""Data stage schema: where the data comes from and how it is split and scaled."""
+"""Data stage: where the data comes from and how it is split and scaled (`DataConfig`),
+and what the stage returns: `PreparedData`, described by a `DataSpec` whose
+`Preprocessing` the bundle applies again at prediction time."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Callable,
+    Iterator,
+    Literal,
+    Sequence,
+    Union,
+)
 
-from pydantic import Field, model_validator
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.base import RetryPolicy, StrictModel
+from schemas.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 BuiltinName = Literal["digits", "iris", "wine", "breast_cancer", "diabetes"]
 
@@ -140,4 +157,157 @@ class DataConfig(StrictModel):
     )
     retry: RetryPolicy = Field(
         default_factory=lambda: RetryPolicy(retries=2, delay_seconds=1.0), description="Retries of this stage."
+    )
+
+
+Task = Literal["classification", "regression"]
+
+
+class ImagePreprocessing(BaseModel):
+    """How images become model input: decode, convert to `mode`, resize to `size`, normalize per channel.
+
+    `mean` and `std` are per-channel statistics of pixel / 255 over the
+    training split. Rows are raw pixel values (0-255) in C x H x W order.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    size: tuple[int, int]  # height, width
+    mode: Literal["rgb", "grayscale"]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.mean), *self.size)
+
+    def normalize(self, X: np.ndarray, source: str = "input", chunk: int = 1024) -> np.ndarray:
+        """Pixel rows (N x C*H*W, or N x C x H x W) to float32 model input rows, in chunks."""
+        X = np.asarray(X)
+        c, h, w = self.shape
+        if X.ndim < 2 or math.prod(X.shape[1:]) != c * h * w:
+            raise DataError(
+                f"{source}: expected images of {c}x{h}x{w} pixel values (rows of {c * h * w}), got shape {X.shape}"
+            )
+        if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+            raise DataError(f"{source}: pixel values have dtype {X.dtype}; expected numbers")
+        X = X.reshape(len(X), c, h * w)
+        mean = np.asarray(self.mean, dtype=np.float64)[None, :, None]
+        std = np.asarray(self.std, dtype=np.float64)[None, :, None]
+        out = np.empty((len(X), c * h * w), dtype=np.float32)
+        for start in range(0, len(X), chunk):  # elementwise, so chunking changes no value
+            part = X[start : start + chunk].astype(np.float64)
+            if not np.isfinite(part).all():
+                raise DataError(f"{source}: pixel values include NaN or inf")
+            out[start : start + chunk] = ((part / 255.0 - mean) / std).reshape(len(part), -1)
+        return out
+
+
+class Preprocessing(BaseModel):
+    """The fitted feature transform: impute, then `(x - center) / scale`; or, for images, `image`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    feature_names: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    fill_values: tuple[float, ...] | None = None
+    scaling: str = "none"
+    center: tuple[float, ...] | None = None
+    scale: tuple[float, ...] | None = None
+    target_center: float | None = None
+    target_scale: float | None = None
+    image: ImagePreprocessing | None = None
+
+    def transform(self, X: np.ndarray, source: str = "input") -> np.ndarray:
+        """Raw features (rows x features, in `feature_names` order) to model input."""
+        if self.image is not None:
+            return self.image.normalize(X, source)
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self.feature_names):
+            raise DataError(
+                f"{source}: expected {len(self.feature_names)} feature columns, got shape {X.shape}"
+            )
+        bad = ~np.isfinite(X)
+        if bad.any():
+            if self.fill_values is None:
+                raise DataError(f"{source}: {describe_nonfinite(bad, self.feature_names)}")
+            X = np.where(bad, np.asarray(self.fill_values), X)
+        if self.center is not None and self.scale is not None:
+            X = (X - np.asarray(self.center)) / np.asarray(self.scale)
+        return X.astype(np.float32)
+
+    def transform_target(self, y: np.ndarray) -> np.ndarray:
+        y = np.asarray(y, dtype=np.float64)
+        if self.target_center is not None and self.target_scale is not None:
+            y = (y - self.target_center) / self.target_scale
+        return y.astype(np.float32)
+
+    def inverse_target(self, y: np.ndarray) -> np.ndarray:
+        y = np.asarray(y, dtype=np.float64)
+        if self.target_center is not None and self.target_scale is not None:
+            y = y * self.target_scale + self.target_center
+        return y
+
+
+class DataSpec(BaseModel):
+    """What the model and the bundle need to know about the data."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task: Task
+    source: str
+    target: str
+    class_names: tuple[str, ...] | None
+    input_shape: tuple[int, ...]
+    n_outputs: int
+    preprocessing: Preprocessing
+    data_hash: str
+    n_train: int
+    n_val: int
+    n_test: int
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.preprocessing.feature_names
+
+    @property
+    def n_features(self) -> int:
+        # Images have no named features: their rows are C*H*W pixel values.
+        return len(self.preprocessing.feature_names) or math.prod(self.input_shape)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Model-ready tensors for each split, plus the spec that describes them.
+
+    Regression targets are in the (optionally standardized) training scale;
+    `spec.preprocessing.inverse_target` maps predictions back.
+
+    `train_batches`, when set, is where the training loop takes its batches
+    from: called as `train_batches(order, epoch, start_batch, batch_size)`
+    with the loop's seeded row order, it yields `(xb, yb)` CPU tensors for
+    batches `start_batch, start_batch + 1, ...` of that order. Image data
+    sets it for augmentation and for the lazy path; then `X_train` may be a
+    placeholder with no columns (the lazy path keeps no training pixels in
+    memory).
+    """
+
+    spec: DataSpec
+    X_train: torch.Tensor
+    y_train: torch.Tensor
+    X_val: torch.Tensor
+    y_val: torch.Tensor
+    X_test: torch.Tensor
+    y_test: torch.Tensor
+    train_batches: Callable[[torch.Tensor, int, int, int], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None = None
+
+
+def describe_nonfinite(bad: np.ndarray, names: Sequence[str]) -> str:
+    """'NaN or inf values in columns a (3 rows), b (1 row)' for a boolean mask."""
+    per_col = bad.sum(axis=0)
+    parts = [f"{names[i]} ({int(n)} row{'s' if n != 1 else ''})" for i, n in enumerate(per_col) if n]
+    rows = int(bad.any(axis=1).sum())
+    return (
+        f"NaN or inf values in column(s) {', '.join(parts[:10])}{' ...' if len(parts) > 10 else ''}; "
+        f"{rows} row(s) affected. Clean the data or set data.impute to mean or median"
     )

@@ -1,13 +1,21 @@
-"""Device stage schema."""
+"""Device stage: its config, and the decision it returns (`DeviceInfo`)."""
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from schemas.base import RetryPolicy, StrictModel
+from schemas.data import DataConfig
+from schemas.model import ModelConfig
+from schemas.optim import LossConfig, OptimizerConfig
+
+if TYPE_CHECKING:
+    import torch
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -71,3 +79,101 @@ class DeviceConfig(StrictModel):
         if not _DEVICE.match(value):
             raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
         return value
+
+
+class Candidate(BaseModel):
+    """One device's measured cost of a training step (copy included)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    device: str
+    ms_per_step: float | None  # None: the probe failed, see `error`
+    steps: int
+    probe_seconds: float  # wall time of this device's probe, warm-up and set-up included
+    error: str | None = None
+
+
+class DeviceInfo(BaseModel):
+    """The device decision, recorded in the run directory, the run summary and the bundle."""
+
+    model_config = ConfigDict(frozen=True)
+
+    requested: str
+    device: str
+    available: tuple[str, ...]
+    threads: int
+    reason: str
+    torch_version: str
+    precision: str = "fp32"
+    data_on_device: str = "auto"
+    cudnn_benchmark: bool = False
+    tf32: bool = False
+    candidates: tuple[Candidate, ...] = ()
+    from_cache: bool = False  # the candidates were measured by an earlier run with the same key
+    probe_seconds: float = 0.0  # spent measuring in this run (0 when cached or not measured)
+    cache_file: str | None = None
+
+    @property
+    def torch_device(self) -> torch.device:
+        import torch
+
+        return torch.device(self.device)
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per candidate: what the run directory, the CLI and the Prefect artifact show."""
+        return [
+            {
+                "device": c.device,
+                "ms_per_step": None if c.ms_per_step is None else round(c.ms_per_step, 4),
+                "steps": c.steps,
+                "probe_seconds": round(c.probe_seconds, 4),
+                "chosen": c.device == self.device,
+                "note": c.error or ("cached" if self.from_cache else ""),
+            }
+            for c in self.candidates
+        ]
+
+
+@dataclass(frozen=True)
+class InputShape:
+    """Enough of the data to build the model: what `build_network` reads from a DataSpec."""
+
+    input_shape: tuple[int, ...]
+    n_outputs: int
+    task: str
+    source: str = "probe"
+
+    @property
+    def n_features(self) -> int:
+        return math.prod(self.input_shape)
+
+
+class ProbeWorkload(BaseModel):
+    """What auto measures: the run's model, loss, optimizer, batch size and input shape."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: ModelConfig
+    loss: LossConfig
+    optimizer: OptimizerConfig
+    data: DataConfig
+    batch_size: int
+    seed: int = 0
+    input_shape: InputShape | None = None  # known up front; else read on demand, see `shape()`
+    _peek: Callable[[], InputShape] | None = PrivateAttr(default=None)
+
+    def with_peek(self, peek: Callable[[], InputShape]) -> ProbeWorkload:
+        """This workload, reading its input shape with `peek` only when `shape()` is first asked.
+
+        Only `auto` with more than one device measures, so a run that names its
+        device (or has only the CPU) never reads the data's headers for it.
+        """
+        workload = self.model_copy()
+        workload._peek = peek
+        return workload
+
+    def shape(self) -> InputShape | None:
+        """The input shape to build the probe model from; None when neither given nor peekable."""
+        if self.input_shape is None and self._peek is not None:
+            return self._peek()
+        return self.input_shape

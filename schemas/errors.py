@@ -1,7 +1,7 @@
 """Errors the pipeline reports to users: each names what is wrong and what was expected.
 
 They are deterministic (bad config, bad data, a tampered bundle), so Prefect
-never retries them; see `tasks.retry.is_transient`.
+never retries them; see `tasks.common.retry.is_transient_error`.
 """
 
 from __future__ import annotations
@@ -35,3 +35,9 @@ class BundleError(PipelineError, ValueError):
     """A saved model bundle is missing files, was modified, or is of another format."""
 
     exit_code = 5
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

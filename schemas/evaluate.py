@@ -1,8 +1,8 @@
-"""Evaluation and save stage schemas."""
+"""Evaluation and save stages: their configs, and the evaluation's result (`EvalReport`)."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.base import RetryPolicy, StrictModel
 
@@ -26,3 +26,27 @@ class SaveConfig(StrictModel):
     retry: RetryPolicy = Field(
         default_factory=lambda: RetryPolicy(retries=2, delay_seconds=1.0), description="Retries of this stage."
     )
+
+
+class ClassReport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class EvalReport(BaseModel):
+    """Test metrics, the same metrics for the baseline, and per-class detail."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task: str
+    n_test: int
+    metrics: dict[str, float]
+    baseline: dict[str, float]
+    baseline_kind: str
+    per_class: tuple[ClassReport, ...] | None = None
+    confusion_matrix: tuple[tuple[int, ...], ...] | None = None

@@ -9,25 +9,28 @@ value given and what was expected.
 from __future__ import annotations
 
 import copy
-import difflib
-import re
-import types
-import typing
 from pathlib import Path
-from typing import Any, Callable, Iterable, Union
+from typing import Any, Iterable
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from schemas.base import union_discriminator
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, first_line
+from schemas.keys import (
+    DOTTED_KEY,
+    dump_diff,
+    field_type,
+    format_validation_error,
+    is_model,
+    resume_safe,
+    union_members,
+)
 from schemas.run import RunConfig
-
-_KEY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
 def load_yaml(text: str) -> Any:
-    """`yaml.safe_load`, through libyaml's C parser where PyYAML has it (about 10x faster)."""
+    """`yaml.safe_load`, through libyaml's C parser where PyYAML has it (far faster than the pure-Python one)."""
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
@@ -41,7 +44,7 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or first_line(exc)
         raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
@@ -56,7 +59,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     """Split `a.b.c=value`; the value is parsed as YAML (`0.01`, `true`, `[64, 32]`, `null`)."""
     key, sep, raw = text.partition("=")
     key = key.strip()
-    if not sep or not _KEY.match(key):
+    if not sep or not DOTTED_KEY.match(key):
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted key, like optimizer.lr=0.01")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
@@ -71,15 +74,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
     for text in overrides:
         key, value = parse_override(text)
         parts = key.split(".")
-        node = result
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                prefix = ".".join(parts[: i + 1])
-                raise ConfigError(f"--set {key}: {prefix} is {child!r}, not a mapping of keys")
-            node = child
+        node = parent_mapping(result, parts, key)
         member = _union_member_for_tag(parts, value)
         if member is not None:
             # Switching a choice (model.kind=cnn) drops settings the new choice lacks.
@@ -88,6 +83,27 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         node[parts[-1]] = value
         result = _normalize(result)
     return result
+
+
+def parent_mapping(
+    data: dict[str, Any], parts: list[str], key: str, shorthands: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The mapping in `data` that holds the last of `parts`, made where missing, for `--set key=...`.
+
+    `shorthands` names sections that may be a bare string, like `sampler: tpe`
+    for `sampler: {name: tpe}`; such a string is expanded on the way.
+    """
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if isinstance(child, str) and shorthands and part in shorthands:
+            child = node[part] = {shorthands[part]: child}
+        elif child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is {child!r}, not a mapping of keys")
+        node = child
+    return node
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> RunConfig:
@@ -110,7 +126,7 @@ def resume_config(
     saved = load_config(saved_file)
     base = read_yaml_mapping(path) if path is not None else saved.model_dump(mode="json")
     config = validate_config(apply_overrides(base, overrides), source=str(path or saved_file))
-    changes = [c for c in config_diff(saved, config) if not _resume_safe(c[0])]
+    changes = [c for c in config_diff(saved, config) if not resume_safe(c[0], RESUME_SAFE)]
     if changes and not force:
         listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
         raise ConfigError(
@@ -121,114 +137,27 @@ def resume_config(
 
 
 # Keys that change how a run is executed, not what it computes.
-_RESUME_SAFE = (
+RESUME_SAFE = (
     "train.progress", "train.time_limit_seconds", "train.checkpoint.every_n_batches", "evaluate.batch_size",
     "device.remeasure", "device.probe_", "device.cache_dir", "tracking.", "data.source.cache_dir",
 )
 
 
-def _resume_safe(key: str) -> bool:
-    return key.startswith(_RESUME_SAFE) or ".retry." in key
-
-
 def config_diff(a: RunConfig, b: RunConfig) -> list[tuple[str, Any, Any]]:
     """(dotted key, value in a, value in b) for every key whose value differs."""
-    flat_a, flat_b = _flatten(a.model_dump(mode="json")), _flatten(b.model_dump(mode="json"))
-    keys = sorted(set(flat_a) | set(flat_b))
-    return [(k, flat_a.get(k), flat_b.get(k)) for k in keys if flat_a.get(k) != flat_b.get(k)]
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(data, dict):
-        return {prefix: data}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        flat.update(_flatten(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}"))
-    return flat
+    return dump_diff(a.model_dump(mode="json"), b.model_dump(mode="json"))
 
 
 def validate_config(data: dict[str, Any], source: str | None = None) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, data, source)) from None
+        raise ConfigError(format_validation_error(exc, RunConfig, "config", source)) from None
 
 
-def config_to_yaml(config: RunConfig) -> str:
+def config_to_yaml(config: BaseModel) -> str:
+    """The YAML of a run (or sweep) config, keys in schema order."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-
-
-def format_validation_error(exc: ValidationError, data: Any, source: str | None = None) -> str:
-    """One line per problem: `dotted.key = value: what was expected`."""
-    lines = []
-    for err in exc.errors(include_url=False):
-        lines.append(_format_one(err, data))
-    head = f"invalid config{f' in {source}' if source else ''}"
-    if len(lines) == 1:
-        return f"{head}: {lines[0]}"
-    return head + ":\n" + "\n".join(f"  - {line}" for line in lines)
-
-
-def _format_one(err: dict[str, Any], data: Any) -> str:
-    raw_loc = tuple(err["loc"])
-    keys = [str(p) for p in _clean_loc(raw_loc, data)]
-    return describe_error(err, keys, lambda: _allowed_keys(raw_loc[:-1]))
-
-
-def describe_error(err: dict[str, Any], keys: list[str], allowed: Callable[[], list[str]]) -> str:
-    """One line for one pydantic error, at the user-facing dotted key `keys` (union tags already dropped).
-
-    `allowed()` lists the keys valid beside an unknown one, for "did you
-    mean" and "expected one of". Shared by the run config and the sweep file.
-    """
-    key = ".".join(keys)
-    kind = err["type"]
-    value = err.get("input")
-    if kind == "value_error":
-        msg = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
-        if not key:
-            return msg
-        return f"{key} = {value!r}: {msg}" if isinstance(value, (str, int, float)) else f"{key}: {msg}"
-    if kind == "extra_forbidden":
-        names = allowed()
-        close = difflib.get_close_matches(keys[-1], names, n=1)
-        hint = f" (did you mean {'.'.join([*keys[:-1], close[0]])}?)" if close else ""
-        expected = f"; expected one of: {', '.join(names)}" if names else ""
-        return f"{key}: unknown key{hint}{expected}"
-    if kind == "missing":
-        return f"{key}: required key is missing"
-    if kind == "union_tag_invalid":
-        ctx = err["ctx"]
-        return f"{key}.{ctx['discriminator'].strip(chr(39))} = {ctx['tag']!r}: expected one of {ctx['expected_tags']}"
-    if kind == "union_tag_not_found":
-        return f"{key}: needs a {err['ctx']['discriminator'].strip(chr(39))} key"
-    return f"{key} = {value!r}: {err['msg']}"
-
-
-def _clean_loc(loc: tuple[Any, ...], data: Any) -> list[Any]:
-    """Drop the union tags pydantic puts in error locations ('optimizer', 'adam', 'lr')."""
-    parts: list[Any] = []
-    cls: Any = RunConfig
-    for part in loc:
-        members = _union_members(cls) if cls is not None and not _is_model(cls) else None
-        if members is not None and part in members:
-            cls = members[part]
-            continue
-        parts.append(part)
-        cls = _field_type(cls, part)
-    return parts
-
-
-def _allowed_keys(raw_loc: tuple[Any, ...]) -> list[str]:
-    cls: Any = RunConfig
-    for part in raw_loc:
-        members = _union_members(cls) if cls is not None and not _is_model(cls) else None
-        cls = members.get(part) if members is not None and part in members else _field_type(cls, part)
-        if cls is None:
-            return []
-    if not _is_model(cls):
-        return []
-    return list(cls.model_fields)
 
 
 def _union_member_for_tag(parts: list[str], tag: Any) -> type[BaseModel] | None:
@@ -237,52 +166,13 @@ def _union_member_for_tag(parts: list[str], tag: Any) -> type[BaseModel] | None:
         return None
     cls: Any = RunConfig
     for part in parts[:-2]:
-        cls = _field_type(cls, part)
-    if not _is_model(cls) or parts[-2] not in cls.model_fields:
+        cls = field_type(cls, part)
+    if not is_model(cls) or parts[-2] not in cls.model_fields:
         return None
     if union_discriminator(cls.model_fields[parts[-2]]) != parts[-1]:
         return None
-    members = _union_members(_field_type(cls, parts[-2])) or {}
+    members = union_members(field_type(cls, parts[-2]))
     return members.get(tag) if isinstance(tag, str) else None
-
-
-def _is_model(tp: Any) -> bool:
-    return isinstance(tp, type) and issubclass(tp, BaseModel)
-
-
-def _field_type(cls: Any, name: Any) -> Any:
-    """The annotation of field `name` on a model class, with Optional/Annotated peeled."""
-    if not _is_model(cls) or name not in cls.model_fields:
-        return None
-    return _peel(cls.model_fields[name].annotation)
-
-
-def _peel(tp: Any) -> Any:
-    while typing.get_origin(tp) is typing.Annotated:
-        tp = typing.get_args(tp)[0]
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        args = [_peel(a) for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-        return tuple(args)
-    return tp
-
-
-def _union_members(tp: Any) -> dict[str, type[BaseModel]] | None:
-    """Map tag -> model class for a tuple of tagged-union members."""
-    if not isinstance(tp, tuple):
-        return None
-    members: dict[str, type[BaseModel]] = {}
-    for member in tp:
-        if not _is_model(member):
-            continue
-        for fname in ("kind", "name"):
-            field = member.model_fields.get(fname)
-            if field is not None and typing.get_origin(field.annotation) is typing.Literal:
-                for tag in typing.get_args(field.annotation):
-                    members[tag] = member
-                break
-    return members
 
 
 def _normalize(data: dict[str, Any]) -> dict[str, Any]:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import Field
 
 from schemas.base import StrictModel
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 Activation = Literal["relu", "gelu", "tanh", "silu", "leaky_relu"]
 
@@ -86,3 +91,14 @@ ModelConfig = Annotated[
     Union[MLPConfig, CNNConfig, TinyVGGConfig, ResNetConfig, LinearConfig, CustomModelConfig],
     Field(discriminator="kind"),
 ]
+
+
+@dataclass
+class TrainingComponents:
+    """The model and what trains it, on the chosen device."""
+
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any | None  # a torch LR scheduler
+    monitor_mode: str  # "min" or "max", for the plateau scheduler and early stopping

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from schemas.base import StrictModel
 from schemas.data import DataConfig
@@ -88,3 +88,27 @@ def check_task_compatibility(
         raise ValueError("train.monitor='val_accuracy' needs a classification task; use val_loss or val_mae")
     if task == "regression" and model_kind == "logistic":
         raise ValueError("model.kind='logistic' needs a classification task; use 'linear' for regression")
+
+
+class RunSummary(BaseModel):
+    """What a training run produced; also the flow's return value."""
+
+    run_dir: str
+    device: str
+    device_reason: str
+    threads: int
+    precision: str = "fp32"
+    device_table: list[dict[str, Any]] = []
+    task: str
+    source: str
+    rows: dict[str, int]
+    epochs_run: int
+    best_epoch: int
+    monitor: str
+    best_score: float
+    stopped_early: bool
+    train_seconds: float
+    test: dict[str, float]
+    baseline: dict[str, float]
+    baseline_kind: str
+    bundle: str | None

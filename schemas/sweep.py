@@ -18,17 +18,31 @@ import difflib
 import itertools
 import json
 import math
-import re
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Union
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from schemas.base import StrictModel
 from schemas.errors import ConfigError
-from schemas.loading import apply_overrides, describe_error, format_validation_error, parse_override, read_yaml_mapping
+from schemas.keys import (
+    DOTTED_KEY,
+    dump_diff,
+    format_validation_error,
+    is_model,
+    peel,
+    resume_safe,
+    union_members,
+)
+from schemas.loading import (
+    apply_overrides,
+    config_to_yaml,
+    parent_mapping,
+    parse_override,
+    read_yaml_mapping,
+    validate_config,
+)
 from schemas.run import RunConfig
 
 # Keys a trial may not change: the data is prepared once per sweep, and the
@@ -67,7 +81,6 @@ REGRESSION_ONLY = {"val_mae", "test_mse", "test_rmse", "test_mae", "test_r2"}
 # resumed sweep may differ from the recorded one in these.
 RESUME_SAFE = ("n_trials", "timeout_seconds", "parallelism", "executor", "base.train.progress", "base.train.retry")
 
-_KEY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 GRID_LIMIT = 10_000
 
 
@@ -289,7 +302,7 @@ class SweepConfig(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> "SweepConfig":
         for key in self.space:
-            if not _KEY.match(key):
+            if not DOTTED_KEY.match(key):
                 raise ValueError(f"space: {key!r} is not a dotted config key like optimizer.lr")
             head = key.split(".")[0]
             if head in FIXED_KEYS:
@@ -374,11 +387,7 @@ def trial_config(base: RunConfig, params: dict[str, Any]) -> RunConfig:
         params.items(), key=lambda item: (item[0].count("."), item[0].split(".")[-1] not in ("kind", "name"), item[0])
     )
     overrides = [f"{key}={_dotted_value(value)}" for key, value in ordered]
-    data = apply_overrides(base.model_dump(mode="json"), overrides)
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, data)) from None
+    return validate_config(apply_overrides(base.model_dump(mode="json"), overrides))
 
 
 def check_space(base: RunConfig, space: dict[str, Any], grid: bool) -> None:
@@ -414,13 +423,13 @@ def _check_value(base: RunConfig, key: str, value: Any) -> None:
 
 def _run_fields(tp: Any) -> dict[str, Any]:
     """Field name -> annotation of a model, or of every member of a tagged union, merged."""
-    members = _members(tp)
+    members = union_members(tp)
     models = list(members.values()) if members else [tp]
     fields: dict[str, Any] = {}
     for model in models:
-        if isinstance(model, type) and issubclass(model, BaseModel):
+        if is_model(model):
             for name, field in model.model_fields.items():
-                fields.setdefault(name, _peel(field.annotation))
+                fields.setdefault(name, peel(field.annotation))
     return fields
 
 
@@ -502,10 +511,9 @@ def load_sweep_config(path: str | Path | None, overrides: Iterable[str] = ()) ->
     base = apply_overrides(base, base_overrides)
     source = str(path) if path is not None else None
     try:
-        RunConfig.model_validate(base)
-    except ValidationError as exc:
-        message = format_validation_error(exc, base, source)
-        raise ConfigError(message.replace("invalid config", "invalid base run config", 1)) from None
+        validate_config(base, source)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("invalid config", "invalid base run config", 1)) from None
     data["base"] = base
     return validate_sweep(data, source)
 
@@ -514,7 +522,7 @@ def validate_sweep(data: dict[str, Any], source: str | None = None) -> SweepConf
     try:
         return SweepConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_sweep_error(exc, data, source)) from None
+        raise ConfigError(format_validation_error(exc, SweepConfig, "sweep config", source)) from None
 
 
 def _set_space(data: dict[str, Any], key: str, value: Any) -> None:
@@ -529,16 +537,7 @@ def _set_space(data: dict[str, Any], key: str, value: Any) -> None:
 
 def _set_top(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if isinstance(child, str) and part in _SHORTHAND:
-            child = node[part] = {_SHORTHAND[part]: child}
-        elif child is None:
-            child = node[part] = {}
-        elif not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is {child!r}, not a mapping of keys")
-        node = child
+    node = parent_mapping(data, parts, key, _SHORTHAND)
     if len(parts) == 2 and parts[0] in _SHORTHAND and parts[1] == _SHORTHAND[parts[0]]:
         # Switching the sampler, pruner or executor drops the old one's settings.
         node.clear()
@@ -546,92 +545,19 @@ def _set_top(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def sweep_diff(a: SweepConfig, b: SweepConfig) -> list[tuple[str, Any, Any]]:
-    """(dotted key, value in a, value in b) for keys that change what the trials compute."""
-    flat_a, flat_b = _flatten(a.model_dump(mode="json")), _flatten(b.model_dump(mode="json"))
-    keys = sorted(set(flat_a) | set(flat_b))
-    return [
-        (k, flat_a.get(k), flat_b.get(k))
-        for k in keys
-        if flat_a.get(k) != flat_b.get(k) and not k.startswith(RESUME_SAFE) and ".retry." not in k
-    ]
+    """(dotted key, value in a, value in b) for keys that change what the trials compute.
+
+    A parameter of the space counts as one value: its range or choices as a whole.
+    """
+    changes = dump_diff(a.model_dump(mode="json"), b.model_dump(mode="json"), keep=_whole_param)
+    return [change for change in changes if not resume_safe(change[0], RESUME_SAFE)]
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(data, dict) or (prefix.startswith("space.") and "kind" in data):
-        return {prefix.rstrip("."): data}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        flat.update(_flatten(value, f"{prefix}{key}."))
-    return flat
+def _whole_param(key: str, value: dict) -> bool:
+    return key.partition(".")[0] == "space" and "kind" in value
 
 
-def sweep_to_yaml(config: SweepConfig) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-
-
-# --------------------------------------------------------------------------- error messages
-
-
-def format_sweep_error(exc: ValidationError, data: Any, source: str | None = None) -> str:
-    """One line per problem, naming the sweep key (`space.optimizer.lr.low`, `pruner.name`)."""
-    lines = [_format_sweep_one(err) for err in exc.errors(include_url=False)]
-    head = f"invalid sweep config{f' in {source}' if source else ''}"
-    if len(lines) == 1:
-        return f"{head}: {lines[0]}"
-    return head + ":\n" + "\n".join(f"  - {line}" for line in lines)
-
-
-def _format_sweep_one(err: dict[str, Any]) -> str:
-    keys, model = _walk(tuple(err["loc"]))
-    return describe_error(err, keys, lambda: list(model.model_fields) if model is not None else [])
-
-
-def _walk(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None]:
-    """The user-facing key parts of an error location (union tags dropped) and the model holding the last."""
-    parts: list[str] = []
-    tp: Any = SweepConfig
-    parent: type[BaseModel] | None = SweepConfig
-    for part in loc:
-        members = _members(tp)
-        if members and part in members:
-            tp = members[part]
-            parent = tp
-            continue
-        parts.append(str(part))
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            parent = tp
-            field = tp.model_fields.get(part)
-            tp = _peel(field.annotation) if field is not None else None
-        elif typing.get_origin(tp) is dict:
-            tp = _peel(typing.get_args(tp)[1])
-        else:
-            tp = None
-    return parts, parent
-
-
-def _peel(tp: Any) -> Any:
-    while typing.get_origin(tp) is Annotated:
-        tp = typing.get_args(tp)[0]
-    if typing.get_origin(tp) is Union or type(tp).__name__ == "UnionType":
-        args = [_peel(a) for a in typing.get_args(tp) if a is not type(None)]
-        return args[0] if len(args) == 1 else tuple(args)
-    return tp
-
-
-def _members(tp: Any) -> dict[str, type[BaseModel]]:
-    if not isinstance(tp, tuple):
-        return {}
-    members: dict[str, type[BaseModel]] = {}
-    for member in tp:
-        if not (isinstance(member, type) and issubclass(member, BaseModel)):
-            continue
-        for tag in ("kind", "name"):
-            field = member.model_fields.get(tag)
-            if field is not None and typing.get_origin(field.annotation) is Literal:
-                for value in typing.get_args(field.annotation):
-                    members[value] = member
-                break
-    return members
+sweep_to_yaml = config_to_yaml
 
 
 __all__ = [

@@ -6,7 +6,7 @@ trackers are off by default, so the default run needs neither extra.
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.base import StrictModel
 
@@ -37,3 +37,19 @@ class TrackingConfig(StrictModel):
         if value is not None and not value.strip():
             raise ValueError("expected a non-empty string, or null for the default")
         return value
+
+
+class TrackingResult(BaseModel):
+    """Where the run's record went; also written to `<run dir>/tracking.json`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tensorboard_dir: str | None = None
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment_id: str | None = None
+    mlflow_run_id: str | None = None
+    mlflow_parent_run_id: str | None = None
+    mlflow_run_url: str | None = None  # only for an http(s) tracking server
+    mlflow_artifact_uri: str | None = None
+    plots: dict[str, str] = {}
+    report: str | None = None

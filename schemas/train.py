@@ -1,10 +1,10 @@
-"""Training loop schema."""
+"""Training stage: the loop's config, and what it returns (`EpochRecord` per epoch, `TrainResult`)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.base import RetryPolicy, StrictModel
 
@@ -61,3 +61,33 @@ class TrainConfig(StrictModel):
         if self.oom_smaller_batch and not self.checkpoint.enabled:
             raise ValueError("train.oom_smaller_batch needs train.checkpoint.enabled")
         return self
+
+
+class EpochRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float | None = None
+    val_mae: float | None = None
+    lr: float
+    seconds: float
+
+
+class TrainResult(BaseModel):
+    """Per-epoch history and how training ended. The model is trained in place."""
+
+    model_config = ConfigDict(frozen=True)
+
+    history: tuple[EpochRecord, ...]
+    monitor: str
+    best_epoch: int
+    best_score: float
+    stopped_early: bool
+    epochs_run: int
+    seconds: float
+    samples_per_second: float
+    resumed_from_epoch: int | None = None
+    precision: str = "fp32"
+    data_placement: str = "device"  # "device": moved once; "host": each batch copied from (pinned) host memory;

@@ -19,12 +19,15 @@ import torch
 import yaml
 from sklearn import datasets
 
-import tasks.bundle as bundle_module
+import tasks.bundle._verify as verify_module
+import tasks.bundle._write as write_module
 from schemas import BundleError, DataError, RunConfig
 from schemas.loading import load_config
 from tasks.bundle import FORMAT, FORMAT_VERSION, LoadedBundle, Predictor, load_model, write_bundle
-from tasks.data import DataSpec, PreparedData, prepare_data
-from tasks.evaluate import EvalReport, evaluate_model
+from schemas.data import DataSpec, PreparedData
+from tasks.data import prepare_data
+from schemas.evaluate import EvalReport
+from tasks.evaluate import evaluate_model
 from tasks.model import build_model
 from tasks.train import train_model
 from tests.conftest import tiny_overrides
@@ -346,7 +349,7 @@ def test_failed_manifest_serialization_leaves_nothing(runs, tmp_path, monkeypatc
     def boom(*args, **kwargs):
         raise TypeError("not JSON serializable")
 
-    monkeypatch.setattr(bundle_module.json, "dumps", boom)
+    monkeypatch.setattr(write_module.json, "dumps", boom)
     with pytest.raises(TypeError):
         write_bundle(run.model, run.config, run.spec, run.report, tmp_path / "model")
     assert list(tmp_path.iterdir()) == []
@@ -387,7 +390,7 @@ def _no_hashing(monkeypatch):
     def refuse(file):
         raise AssertionError(f"{file} was hashed again")
 
-    monkeypatch.setattr(bundle_module, "_file_sha256", refuse)
+    monkeypatch.setattr(verify_module, "_file_sha256", refuse)
 
 
 def test_a_bundle_just_written_loads_without_hashing_its_weights_again(runs, tmp_path, monkeypatch):
@@ -395,8 +398,8 @@ def test_a_bundle_just_written_loads_without_hashing_its_weights_again(runs, tmp
     target = write_bundle(run.model, run.config, run.spec, run.report, tmp_path / "model")
     size = (target / "weights.safetensors").stat().st_size
     hashed = []
-    real = bundle_module._sha256
-    monkeypatch.setattr(bundle_module, "_sha256", lambda data: hashed.append(len(data)) or real(data))
+    real = verify_module._sha256
+    monkeypatch.setattr(verify_module, "_sha256", lambda data: hashed.append(len(data)) or real(data))
     _no_hashing(monkeypatch)
     assert load_model(target).spec == run.spec
     assert size not in hashed
@@ -417,8 +420,8 @@ def test_verify_always_builds_the_model_from_the_bytes_it_hashed(iris_copy):
 
 def test_a_copied_bundle_is_hashed_once_then_trusted_until_it_changes(iris_copy, monkeypatch):
     calls = []
-    real = bundle_module._file_sha256
-    monkeypatch.setattr(bundle_module, "_file_sha256", lambda file: calls.append(file) or real(file))
+    real = verify_module._file_sha256
+    monkeypatch.setattr(verify_module, "_file_sha256", lambda file: calls.append(file) or real(file))
     load_model(iris_copy)
     load_model(iris_copy)
     assert calls == [iris_copy / "weights.safetensors"]
@@ -444,12 +447,12 @@ def test_verification_works_when_the_cache_cannot_be_written(iris_copy, tmp_path
 
 
 def test_old_verification_records_are_pruned(runs, tmp_path, monkeypatch):
-    monkeypatch.setattr(bundle_module, "VERIFIED_RECORDS_KEPT", 4)
+    monkeypatch.setattr(verify_module, "VERIFIED_RECORDS_KEPT", 4)
     run = runs("iris")
     bundles = [write_bundle(run.model, run.config, run.spec, None, tmp_path / f"model-{i}") for i in range(5)]
-    records = bundle_module._verified_record(bundles[0]).parent
+    records = verify_module._verified_record(bundles[0]).parent
     assert len(list(records.iterdir())) <= 4
-    assert bundle_module._verified_record(bundles[-1] / "weights.safetensors").is_file()  # the newest is kept
+    assert verify_module._verified_record(bundles[-1] / "weights.safetensors").is_file()  # the newest is kept
 
 
 def test_unknown_verify_mode_is_refused(iris_copy):

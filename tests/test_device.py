@@ -9,20 +9,9 @@ import torch
 
 from schemas import ConfigError, DeviceConfig, load_config
 from tasks.data import peek_shape, prepare_data
-from tasks.device import (
-    Candidate,
-    DeviceInfo,
-    InputShape,
-    available_cores,
-    available_devices,
-    choose,
-    decide_device,
-    probe_device,
-    probe_workload,
-    resolve_threads,
-    select_device,
-    threads_per_worker,
-)
+from schemas.device import Candidate, DeviceInfo, InputShape
+from tasks.data import probe_workload
+from tasks.device import available_cores, available_devices, choose, decide_device, probe_device, resolve_threads, select_device, threads_per_worker
 from tasks.model import build_model
 from tasks.train import train_model
 from tests.conftest import tiny_overrides

@@ -13,7 +13,7 @@ import pytest
 import tasks.data
 from schemas import DataError, load_config
 from tasks.bundle import load_model
-from tasks.rundir import read_run_state
+from tasks.run.rundir import read_run_state
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -235,7 +235,7 @@ def test_cli_predict_missing_column(prefect_api, capsys, tmp_path, monkeypatch, 
 def test_runs_started_together_get_their_own_directories(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from tasks.rundir import create_run_dir
+    from tasks.run.rundir import create_run_dir
 
     with ThreadPoolExecutor(8) as pool:
         dirs = list(pool.map(lambda _: create_run_dir(None, "same", root=tmp_path), range(16)))
@@ -244,7 +244,7 @@ def test_runs_started_together_get_their_own_directories(tmp_path):
 
 def test_run_dir_that_holds_files_is_refused(tmp_path):
     from schemas import ConfigError
-    from tasks.rundir import create_run_dir
+    from tasks.run.rundir import create_run_dir
 
     (tmp_path / "old.txt").write_text("x")
     with pytest.raises(ConfigError, match="already holds files"):

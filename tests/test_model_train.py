@@ -13,7 +13,8 @@ import torch
 from schemas import ConfigError, TrainingError, load_config
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate_model
-from tasks.model import build_model, build_network
+from tasks.model import build_model
+from tasks.nets.networks import build_network
 from tasks.train import train_model
 from tests.conftest import tiny_overrides
 
@@ -226,14 +227,14 @@ def test_callbacks_see_every_epoch_and_can_stop_training():
 def test_optimizers_use_the_fused_kernel_on_the_cpu(name):
     config, _, parts = _setup(f"optimizer.name={name}")
     assert parts.optimizer.defaults["fused"] is True
-    from tasks.model import build_optimizer
+    from tasks.nets.optim import build_optimizer
 
     plain = build_optimizer(config.optimizer, parts.model.parameters(), fused=False)  # torch's default, as a script
     assert not plain.defaults["fused"] and type(plain) is type(parts.optimizer)
 
 
 def test_conv_nets_train_channels_last_on_the_cpu_and_come_back_contiguous():
-    from tasks.model import training_memory_format
+    from tasks.nets.steps import training_memory_format
 
     cnn = ("data.source.name=digits", "model.kind=cnn", "model.channels=[4, 8]")
     config, data, parts = _setup(*cnn)
@@ -255,12 +256,12 @@ def test_conv_nets_train_channels_last_on_the_cpu_and_come_back_contiguous():
 
 
 def test_channels_last_training_matches_the_default_layout(monkeypatch):
-    import tasks.train
+    import tasks.train._epochs
 
     cnn = ("data.source.name=digits", "model.kind=cnn", "model.channels=[4, 8]")
     config, data, fast = _setup(*cnn)
     train_model.fn(fast, data, config.train, CPU, config.seed)
-    monkeypatch.setattr(tasks.train, "training_memory_format", lambda model, device: torch.contiguous_format)
+    monkeypatch.setattr(tasks.train._epochs, "training_memory_format", lambda model, device: torch.contiguous_format)
     _, _, plain = _setup(*cnn)
     train_model.fn(plain, data, config.train, CPU, config.seed)
     for (name, a), b in zip(fast.model.state_dict().items(), plain.model.state_dict().values()):
@@ -268,7 +269,7 @@ def test_channels_last_training_matches_the_default_layout(monkeypatch):
 
 
 def test_optimizer_state_follows_its_parameter_into_another_layout():
-    from tasks.model import match_state_layout
+    from tasks.nets.optim import match_state_layout
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(4, 8, 3)

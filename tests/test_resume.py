@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import tasks.train
+import tasks.train._epochs
 from schemas import ConfigError, load_config
-from tasks.checkpoint import load_checkpoint
+from tasks.train._checkpoint import load_checkpoint
 from tasks.data import prepare_data
 from tasks.model import build_model
-from tasks.rundir import read_run_state
+from tasks.run.rundir import read_run_state
 from tasks.train import TimeLimitReached, train_model
 from tests.conftest import ROOT, tiny_overrides
 
@@ -51,7 +51,7 @@ def _same(a: dict, b: dict) -> bool:
 
 def _fail_validation(monkeypatch, at_call: int, error: BaseException) -> None:
     """Make the `at_call`-th validation pass raise `error` (the end of an epoch, where a run fails)."""
-    real_validate = tasks.train.validate
+    real_validate = tasks.train._epochs.validate
     calls = []
 
     def failing(*args, **kwargs):
@@ -60,7 +60,7 @@ def _fail_validation(monkeypatch, at_call: int, error: BaseException) -> None:
             raise error
         return real_validate(*args, **kwargs)
 
-    monkeypatch.setattr(tasks.train, "validate", failing)
+    monkeypatch.setattr(tasks.train._epochs, "validate", failing)
 
 
 def _uninterrupted(config, tmp_path: Path):
@@ -264,7 +264,7 @@ def test_a_checkpoint_that_is_not_a_mapping_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 def test_resume_after_the_bundle_was_written_but_the_run_not_marked(prefect_api, tmp_path):
     from flows.train import train_flow
-    from tasks.rundir import mark_running
+    from tasks.run.rundir import mark_running
 
     config = _config()
     train_flow(config=config, run_dir=str(tmp_path / "run"))
@@ -290,7 +290,7 @@ def _oom_on_call(parts, call: int):
 
 
 def test_out_of_memory_retries_with_half_the_batch(tmp_path):
-    from tasks.retry import RetryWithSmallerBatch, is_transient_error
+    from tasks.common.retry import RetryWithSmallerBatch, is_transient_error
 
     config = _config(**{"train.oom_smaller_batch": "true"})
     data, parts = _fresh(config)
@@ -305,7 +305,7 @@ def test_out_of_memory_retries_with_half_the_batch(tmp_path):
 
 def test_out_of_memory_without_the_option_is_a_clear_error(tmp_path):
     from schemas import TrainingError
-    from tasks.retry import is_transient_error
+    from tasks.common.retry import is_transient_error
 
     config = _config()
     data, parts = _fresh(config)

@@ -24,7 +24,7 @@ from tasks.sweep import (
     run_rounds,
     trial_label,
 )
-from tasks.trial import InProcessExecutor, LocalPoolExecutor, plan_threads
+from tasks.sweep.executors import InProcessExecutor, LocalPoolExecutor, plan_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {
@@ -171,9 +171,9 @@ def test_cli_bad_space_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys
 
 
 def test_parallelism_over_cores_is_refused(monkeypatch):
-    import tasks.trial
+    import tasks.sweep.executors
 
-    monkeypatch.setattr(tasks.trial, "available_cores", lambda: 2)
+    monkeypatch.setattr(tasks.sweep.executors, "available_cores", lambda: 2)
     with pytest.raises(ConfigError, match="parallelism = 3 is more than the 2 CPU core"):
         plan_threads(sweep(parallelism=3, trials_per_round=4))
     with pytest.raises(ConfigError, match=r"base.device.threads = 2 with parallelism = 2 needs 4 cores"):
@@ -312,12 +312,12 @@ def test_flow_writes_results_and_the_best_bundle_predicts(prefect_api, tmp_path,
     import pandas as pd
     from prefect.client.orchestration import get_client
 
-    import tasks.trial
+    import tasks.sweep.executors
     from flows.predict import main as predict_main
     from flows.sweep import sweep_flow
     from tasks.bundle import load_model
 
-    real, calls = tasks.trial.execute_trial, []
+    real, calls = tasks.sweep.executors.execute_trial, []
 
     def flaky(request, data, loads=1):  # the first attempt of trial 1 hits a transient error
         calls.append(request.number)
@@ -325,7 +325,7 @@ def test_flow_writes_results_and_the_best_bundle_predicts(prefect_api, tmp_path,
             raise ConnectionResetError("network share hiccup")
         return real(request, data, loads)
 
-    monkeypatch.setattr(tasks.trial, "execute_trial", flaky)
+    monkeypatch.setattr(tasks.sweep.executors, "execute_trial", flaky)
     base = {**BASE, "train": {**BASE["train"], "retry": {"retries": 1, "delay_seconds": 0}}}
     config = validate_sweep({"name": "iris-flow", "base": base, "space": SPACE, "n_trials": 3, "trials_per_round": 3,
                              "metric": "val_accuracy", "sampler": {"name": "random", "seed": 3}})
@@ -441,7 +441,8 @@ def test_timeout_stops_asking_new_rounds(iris, tmp_path):
 
 
 def test_the_sweeps_device_decision_and_precision_reach_the_trials(iris, tmp_path):
-    from tasks.device import probe_workload, select_device
+    from tasks.data import probe_workload
+    from tasks.device import select_device
 
     space = {"optimizer.lr": [0.01]}
     fp32 = sweep(space=space, sampler="grid", n_trials=1, trials_per_round=1)

@@ -59,33 +59,33 @@ def test_tracking_is_off_by_default_and_validated():
 
 @pytest.mark.parametrize("key", ["mlflow", "tensorboard"])
 def test_missing_extra_names_the_extra_to_install(monkeypatch, key):
-    import tasks.tracking
+    import tasks.run.tracking
 
-    real = tasks.tracking._import
+    real = tasks.run.tracking._import
 
     def fake_import(module: str):
         if module.split(".")[-1] == key:
             raise ModuleNotFoundError(f"No module named {module!r}")
         return real(module)
 
-    monkeypatch.setattr(tasks.tracking, "_import", fake_import)
+    monkeypatch.setattr(tasks.run.tracking, "_import", fake_import)
     config = load_config(None, [f"tracking.{key}=true"])
     with pytest.raises(ConfigError) as info:
-        tasks.tracking.check_tracking(config.tracking)
+        tasks.run.tracking.check_tracking(config.tracking)
     assert info.value.exit_code == 2
     assert f"tracking.{key}=true needs the {key} package" in str(info.value)
     assert f"pip install 'pytorch-workflow[{key}]'" in str(info.value)
-    tasks.tracking.check_tracking(load_config(None, []).tracking)  # off: nothing is imported or checked
+    tasks.run.tracking.check_tracking(load_config(None, []).tracking)  # off: nothing is imported or checked
 
 
 def test_missing_extra_fails_the_command_before_any_run_dir(prefect_api, monkeypatch, tmp_path, capsys):
-    import tasks.tracking
+    import tasks.run.tracking
     from flows.train import main
 
     def no_mlflow(module: str):
         raise ModuleNotFoundError("No module named 'mlflow'")
 
-    monkeypatch.setattr(tasks.tracking, "_import", no_mlflow)
+    monkeypatch.setattr(tasks.run.tracking, "_import", no_mlflow)
     monkeypatch.chdir(tmp_path)
     args = [a for o in tiny_overrides(**{"tracking.mlflow": "true"}) for a in ("--set", o)]
     assert main(args) == 2
@@ -146,7 +146,7 @@ def test_progress_is_a_bar_with_metrics_on_a_terminal(monkeypatch):
 
 
 def _report(task: str):
-    from tasks.evaluate import EvalReport
+    from schemas.evaluate import EvalReport
 
     if task == "classification":
         return EvalReport(task=task, n_test=30, metrics={"accuracy": 0.9}, baseline={"accuracy": 0.33},
@@ -156,7 +156,7 @@ def _report(task: str):
 
 
 def _records(n: int, regression: bool = False):
-    from tasks.train import EpochRecord
+    from schemas.train import EpochRecord
 
     metric = "val_mae" if regression else "val_accuracy"
     return [EpochRecord(epoch=e, train_loss=1.0 / e, val_loss=1.2 / e, lr=0.01, seconds=0.1, **{metric: 0.5 + e / 20})
@@ -164,7 +164,7 @@ def _records(n: int, regression: bool = False):
 
 
 def test_plots_are_valid_pngs(tmp_path):
-    from tasks.plots import write_plots
+    from tasks.run.plots import write_plots
 
     plots = write_plots(tmp_path / "c", _records(6), _report("classification"), best_epoch=4,
                         class_names=["a", "b", "c"])
@@ -295,7 +295,7 @@ def test_tracker_for_a_sweep_trial_nests_and_logs_history_afterwards(tmp_path, m
     from mlflow import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from tasks.tracking import start_tracking
+    from tasks.run.tracking import start_tracking
 
     uri = mlflow_uri
     base = load_config(None, tiny_overrides(**MLFLOW_ON, **{"tracking.mlflow_uri": uri}))

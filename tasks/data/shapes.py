@@ -1,8 +1,8 @@
 """Make a small image-folder dataset of coloured shapes, to try image training without a download.
 
-    python -m tasks.shapes data/shapes                  # 120 images per class, 32x32 PNG
-    python -m tasks.shapes data/shapes --per-class 300 --size 64 --seed 1
-    python -m tasks.shapes data/shapes --split          # train/ and test/ folders instead
+    python -m tasks.data.shapes data/shapes                  # 120 images per class, 32x32 PNG
+    python -m tasks.data.shapes data/shapes --per-class 300 --size 64 --seed 1
+    python -m tasks.data.shapes data/shapes --split          # train/ and test/ folders instead
 
 Writes `<root>/<class>/<class>_<n>.png` for the classes circle, square and
 triangle: one filled shape per image, of random bright colour, size and position, on
@@ -78,7 +78,7 @@ def make_shapes(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks.shapes", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tasks.data.shapes", description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="folder to write, e.g. data/shapes")
     parser.add_argument("--per-class", type=int, default=120, help="images per class (default 120)")
     parser.add_argument("--size", type=int, default=32, help="width and height in pixels (default 32)")

@@ -1,27 +1,22 @@
-"""Stage 3: build the model and what trains it (loss, optimizer, LR scheduler).
+"""The built-in networks and `build_network`, which builds any model config's `nn.Module`.
 
-    from tasks.model import build_model
-    parts = build_model.fn(MLPConfig(), LossConfig(), AdamConfig(), None, spec,
-                           device=torch.device("cpu"), seed=0, epochs=30, monitor="val_loss")
-    parts.model, parts.loss_fn, parts.optimizer, parts.scheduler
+    from tasks.nets.networks import build_network
+    net = build_network(MLPConfig(hidden_sizes=(64,)), spec)  # spec: a DataSpec or InputShape
 
-`build_network(config, spec)` builds just the `nn.Module`; bundles use it to
-rebuild a saved model from its config.
+Shared by the model stage (fresh weights), the device probe (a model to time)
+and the bundle (the saved model rebuilt from its config).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from torch import nn
 
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, first_line
 from schemas.model import (
     CNNConfig,
     CustomModelConfig,
@@ -31,19 +26,10 @@ from schemas.model import (
     ResNetConfig,
     TinyVGGConfig,
 )
-from schemas.optim import (
-    AdamConfig,
-    AdamWConfig,
-    CosineLRConfig,
-    LossConfig,
-    OptimizerConfig,
-    PlateauLRConfig,
-    SchedulerConfig,
-    SGDConfig,
-    StepLRConfig,
-)
-from schemas.run import check_task_compatibility
-from tasks.data import DataSpec
+
+if TYPE_CHECKING:
+    from schemas.data import DataSpec
+
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -195,28 +181,6 @@ def _image_shape(config: ModelConfig, spec: DataSpec, min_side: int = 1) -> tupl
     return shape  # type: ignore[return-value]
 
 
-class RegressionLoss(nn.Module):
-    """A regression loss over an (N, 1) output and an (N,) target."""
-
-    def __init__(self, loss: nn.Module) -> None:
-        super().__init__()
-        self.loss = loss
-
-    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.loss(output.squeeze(-1), target)
-
-
-@dataclass
-class TrainingComponents:
-    """The model and what trains it, on the chosen device."""
-
-    model: nn.Module
-    loss_fn: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any | None  # a torch LR scheduler
-    monitor_mode: str  # "min" or "max", for the plateau scheduler and early stopping
-
-
 def _load_factory(config: CustomModelConfig) -> Callable[..., nn.Module]:
     module_name, _, attr = config.target.partition(":")
     try:
@@ -281,7 +245,7 @@ def _check_output_shape(model: nn.Module, config: ModelConfig, spec: DataSpec) -
     except RuntimeError as exc:
         raise ConfigError(
             f"model.kind = {config.kind!r}: forward pass on input of {spec.n_features} features failed: "
-            f"{str(exc).splitlines()[0]}"
+            f"{first_line(exc)}"
         ) from None
     finally:
         model.train(was_training)
@@ -290,130 +254,3 @@ def _check_output_shape(model: nn.Module, config: ModelConfig, spec: DataSpec) -
             f"model.kind = {config.kind!r}: output shape per batch of 2 is {tuple(out.shape)}, "
             f"expected (2, {spec.n_outputs}) for {spec.task} with {spec.n_outputs} output(s)"
         )
-
-
-def training_memory_format(model: nn.Module, device: torch.device) -> torch.memory_format:
-    """The memory format to train `model` in on `device`: channels_last for 2-D convolutions on the CPU.
-
-    oneDNN's CPU pooling and convolution kernels are much faster on NHWC
-    (channels_last) tensors: max-pooling a 64 x 16 x 8 x 8 batch took 25 us
-    against 270 us in NCHW here, and a digits CNN training step 25% less. Only
-    4-D weights change layout; a convolution given NCHW input and
-    channels_last weights returns channels_last output, so the data need not
-    change. Only the built-in conv nets switch, whose layers are written for
-    any layout; a custom model may flatten with `.view`, which needs the
-    default one. Other models, and other devices, keep the default.
-    """
-    if device.type == "cpu" and isinstance(model, (SmallCNN, TinyVGG, SmallResNet)):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def build_loss(config: LossConfig, task: str) -> nn.Module:
-    name = config.name
-    if name == "auto":
-        name = "cross_entropy" if task == "classification" else "mse"
-    if name == "cross_entropy":
-        return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    base = {"mse": nn.MSELoss, "mae": nn.L1Loss, "huber": nn.HuberLoss}[name]()
-    return RegressionLoss(base)
-
-
-def build_optimizer(config: OptimizerConfig, params: Any, fused: bool = True) -> torch.optim.Optimizer:
-    """The optimizer of `config`, with torch's fused kernel where the parameters allow it.
-
-    The fused implementation does the whole update in one kernel per dtype and
-    device instead of a dozen multi-tensor ops (on the CPU, AdamW's step on the
-    digits CNN takes 0.20 ms instead of 0.46 ms). torch supports it for
-    floating-point parameters on the CPU and CUDA (from torch 2.4); elsewhere
-    (MPS, an older torch), or with `fused=False`, torch's default
-    implementation is used.
-    """
-    params = list(params)
-    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
-    fused = fused and bool(tensors) and all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
-    if isinstance(config, SGDConfig):
-        cls: type[torch.optim.Optimizer] = torch.optim.SGD
-        kwargs: dict[str, Any] = dict(
-            lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
-            weight_decay=config.weight_decay,
-        )
-    else:
-        assert isinstance(config, (AdamConfig, AdamWConfig))
-        cls = torch.optim.AdamW if isinstance(config, AdamWConfig) else torch.optim.Adam
-        kwargs = dict(lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-    if fused:
-        try:
-            return cls(params, **kwargs, fused=True)
-        except (TypeError, RuntimeError):  # this torch has no fused kernel for it
-            pass
-    return cls(params, **kwargs)
-
-
-def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
-    """Give each optimizer state tensor (momenta) its parameter's memory layout.
-
-    The fused kernels read a parameter and its state as raw memory of the same
-    layout; after a parameter changes layout (channels_last for training, a
-    checkpoint saved in the other layout or on another device), a state
-    tensor left in the old one would be updated wrongly without an error.
-    """
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            state = optimizer.state.get(param)
-            if not state:
-                continue
-            for name, value in state.items():
-                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
-                    state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
-
-
-def build_scheduler(
-    config: SchedulerConfig | None, optimizer: torch.optim.Optimizer, epochs: int, monitor_mode: str
-) -> Any | None:
-    if config is None:
-        return None
-    if isinstance(config, StepLRConfig):
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
-    if isinstance(config, CosineLRConfig):
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=config.t_max or epochs, eta_min=config.eta_min
-        )
-    assert isinstance(config, PlateauLRConfig)
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode=monitor_mode, factor=config.factor, patience=config.patience, min_lr=config.min_lr
-    )
-
-
-def monitor_mode(monitor: str) -> str:
-    return "max" if monitor == "val_accuracy" else "min"
-
-
-@task(name="build-model", task_run_name="build-model[{model.kind}]", cache_policy=NO_CACHE)
-def build_model(
-    model: ModelConfig,
-    loss: LossConfig,
-    optimizer: OptimizerConfig,
-    scheduler: SchedulerConfig | None,
-    spec: DataSpec,
-    device: torch.device,
-    seed: int,
-    epochs: int,
-    monitor: str = "val_loss",
-) -> TrainingComponents:
-    """Seeded model init on `device`, with its loss, optimizer and optional scheduler."""
-    try:
-        check_task_compatibility(spec.task, loss=loss.name, monitor=monitor, model_kind=model.kind)
-    except ValueError as exc:
-        raise ConfigError(f"{exc} (task inferred from {spec.source})") from None
-    torch.manual_seed(seed)
-    network = build_network(model, spec).to(device)
-    opt = build_optimizer(optimizer, network.parameters())
-    mode = monitor_mode(monitor)
-    return TrainingComponents(
-        model=network,
-        loss_fn=build_loss(loss, spec.task),
-        optimizer=opt,
-        scheduler=build_scheduler(scheduler, opt, epochs, mode),
-        monitor_mode=mode,
-    )

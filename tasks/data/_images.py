@@ -38,7 +38,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,20 +47,25 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from schemas.data import DataConfig, ImageAugmentation, ImageFolderSource, SplitConfig
-from schemas.errors import ConfigError, DataError
-from tasks.data import DataSpec, ImagePreprocessing, PreparedData, Preprocessing, val_fraction_of_rest
-from tasks.rundir import user_cache_dir
-from tasks.runlog import say
+from schemas.data import (
+    DataConfig,
+    DataSpec,
+    ImageAugmentation,
+    ImageFolderSource,
+    ImagePreprocessing,
+    PreparedData,
+    Preprocessing,
+    SplitConfig,
+)
+from schemas.errors import ConfigError, DataError, first_line
+from tasks.common.files import atomic_write, user_cache_dir
+from tasks.common.log import say
+from tasks.data._prepare import val_fraction_of_rest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 SPLIT_FOLDERS = ("train", "val", "test")
 CACHE_VERSION = 1  # bump when decoding changes, so old cache files are not used
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _plural(n: int, word: str) -> str:
@@ -115,7 +119,7 @@ def _walk(folder: Path) -> tuple[list[Path], list[Path]]:
     return images, others
 
 
-def _class_folders(parent: Path, root: Path, allow_files: list[Path]) -> list[Path]:
+def _class_folders(parent: Path, allow_files: list[Path]) -> list[Path]:
     entries = sorted(parent.iterdir())
     allow_files.extend(p for p in entries if p.is_file())
     return [p for p in entries if p.is_dir() and _visible(p)]
@@ -129,7 +133,7 @@ def list_image_folder(root: Path) -> Listing:
     if not root.is_dir():
         raise DataError(f"{root}: is a file; expected a folder with one subfolder per class")
     loose: list[Path] = []  # files beside the class folders: not in any class, so ignored
-    top = _class_folders(root, root, loose)
+    top = _class_folders(root, loose)
     names = {p.name for p in top}
     if "train" in names:
         extra = sorted(names - set(SPLIT_FOLDERS))
@@ -149,7 +153,7 @@ def list_image_folder(root: Path) -> Listing:
     ignored: list[Path] = list(loose)
     for split, parent in groups:
         where = parent if split else root
-        classes = _class_folders(parent, root, ignored) if split else top
+        classes = _class_folders(parent, ignored) if split else top
         if not classes:
             raise DataError(
                 f"{where}: no class subfolders; expected one subfolder per class holding its images "
@@ -222,7 +226,7 @@ def decode_image(path: Path, size: tuple[int, int], mode: str) -> np.ndarray:
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:  # Pillow raises many types for broken files: name the file instead
-        raise BadImage(Path(path), _first_line(exc)) from None
+        raise BadImage(Path(path), first_line(exc)) from None
     if pixels.ndim == 2:
         return pixels[None].copy()
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
@@ -285,7 +289,7 @@ def _read_cache(path: Path, n: int, shape: tuple[int, int, int]) -> tuple[np.nda
     except FileNotFoundError:
         return None
     except Exception as exc:  # a truncated or foreign file: decode again and replace it
-        say(f"images: cache file {path} is unreadable ({_first_line(exc)}); decoding again")
+        say(f"images: cache file {path} is unreadable ({first_line(exc)}); decoding again")
         return None
     if images.shape != (n, *shape) or images.dtype != np.uint8 or ok.shape != (n,) or ok.dtype != bool:
         say(f"images: cache file {path} does not match the images; decoding again")
@@ -294,15 +298,14 @@ def _read_cache(path: Path, n: int, shape: tuple[int, int, int]) -> tuple[np.nda
 
 
 def _write_cache(path: Path, images: np.ndarray, ok: np.ndarray) -> bool:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def write(tmp: Path) -> None:
         with open(tmp, "xb") as handle:
             np.savez(handle, images=images, ok=ok)
-        os.replace(tmp, path)
+
+    try:
+        atomic_write(path, write)
         return True
     except OSError as exc:  # a cache that cannot be written costs time, not correctness
-        tmp.unlink(missing_ok=True)
         say(f"images: could not write the cache file {path} ({exc.strerror or exc}); continuing without it")
         return False
 
@@ -370,7 +373,7 @@ def _carve(
     except ValueError as exc:
         raise DataError(
             f"{listing.root}: cannot hold out a {what} split of {fraction:g} from {_plural(len(indices), 'image')}: "
-            f"{_first_line(exc)}. Add images, change data.split, or set data.split.stratify=false"
+            f"{first_line(exc)}. Add images, change data.split, or set data.split.stratify=false"
         ) from None
     return np.sort(keep), np.sort(held)
 
@@ -446,7 +449,7 @@ def fit_image_preprocessing(
 # --------------------------------------------------------------------------- augmentation
 
 
-def augmentation_table(augment: ImageAugmentation, seed: int, epoch: int, n: int) -> np.ndarray:
+def augmentation_table(seed: int, epoch: int, n: int) -> np.ndarray:
     """Random numbers for every training row in `epoch`: n x 5 uniforms (hflip, vflip, dy, dx, angle).
 
     Drawn from the seed and the epoch alone, so a row gets the same changes
@@ -560,7 +563,7 @@ class ImageTrainBatches:
     def __call__(self, order: torch.Tensor, epoch: int, start_batch: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = order.cpu()
         starts = range(start_batch * batch_size, len(order), batch_size)
-        table = augmentation_table(self.augment, self.seed, epoch, len(self.y)) if self.augment.enabled else None
+        table = augmentation_table(self.seed, epoch, len(self.y)) if self.augment.enabled else None
 
         def finish(xb: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             return xb if table is None else augment_batch(xb, rows, table, self.augment, self.shape)

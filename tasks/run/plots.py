@@ -1,10 +1,9 @@
-"""Plots and the markdown report of a run (matplotlib, Agg backend; no display needed).
+"""The run's plots as PNG files (matplotlib, Agg backend; no display needed).
 
-    from tasks.plots import write_plots, markdown_report
-    plots = write_plots(run_dir / "plots", result.history, report, predictions)
-    text = markdown_report(config, summary, plots, relative_to=run_dir)
+    from tasks.run.plots import write_plots
+    plots = write_plots(run_dir / "plots", result.history, report, best_epoch=result.best_epoch)
 
-Plots: `loss.png` (train and validation loss per epoch, best epoch marked),
+`loss.png` (train and validation loss per epoch, best epoch marked),
 `metric.png` (validation accuracy or MAE per epoch), and
 `confusion_matrix.png` for classification or `predicted_vs_actual.png` for
 regression. Each file is written to a temporary name and renamed into place.
@@ -12,21 +11,18 @@ regression. Each file is written to a temporary name and renamed into place.
 
 from __future__ import annotations
 
-import math
-import os
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from tasks.common.files import atomic_write
+
 if TYPE_CHECKING:
-    from tasks.evaluate import EvalReport
-    from tasks.rundir import RunSummary
-    from tasks.train import EpochRecord
+    from schemas.evaluate import EvalReport
+    from schemas.train import EpochRecord
 
 PLOTS_DIR = "plots"
-REPORT_FILE = "report.md"
 
 
 def _figure(size: tuple[float, float] = (6.0, 4.0)) -> Any:
@@ -41,14 +37,7 @@ def _figure(size: tuple[float, float] = (6.0, 4.0)) -> Any:
 
 def save_png(fig: Any, path: Path) -> Path:
     """Write a figure as PNG atomically (a temporary file, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp.png")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
     return path
 
 
@@ -151,67 +140,3 @@ def write_plots(
     elif report.task == "regression" and regression is not None:
         plots["Predicted vs actual"] = plot_predicted_vs_actual(*regression, plot_dir / "predicted_vs_actual.png")
     return plots
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
-
-
-def markdown_report(
-    config: Any,
-    summary: "RunSummary",
-    plots: dict[str, Path] | None = None,
-    *,
-    relative_to: Path | None = None,
-    links: dict[str, str] | None = None,
-) -> str:
-    """The run report as markdown: config summary, device, test metrics beside the baseline, plots.
-
-    Plot paths are written relative to `relative_to` (the run directory, for
-    `report.md`); leave it out to keep them as given (absolute, for a report
-    shown elsewhere).
-    """
-    rows = summary.rows
-    model = config.model.model_dump(mode="json")
-    model_desc = ", ".join(f"{k}={_fmt(v)}" for k, v in model.items() if k != "kind" and v not in (None, {}, []))
-    scheduler = config.scheduler.name if config.scheduler is not None else "none"
-    lines = [
-        f"# Run `{config.name}`",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| run directory | `{summary.run_dir}` |",
-        f"| data | {summary.source}: {summary.task}, {rows['train']}/{rows['val']}/{rows['test']} rows (train/val/test) |",
-        f"| model | {config.model.kind} ({model_desc}) |",
-        f"| optimizer | {config.optimizer.name}, lr {_fmt(config.optimizer.lr)}, scheduler {scheduler}, "
-        f"batch {config.train.batch_size} |",
-        f"| seed | {config.seed} |",
-        f"| device | {summary.device} ({summary.device_reason}; {summary.threads} CPU threads, {summary.precision}) |",
-        f"| training | {summary.epochs_run} epochs in {summary.train_seconds:.1f} s; best epoch {summary.best_epoch} "
-        f"({summary.monitor} {summary.best_score:.4f}){', stopped early' if summary.stopped_early else ''} |",
-        f"| bundle | {'`' + summary.bundle + '`' if summary.bundle else 'not saved'} |",
-    ]
-    if summary.device_table:
-        lines += ["", "## Device measurement", "", "| device | ms/step | chosen |", "|---|---:|---|"]
-        for row in summary.device_table:
-            ms = "failed" if row["ms_per_step"] is None else f"{row['ms_per_step']:.3g}"
-            lines.append(f"| {row['device']} | {ms} | {'yes' if row['chosen'] else ''} |")
-    lines += [
-        "",
-        f"## Test metrics (baseline: {summary.baseline_kind})",
-        "",
-        "| metric | model | baseline |",
-        "|---|---:|---:|",
-    ]
-    lines += [f"| {name} | {value:.4f} | {summary.baseline[name]:.4f} |" for name, value in summary.test.items()]
-    if plots:
-        lines += ["", "## Plots", ""]
-        for title, path in plots.items():
-            shown = Path(os.path.relpath(path, relative_to)).as_posix() if relative_to is not None else Path(path).as_posix()
-            lines += [f"![{title}]({shown})", ""]
-        lines.pop()
-    if links:
-        lines += ["", "## Links", ""] + [f"- {label}: {url}" for label, url in links.items()]
-    return "\n".join(lines) + "\n"

@@ -1,24 +1,25 @@
-"""Tracking: TensorBoard and MLflow records of a run, its plots and its markdown report.
+"""Tracking: a run's TensorBoard and MLflow records.
 
     check_tracking(config.tracking)                       # before anything runs: extras installed?
     tracker = start_tracking(config, run_dir)              # opens the MLflow run, logs params
     train_model(..., callbacks=[tracker])                 # per-epoch scalars and metrics
-    result = record_tracking(tracker, config, run_dir, summary, train_result, report, model, data, device)
+    result = finish_tracking(tracker, run_dir, summary, train_result.history, plots, report_md)
     tracker.fail(exc)                                     # on error: MLflow run FAILED, writers closed
 
-`record_tracking` writes `plots/*.png` and `report.md` into the run directory
-(unless `tracking.plots` is false), logs the final test metrics beside the
-baseline, the hyperparameters with those metrics (TensorBoard's HParams, in
-the same TensorBoard run), and the bundle, plots and resolved config as
-MLflow artifacts; it returns a `TrackingResult` and writes it to
-`tracking.json` when a tracker is on.
+`finish_tracking` logs the final test metrics beside the baseline, the
+hyperparameters with those metrics (TensorBoard's HParams, in the same
+TensorBoard run), and the run's files (config, metrics, history, device,
+report.md, plots, bundle) as MLflow artifacts; it returns a `TrackingResult`
+and writes it to `tracking.json` when a tracker is on.
 
 Sweeps: a parent tracker for the sweep, one per trial with
 `parent_run_id=parent.mlflow_run_id` (a nested MLflow run) and its own
 `tensorboard_dir` (one TensorBoard run per trial). A trial that ran in
 another process logs its history afterwards with `tracker.log_history(...)`.
 
-TensorBoard and MLflow are optional extras, imported only when enabled.
+TensorBoard and MLflow are optional extras, imported only when enabled. The
+plots and report.md they receive are written by tasks.run.outputs and
+tasks.run.report_md.
 """
 
 from __future__ import annotations
@@ -32,22 +33,17 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from schemas.errors import ConfigError
-from schemas.tracking import DEFAULT_MLFLOW_URI, TrackingConfig
-from tasks.plots import PLOTS_DIR, REPORT_FILE, markdown_report, write_plots
-from tasks.rundir import atomic_write_text, write_json
+from schemas.keys import flatten, keep_empty
+from schemas.tracking import DEFAULT_MLFLOW_URI, TrackingConfig, TrackingResult
+from tasks.common.files import write_json
+from tasks.run.plots import PLOTS_DIR
 
 if TYPE_CHECKING:
-    import torch
-    from torch import nn
-
-    from schemas.run import RunConfig
-    from tasks.data import PreparedData
-    from tasks.evaluate import EvalReport
-    from tasks.rundir import RunSummary
-    from tasks.train import EpochRecord, TrainResult
+    from schemas.run import RunConfig, RunSummary
+    from schemas.train import EpochRecord
 
 TRACKING_FILE = "tracking.json"
 TENSORBOARD_DIR = "tensorboard"
@@ -57,22 +53,6 @@ _MLFLOW_BATCH_PARAMS = 100  # and on params per log_batch call
 
 # (module that must import, pip extra) per tracker
 _EXTRAS = {"tensorboard": ("torch.utils.tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
-
-
-class TrackingResult(BaseModel):
-    """Where the run's record went; also written to `<run dir>/tracking.json`."""
-
-    model_config = ConfigDict(frozen=True)
-
-    tensorboard_dir: str | None = None
-    mlflow_tracking_uri: str | None = None
-    mlflow_experiment_id: str | None = None
-    mlflow_run_id: str | None = None
-    mlflow_parent_run_id: str | None = None
-    mlflow_run_url: str | None = None  # only for an http(s) tracking server
-    mlflow_artifact_uri: str | None = None
-    plots: dict[str, str] = {}
-    report: str | None = None
 
 
 def _import(module: str) -> Any:
@@ -98,23 +78,9 @@ def mlflow_tracking_uri(config: TrackingConfig) -> str:
     return config.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_MLFLOW_URI
 
 
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings to dotted keys: {"optimizer": {"lr": 0.1}} -> {"optimizer.lr": 0.1}."""
-    if not isinstance(data, dict):
-        return {prefix: data}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, name))
-        else:
-            flat[name] = value
-    return flat
-
-
 def config_params(config: "RunConfig | BaseModel") -> dict[str, Any]:
     """The run config as flat dotted keys (JSON values), for MLflow params and TensorBoard hparams."""
-    return flatten(config.model_dump(mode="json"))
+    return flatten(config.model_dump(mode="json"), keep=keep_empty)
 
 
 def hparam_value(value: Any) -> bool | int | float | str:
@@ -202,7 +168,7 @@ class Tracker:
     def mlflow_run_id(self) -> str | None:
         return None if self._run is None else self._run.info.run_id
 
-    def result(self, plots: dict[str, Path] | None = None, report: Path | None = None) -> TrackingResult:
+    def result(self, plots: dict[str, Path] | None = None, report_md: Path | None = None) -> TrackingResult:
         run_id = self.mlflow_run_id
         url = None
         if run_id is not None and self._uri is not None and self._uri.startswith(("http://", "https://")):
@@ -216,7 +182,7 @@ class Tracker:
             mlflow_run_url=url,
             mlflow_artifact_uri=None if self._run is None else self._run.info.artifact_uri,
             plots={title: str(path) for title, path in (plots or {}).items()},
-            report=None if report is None else str(report),
+            report=None if report_md is None else str(report_md),
         )
 
     # ------------------------------------------------------------------ MLflow
@@ -440,53 +406,34 @@ def final_metrics(summary: "RunSummary") -> dict[str, float]:
     return metrics
 
 
-def regression_pairs(model: "nn.Module", data: "PreparedData", device: "torch.device", batch_size: int = 4096) -> Any:
-    """(actual, predicted) on the test split in target units, for the predicted-vs-actual plot."""
-    from tasks.evaluate import model_outputs
-
-    pre = data.spec.preprocessing
-    outputs = model_outputs(model, data.X_test, device, batch_size)
-    return pre.inverse_target(data.y_test.numpy()), pre.inverse_target(outputs.squeeze(-1).numpy())
-
-
-def record_tracking(
+def finish_tracking(
     tracker: Tracker,
-    config: "RunConfig",
     run_dir: Path,
     summary: "RunSummary",
-    result: "TrainResult",
-    report: "EvalReport",
-    model: "nn.Module",
-    data: "PreparedData",
-    device: "torch.device",
+    history: Sequence["EpochRecord"],
+    plots: dict[str, Path],
+    report_md: Path,
 ) -> TrackingResult:
-    """After a run: plots and report.md in the run dir, then final metrics, hparams and artifacts; closes the tracker."""
+    """After a run: final metrics, hparams and the run's files as artifacts; writes tracking.json, closes the tracker.
+
+    `plots` and `report_md` are what the run wrote (tasks.run.outputs); the
+    MLflow run's description is report.md's text.
+    """
     run_dir = Path(run_dir)
-    plots: dict[str, Path] = {}
-    if config.tracking.plots:
-        pairs = None
-        if report.task == "regression":
-            pairs = regression_pairs(model, data, device, config.evaluate.batch_size)
-        plots = write_plots(
-            run_dir / PLOTS_DIR, result.history, report, best_epoch=result.best_epoch,
-            class_names=data.spec.class_names, regression=pairs,
-        )
-    text = markdown_report(config, summary, plots, relative_to=run_dir)
-    atomic_write_text(run_dir / REPORT_FILE, text)
     if not tracker.enabled:
         tracker.finish()
-        return tracker.result(plots, run_dir / REPORT_FILE)
-    tracker.log_history(result.history)
+        return tracker.result(plots, report_md)
+    tracker.log_history(history)
     tracker.log_final(final_metrics(summary), step=summary.epochs_run, hparams=tracker.params)
     # The run's files at the artifact root; plots and the bundle under their directory names.
-    artifacts = [("", run_dir / name) for name in ("config.yaml", "metrics.json", "history.csv", "device.json", REPORT_FILE)]
+    files = ("config.yaml", "metrics.json", "history.csv", "device.json", report_md.name)
+    artifacts = [("", run_dir / name) for name in files]
     if plots:
         artifacts.append((PLOTS_DIR, run_dir / PLOTS_DIR))
     if summary.bundle:
         artifacts.append((Path(summary.bundle).name, Path(summary.bundle)))
     tracker.log_artifacts(artifacts)
-    outcome = tracker.result(plots, run_dir / REPORT_FILE)
+    outcome = tracker.result(plots, report_md)
     write_json(run_dir / TRACKING_FILE, outcome.model_dump(mode="json"))
-    tracker.finish(note=text)
+    tracker.finish(note=report_md.read_bytes().decode("utf-8"))
     return outcome
-

@@ -1,0 +1,179 @@
+"""From `RawData` to `PreparedData`: validate, split (seeded, stratified), impute and scale
+(fit on the training split only), and turn the splits into tensors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from schemas.data import (
+    DataConfig,
+    DataSpec,
+    PreparedData,
+    Preprocessing,
+    SplitConfig,
+    describe_nonfinite,
+)
+from schemas.errors import DataError, first_line
+from tasks.data._raw import (
+    RawData,
+    data_hash,
+    encode_labels,
+    infer_task,
+    regression_target,
+)
+
+
+def split_sizes(n: int, split: SplitConfig) -> tuple[int, int, int]:
+    """(train, val, test) row counts as scikit-learn's splitter makes them."""
+    n_test = math.ceil(n * split.test)
+    rest = n - n_test
+    n_val = math.ceil(rest * val_fraction_of_rest(split))
+    return rest - n_val, n_val, n_test
+
+
+def val_fraction_of_rest(split: SplitConfig) -> float:
+    """The validation share of the rows left after the test split: the second splitter's test_size."""
+    return split.val / (1 - split.test)
+
+
+def _check_split(n: int, split: SplitConfig, source: str) -> None:
+    n_train, n_val, n_test = split_sizes(n, split)
+    if n_train >= 2 and n_val >= 1 and n_test >= 1:
+        return
+    need = next(m for m in range(3, 10_000) if min(split_sizes(m, split)[0] - 1, *split_sizes(m, split)[1:]) >= 1)
+    raise DataError(
+        f"{source}: {n} row(s) are too few to split into train/val/test "
+        f"(val={split.val:g}, test={split.test:g}); need at least {need}"
+    )
+
+
+def _check_classes(codes: np.ndarray, names: tuple[str, ...], split: SplitConfig, source: str) -> None:
+    counts = np.bincount(codes, minlength=len(names))
+    small = [(names[i], int(c)) for i, c in enumerate(counts) if c < 3]
+    if small:
+        listed = ", ".join(f"{name!r} ({count} row{'s' if count != 1 else ''})" for name, count in small)
+        raise DataError(
+            f"{source}: class(es) too small to stratify: {listed}; each class needs at least 3 rows "
+            "(one per split). Add rows, remove the class, or set data.split.stratify=false"
+        )
+    n_train, n_val, n_test = split_sizes(len(codes), split)
+    if min(n_val, n_test) < len(names):
+        raise DataError(
+            f"{source}: {len(names)} classes cannot all appear in a val split of {n_val} and a test split "
+            f"of {n_test} rows; raise data.split.val/test, add rows, or set data.split.stratify=false"
+        )
+
+
+def fit_preprocessing(
+    X_train: np.ndarray, raw: RawData, config: DataConfig, y_train: np.ndarray | None
+) -> Preprocessing:
+    """Fit imputer, scaler and target scaler on the training rows only."""
+    # scikit-learn is imported where it is used: its import is slow, and peeking or
+    # loading a bundle never needs it.
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+    fill = None
+    X_fit = X_train
+    if config.impute != "none":
+        X_fit = np.where(np.isfinite(X_train), X_train, np.nan)
+        imputer = SimpleImputer(strategy=config.impute, keep_empty_features=True).fit(X_fit)
+        fill = tuple(float(v) for v in imputer.statistics_)
+        X_fit = imputer.transform(X_fit)
+    center = scale = None
+    if config.scaling == "standard":
+        scaler = StandardScaler().fit(X_fit)
+        center, scale = scaler.mean_, scaler.scale_
+    elif config.scaling == "minmax":
+        scaler = MinMaxScaler().fit(X_fit)
+        rng = np.where(scaler.data_range_ == 0, 1.0, scaler.data_range_)
+        center, scale = scaler.data_min_, rng
+    t_center = t_scale = None
+    if y_train is not None and config.scale_target:
+        std = float(np.std(y_train))
+        t_center, t_scale = float(np.mean(y_train)), (std if std > 0 else 1.0)
+    return Preprocessing(
+        feature_names=raw.feature_names,
+        input_shape=raw.input_shape,
+        fill_values=fill,
+        scaling=config.scaling,
+        center=None if center is None else tuple(float(v) for v in center),
+        scale=None if scale is None else tuple(float(v) for v in scale),
+        target_center=t_center,
+        target_scale=t_scale,
+    )
+
+
+def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
+    """Validate, split, fit preprocessing on train, and build tensors."""
+    from sklearn.model_selection import train_test_split
+
+    task = infer_task(raw, config.task)
+    if config.impute == "none":
+        bad = ~np.isfinite(raw.X)
+        if bad.any():
+            raise DataError(f"{raw.source}: {describe_nonfinite(bad, raw.feature_names)}")
+    _check_split(len(raw.X), config.split, raw.source)
+
+    class_names: tuple[str, ...] | None = None
+    if task == "classification":
+        y, class_names = encode_labels(raw)
+        stratify = config.split.stratify
+        if stratify:
+            _check_classes(y, class_names, config.split, raw.source)
+    else:
+        y = regression_target(raw)
+        stratify = False
+
+    idx = np.arange(len(y))
+    try:
+        rest, test_idx = train_test_split(
+            idx, test_size=config.split.test, random_state=seed, stratify=y if stratify else None
+        )
+        train_idx, val_idx = train_test_split(
+            rest,
+            test_size=val_fraction_of_rest(config.split),
+            random_state=seed,
+            stratify=y[rest] if stratify else None,
+        )
+    except ValueError as exc:  # scikit-learn's own check of what a stratified split can hold
+        raise DataError(
+            f"{raw.source}: cannot split with data.split val={config.split.val:g}, test={config.split.test:g}: "
+            f"{first_line(exc)}. Change the split fractions, add rows, or set data.split.stratify=false"
+        ) from None
+    train_idx, val_idx, test_idx = np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)
+
+    pre = fit_preprocessing(
+        raw.X[train_idx], raw, config, y[train_idx] if task == "regression" else None
+    )
+
+    def features(rows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(pre.transform(raw.X[rows], raw.source))
+
+    def targets(rows: np.ndarray) -> torch.Tensor:
+        if task == "classification":
+            return torch.from_numpy(y[rows])
+        return torch.from_numpy(pre.transform_target(y[rows]))
+
+    spec = DataSpec(
+        task=task,
+        source=raw.source,
+        target=raw.target,
+        class_names=class_names,
+        input_shape=raw.input_shape,
+        n_outputs=len(class_names) if class_names else 1,
+        preprocessing=pre,
+        data_hash=data_hash(raw),
+        n_train=len(train_idx),
+        n_val=len(val_idx),
+        n_test=len(test_idx),
+    )
+    return PreparedData(
+        spec,
+        features(train_idx), targets(train_idx),
+        features(val_idx), targets(val_idx),
+        features(test_idx), targets(test_idx),
+    )

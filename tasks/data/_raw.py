@@ -1,0 +1,179 @@
+"""Reading a source into `RawData` (features and targets as read), and what the target says:
+the task, the class labels, a content hash."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from schemas.data import BuiltinSource, CsvSource, NpzSource, ParquetSource, Task
+from schemas.errors import DataError
+from tasks.common.tables import frame_to_features, read_npz_arrays, read_table
+
+# An integer-valued target with at most this many distinct values is taken as
+# class labels when data.task is auto.
+MAX_INFERRED_CLASSES = 50
+
+
+@dataclass(frozen=True)
+class RawData:
+    """Features and targets as read, before any splitting or scaling."""
+
+    X: np.ndarray  # rows x features, float64, may hold NaN/inf
+    y: np.ndarray  # 1-D, any dtype
+    feature_names: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    target: str
+    source: str
+    class_names: tuple[str, ...] | None = None  # known label names for integer targets
+    task_hint: Task | None = None
+
+
+def load_raw(source: BuiltinSource | CsvSource | ParquetSource | NpzSource) -> RawData:
+    """Read a source into arrays; no splitting, no scaling."""
+    if isinstance(source, BuiltinSource):
+        return _load_builtin(source.name)
+    if isinstance(source, NpzSource):
+        return load_npz(Path(source.path))
+    frame = read_table(Path(source.path), source.kind)
+    return _from_frame(frame, source.target, str(source.path))
+
+
+def _load_builtin(name: str) -> RawData:
+    from sklearn import datasets
+
+    loader = {
+        "digits": datasets.load_digits,
+        "iris": datasets.load_iris,
+        "wine": datasets.load_wine,
+        "breast_cancer": datasets.load_breast_cancer,
+        "diabetes": datasets.load_diabetes,
+    }[name]
+    bunch = loader()
+    X = np.asarray(bunch.data, dtype=np.float64)
+    names = tuple(str(n) for n in getattr(bunch, "feature_names", [f"x{i}" for i in range(X.shape[1])]))
+    task: Task = "regression" if name == "diabetes" else "classification"
+    classes = None
+    if task == "classification":
+        classes = tuple(str(c) for c in bunch.target_names)
+    shape = (1, 8, 8) if name == "digits" else (X.shape[1],)
+    return RawData(X, np.asarray(bunch.target), names, shape, "target", f"builtin:{name}", classes, task)
+
+
+def _from_frame(frame: pd.DataFrame, target: str, source: str) -> RawData:
+    if frame.shape[0] == 0:
+        raise DataError(f"{source}: has a header but no data rows")
+    columns = [str(c) for c in frame.columns]
+    if target not in columns:
+        raise DataError(f"{source}: target column {target!r} not found; columns are: {', '.join(columns)}")
+    features = frame.drop(columns=[target])
+    if features.shape[1] == 0:
+        raise DataError(f"{source}: no feature columns besides the target {target!r}")
+    X = frame_to_features(features, source)
+    y = frame[target].to_numpy()
+    missing = pd.isna(frame[target]).to_numpy()
+    if missing.any():
+        rows = _row_list(np.flatnonzero(missing))
+        raise DataError(f"{source}: target column {target!r} is empty in {int(missing.sum())} row(s): {rows}")
+    return RawData(X, y, tuple(str(c) for c in features.columns), (X.shape[1],), target, source)
+
+
+def load_npz(path: Path) -> RawData:
+    arrays = read_npz_arrays(path, ("X", "y"), ("feature_names", "class_names"))
+    X, y = arrays["X"], arrays["y"]
+    names, classes = arrays.get("feature_names"), arrays.get("class_names")
+    if X.ndim < 2:
+        raise DataError(f"{path}: X has shape {X.shape}; expected rows x features (2 or more dimensions)")
+    if y.ndim != 1:
+        raise DataError(f"{path}: y has shape {y.shape}; expected one target per row (1 dimension)")
+    if X.shape[0] != y.shape[0]:
+        raise DataError(f"{path}: X has {X.shape[0]} rows but y has {y.shape[0]}; they must match")
+    if X.shape[0] == 0:
+        raise DataError(f"{path}: X and y have no rows")
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise DataError(f"{path}: X has dtype {X.dtype}; expected numbers")
+    shape = tuple(int(d) for d in X.shape[1:])
+    flat = X.reshape(X.shape[0], -1).astype(np.float64)
+    if names is not None and len(names) == flat.shape[1]:
+        feature_names = tuple(str(n) for n in names)
+    else:
+        feature_names = tuple(f"x{i}" for i in range(flat.shape[1]))
+    class_names = tuple(str(c) for c in classes) if classes is not None else None
+    return RawData(flat, y, feature_names, shape, "y", str(path), class_names)
+
+
+def _row_list(rows: np.ndarray, limit: int = 5) -> str:
+    # Reported 1-based, as a spreadsheet or `head -n` shows data rows.
+    shown = ", ".join(str(int(r) + 1) for r in rows[:limit])
+    return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+def infer_task(raw: RawData, requested: str) -> Task:
+    if requested != "auto":
+        return requested  # type: ignore[return-value]
+    if raw.task_hint is not None:
+        return raw.task_hint
+    y = raw.y
+    if raw.class_names is not None or not np.issubdtype(y.dtype, np.number) or y.dtype == bool:
+        return "classification"
+    values = np.unique(y)
+    integral = np.all(np.isfinite(values)) and np.all(np.mod(values, 1) == 0)
+    if integral and len(values) <= MAX_INFERRED_CLASSES:
+        return "classification"
+    return "regression"
+
+
+def encode_labels(raw: RawData) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Class indices 0..K-1 and the name of each class."""
+    y = raw.y
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.all(np.isfinite(y)) or not np.all(np.mod(y, 1) == 0):
+            raise DataError(
+                f"{raw.source}: target {raw.target!r} has non-integer values; "
+                "for classification use class labels, or set data.task=regression"
+            )
+        y = y.astype(np.int64)
+    values, codes = np.unique(y.astype(str) if y.dtype == object else y, return_inverse=True)
+    if raw.class_names is not None and np.issubdtype(values.dtype, np.integer):
+        if values.min() < 0 or values.max() >= len(raw.class_names):
+            raise DataError(
+                f"{raw.source}: labels run from {values.min()} to {values.max()} but "
+                f"{len(raw.class_names)} class names were given"
+            )
+        names = tuple(raw.class_names[int(v)] for v in values)
+    else:
+        names = tuple(str(v) for v in values)
+    if len(names) < 2:
+        raise DataError(
+            f"{raw.source}: target {raw.target!r} has a single class {names[0]!r}; "
+            "classification needs at least two"
+        )
+    return codes.astype(np.int64), names
+
+
+def data_hash(raw: RawData) -> str:
+    digest = hashlib.sha256()
+    digest.update("\x1f".join(raw.feature_names).encode())
+    digest.update(np.ascontiguousarray(raw.X).tobytes())
+    digest.update(np.asarray(raw.y).astype(str).tobytes())
+    return digest.hexdigest()
+
+
+def regression_target(raw: RawData) -> np.ndarray:
+    if not np.issubdtype(raw.y.dtype, np.number):
+        raise DataError(
+            f"{raw.source}: target {raw.target!r} is not numeric ({raw.y.dtype}); "
+            "regression needs numbers, or set data.task=classification"
+        )
+    y = raw.y.astype(np.float64)
+    bad = ~np.isfinite(y)
+    if bad.any():
+        raise DataError(
+            f"{raw.source}: target {raw.target!r} has NaN or inf in {int(bad.sum())} row(s): "
+            f"{_row_list(np.flatnonzero(bad))}"
+        )
+    return y

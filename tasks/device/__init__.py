@@ -1,0 +1,95 @@
+"""Stage 1: choose the device once, strictly, by measuring; set CPU threads.
+
+    from tasks.device import select_device
+    from tasks.data import probe_workload
+    info = select_device.fn(config.device, probe_workload(config))
+    info.torch_device  # e.g. torch.device("cpu")
+
+`auto` times a warm-up and a few real training steps (host-to-device copy of
+a batch, forward, loss, zero_grad, backward, step, synchronized) of the
+configured model on every available device and keeps the fastest, preferring
+the CPU within `device.margin`: small models often train faster there. The
+decision is cached on disk under a key of the hardware, model, input shape,
+batch size, precision, threads and torch version, so a repeat run skips the
+probe. With only the CPU available there is nothing to measure.
+
+Cores and threads are in `_threads.py`, the decision rule and its cache in
+`_decide.py`, the measuring in `_probe.py`; this module re-exports what other
+layers use.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from schemas.device import DeviceConfig, DeviceInfo, ProbeWorkload
+from tasks.device._decide import available_devices, choose, decide_device
+from tasks.device._probe import probe_device, warm_process
+from tasks.device._threads import available_cores, resolve_threads, threads_per_worker
+
+__all__ = [
+    "apply_backend_flags",
+    "available_cores",
+    "available_devices",
+    "choose",
+    "decide_device",
+    "probe_device",
+    "resolve_threads",
+    "select_device",
+    "threads_per_worker",
+    "warm_process",
+]
+
+
+def apply_backend_flags(info: DeviceInfo) -> None:
+    """cuDNN autotuning and TF32, as configured; only meaningful on CUDA."""
+    if info.torch_device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = info.cudnn_benchmark
+    torch.backends.cuda.matmul.allow_tf32 = info.tf32
+    torch.backends.cudnn.allow_tf32 = info.tf32
+
+
+def _publish(info: DeviceInfo) -> None:
+    """A table artifact of the measurement, when running inside a Prefect run."""
+    from prefect.context import TaskRunContext
+
+    if not info.candidates or TaskRunContext.get() is None:
+        return
+    from prefect.artifacts import create_table_artifact
+
+    create_table_artifact(
+        table=info.table(),
+        key="device-selection",
+        description=f"Device selection: **{info.device}**. {info.reason}",
+    )
+
+
+@task(name="select-device", cache_policy=NO_CACHE)
+def select_device(config: DeviceConfig, workload: ProbeWorkload | None = None) -> DeviceInfo:
+    """Resolve `config.name` to a present device (measuring for auto) and set torch's CPU threads.
+
+    `available_devices` is looked up here, in this module, so that tests can offer a device the machine lacks.
+    """
+    threads, warning = resolve_threads(config.threads, available_cores())
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    torch.set_num_threads(threads)
+    info = decide_device(config, workload, available_devices(), threads)
+    apply_backend_flags(info)
+    if info.candidates:
+        print(
+            ("device: cached decision, probe skipped: " if info.from_cache else "device: measured: ")
+            + ", ".join(
+                f"{c.device} {c.ms_per_step:.3g} ms/step" if c.ms_per_step is not None else f"{c.device} failed"
+                for c in info.candidates
+            )
+            + f" -> {info.device}",
+            file=sys.stderr,
+        )
+    _publish(info)
+    return info

@@ -1,0 +1,212 @@
+"""Which device a run gets: what is present, the decision rule, and the on-disk cache of measured decisions.
+
+    from tasks.device._decide import decide_device
+    info = decide_device(DeviceConfig(name="auto"), probe_workload(config), ("cpu", "cuda:0"), threads=8)
+
+An explicit device must be present; `auto` measures every present device
+(see `_probe.py`) unless a decision for the same hardware, workload and
+settings is cached, and keeps the fastest, preferring the CPU within
+`device.margin`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from schemas.device import Candidate, DeviceConfig, DeviceInfo, InputShape, ProbeWorkload
+from schemas.errors import ConfigError
+from tasks.common.files import atomic_write_text, user_cache_dir
+from tasks.device._probe import probe_device, warm_process
+from tasks.device._threads import available_cores
+
+CACHE_VERSION = 1
+
+
+def available_devices() -> tuple[str, ...]:
+    """The devices torch can use here: the CPU, every CUDA device, MPS."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return tuple(devices)
+
+
+def check_available(requested: str, available: Sequence[str]) -> str:
+    """The device an explicit request names; one that is not present is a ConfigError."""
+    wanted = "cuda:0" if requested == "cuda" else requested
+    if wanted not in available:
+        raise ConfigError(
+            f"device.name = {requested!r}: not available on this machine; available: {', '.join(available)}"
+        )
+    return wanted
+
+
+def check_precision(precision: str, device: str) -> None:
+    if precision == "fp16" and device == "cpu":
+        raise ConfigError(
+            "device.precision = 'fp16' needs a cuda or mps device; on the CPU use bf16 or fp32"
+        )
+
+
+def choose(candidates: Sequence[Candidate], margin: float) -> tuple[str, str]:
+    """(device, reason): the fastest per step, but the CPU unless another is more than `margin` faster."""
+    measured = [c for c in candidates if c.ms_per_step is not None]
+    if not measured:
+        return "cpu", "auto: no device could be measured; using cpu"
+    fastest = min(measured, key=lambda c: c.ms_per_step)  # type: ignore[arg-type, return-value]
+    cpu = next((c for c in measured if c.device == "cpu"), None)
+    assert fastest.ms_per_step is not None
+    if cpu is None:
+        return fastest.device, f"auto: {fastest.device} fastest ({fastest.ms_per_step:.3g} ms/step); cpu probe failed"
+    assert cpu.ms_per_step is not None
+    if fastest.device == "cpu":
+        others = ", ".join(f"{c.device} {c.ms_per_step:.3g}" for c in measured if c.device != "cpu")
+        return "cpu", f"auto: cpu fastest ({cpu.ms_per_step:.3g} ms/step vs {others})"
+    if fastest.ms_per_step >= cpu.ms_per_step * (1 - margin):
+        return "cpu", (
+            f"auto: {fastest.device} only {1 - fastest.ms_per_step / cpu.ms_per_step:.0%} faster than cpu "
+            f"({fastest.ms_per_step:.3g} vs {cpu.ms_per_step:.3g} ms/step), within the {margin:.0%} margin; keeping cpu"
+        )
+    return fastest.device, (
+        f"auto: {fastest.device} {cpu.ms_per_step / fastest.ms_per_step:.2f}x faster than cpu per step "
+        f"({fastest.ms_per_step:.3g} vs {cpu.ms_per_step:.3g} ms)"
+    )
+
+
+def hardware_fingerprint(available: Sequence[str]) -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpus = []
+    for name in available:
+        if name.startswith("cuda") and torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(torch.device(name))
+            gpus.append(f"{name} {props.name} {props.major}.{props.minor} {props.total_memory}")
+    return {
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cores": available_cores(),
+        "devices": list(available),
+        "gpus": gpus,
+        "cuda": torch.version.cuda,
+    }
+
+
+def decision_key(
+    workload: ProbeWorkload, shape: InputShape, config: DeviceConfig, threads: int, available: Sequence[str]
+) -> str:
+    """The cache key of a decision: everything that changes the timing (`shape` is the workload's input shape)."""
+    parts = {
+        "version": CACHE_VERSION,
+        "hardware": hardware_fingerprint(available),
+        "model": workload.model.model_dump(mode="json"),
+        "loss": workload.loss.model_dump(mode="json"),
+        "optimizer": workload.optimizer.model_dump(mode="json"),
+        "input_shape": list(shape.input_shape),
+        "n_outputs": shape.n_outputs,
+        "task": shape.task,
+        "batch_size": workload.batch_size,
+        "dtype": config.precision,
+        "data_on_device": config.data_on_device,
+        "threads": threads,
+        "torch": torch.__version__,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def cache_root(config: DeviceConfig) -> Path:
+    if config.cache_dir is not None:
+        return Path(config.cache_dir).expanduser()
+    return user_cache_dir()
+
+
+def _read_cached(path: Path, key: str) -> tuple[Candidate, ...] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("key") != key:
+            return None
+        return tuple(Candidate(**c) for c in data["candidates"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a missing or damaged cache entry just means measuring again
+
+
+def _write_cached(path: Path, key: str, candidates: Sequence[Candidate]) -> None:
+    try:
+        record = {"key": key, "created": time.time(), "candidates": [c.model_dump() for c in candidates]}
+        atomic_write_text(path, json.dumps(record), fsync=False)
+    except OSError as exc:  # a read-only cache costs a re-measure next time, nothing more
+        print(f"warning: could not cache the device decision in {path}: {exc.strerror}", file=sys.stderr)
+
+
+ProbeFn = Callable[[str, ProbeWorkload, InputShape, DeviceConfig, float], Candidate]
+
+
+def decide_device(
+    config: DeviceConfig,
+    workload: ProbeWorkload | None,
+    available: Sequence[str],
+    threads: int,
+    probe: ProbeFn | None = None,
+) -> DeviceInfo:
+    """The decision for `config`, measuring with `probe` (default: real training steps) when auto."""
+    available = tuple(available)
+    common = dict(
+        requested=config.name, available=available, threads=threads, torch_version=torch.__version__,
+        precision=config.precision, data_on_device=config.data_on_device,
+        cudnn_benchmark=config.cudnn_benchmark, tf32=config.tf32,
+    )
+    if config.name != "auto":
+        device = check_available(config.name, available)
+        check_precision(config.precision, device)
+        return DeviceInfo(device=device, reason="requested explicitly", **common)
+    if len(available) == 1:
+        check_precision(config.precision, "cpu")
+        return DeviceInfo(device="cpu", reason="auto: cpu is the only device; nothing to measure", **common)
+    if workload is None:
+        device = next(d for d in available if d != "cpu")
+        check_precision(config.precision, device)
+        return DeviceInfo(device=device, reason=f"auto: {device} by priority (no workload given to measure)", **common)
+
+    shape = workload.shape()  # reads the data's headers: only here, where it is needed
+    if shape is None:
+        device = next(d for d in available if d != "cpu")
+        check_precision(config.precision, device)
+        return DeviceInfo(device=device, reason=f"auto: {device} by priority (the data's shape is unknown)", **common)
+    key = decision_key(workload, shape, config, threads, available)
+    cache_file = cache_root(config) / "device" / f"{key[:32]}.json"
+    candidates = None if config.remeasure else _read_cached(cache_file, key)
+    from_cache = candidates is not None
+    spent = 0.0
+    if candidates is None:
+        probe = probe or probe_device
+        warm_process()
+        # fp16 training is not offered on the CPU, so it is no candidate then
+        names = [d for d in available if not (config.precision == "fp16" and d == "cpu")]
+        started = time.perf_counter()
+        budget = config.probe_seconds / len(names)
+        candidates = tuple(probe(d, workload, shape, config, budget) for d in names)
+        spent = time.perf_counter() - started
+        _write_cached(cache_file, key, candidates)
+    device, reason = choose(candidates, config.margin)
+    if from_cache:
+        reason += " [cached decision, not re-measured; device.remeasure=true measures again]"
+    check_precision(config.precision, device)
+    return DeviceInfo(
+        device=device, reason=reason, candidates=candidates, from_cache=from_cache,
+        probe_seconds=spent, cache_file=str(cache_file), **common,
+    )

@@ -1,0 +1,58 @@
+"""Stage 3: build the model and what trains it (loss, optimizer, LR scheduler).
+
+    from schemas.model import MLPConfig
+    from schemas.optim import AdamConfig, LossConfig
+    from tasks.model import build_model
+    parts = build_model.fn(MLPConfig(), LossConfig(), AdamConfig(), None, spec,
+                           device=torch.device("cpu"), seed=0, epochs=30, monitor="val_loss")  # spec: a DataSpec
+    parts.model, parts.loss_fn, parts.optimizer, parts.scheduler
+
+The builders themselves (`build_network`, `build_loss`, `build_optimizer`)
+live in `tasks.nets`, shared with the device probe and the bundle.
+"""
+
+from __future__ import annotations
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from schemas.data import DataSpec
+from schemas.errors import ConfigError
+from schemas.model import ModelConfig, TrainingComponents
+from schemas.optim import LossConfig, OptimizerConfig, SchedulerConfig
+from schemas.run import check_task_compatibility
+from tasks.nets.networks import build_network
+from tasks.nets.optim import build_loss, build_optimizer, build_scheduler, monitor_mode
+
+__all__ = ["build_model"]
+
+
+@task(name="build-model", task_run_name="build-model[{model.kind}]", cache_policy=NO_CACHE)
+def build_model(
+    model: ModelConfig,
+    loss: LossConfig,
+    optimizer: OptimizerConfig,
+    scheduler: SchedulerConfig | None,
+    spec: DataSpec,
+    device: torch.device,
+    seed: int,
+    epochs: int,
+    monitor: str = "val_loss",
+) -> TrainingComponents:
+    """Seeded model init on `device`, with its loss, optimizer and optional scheduler."""
+    try:
+        check_task_compatibility(spec.task, loss=loss.name, monitor=monitor, model_kind=model.kind)
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (task inferred from {spec.source})") from None
+    torch.manual_seed(seed)
+    network = build_network(model, spec).to(device)
+    opt = build_optimizer(optimizer, network.parameters())
+    mode = monitor_mode(monitor)
+    return TrainingComponents(
+        model=network,
+        loss_fn=build_loss(loss, spec.task),
+        optimizer=opt,
+        scheduler=build_scheduler(scheduler, opt, epochs, mode),
+        monitor_mode=mode,
+    )

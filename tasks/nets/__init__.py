@@ -1,0 +1,1 @@
+"""Torch building blocks the stages share: networks, losses and optimizers, and how a step runs."""

@@ -1,0 +1,148 @@
+"""The files a run writes into its run directory besides run.json (tasks.run.rundir) and the bundle.
+
+    record_config(run_dir, config)                      # config.yaml, at the start
+    record_device(run_dir, device)                      # device.json
+    summary = record_results(run_dir, device, spec, result, report, bundle)   # metrics.json, history.csv
+    tracked = record_outputs(tracker, config, run_dir, summary, result, report, model, data, torch_device)
+
+`record_outputs` writes plots/*.png (unless `tracking.plots` is false) and
+report.md (tasks.run.report_md), then hands both to the trackers
+(tasks.run.tracking.finish_tracking, which writes tracking.json).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from schemas.loading import config_to_yaml
+from schemas.run import RunSummary
+from schemas.tracking import TrackingResult
+from tasks.common.files import atomic_write_text, write_csv, write_json
+from tasks.run.plots import PLOTS_DIR, write_plots
+from tasks.run.report_md import write_report_md
+from tasks.run.tracking import Tracker, finish_tracking
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from schemas.data import DataSpec, PreparedData
+    from schemas.device import DeviceInfo
+    from schemas.evaluate import EvalReport
+    from schemas.run import RunConfig
+    from schemas.train import TrainResult
+
+
+def record_config(run_dir: Path, config: "RunConfig") -> None:
+    """config.yaml: the resolved config; `--config` it to repeat the run."""
+    atomic_write_text(run_dir / "config.yaml", config_to_yaml(config))
+
+
+def record_device(run_dir: Path, device: "DeviceInfo") -> None:
+    """device.json: the device decision and, for auto, each candidate's measured time per step."""
+    write_json(run_dir / "device.json", {**device.model_dump(), "table": device.table()})
+
+
+def record_results(
+    run_dir: Path,
+    device: "DeviceInfo",
+    spec: "DataSpec",
+    result: "TrainResult",
+    report: "EvalReport",
+    bundle: Path | None,
+) -> RunSummary:
+    """Write metrics.json and history.csv; return the run summary."""
+    summary = RunSummary(
+        run_dir=str(run_dir),
+        device=device.device,
+        device_reason=device.reason,
+        threads=device.threads,
+        precision=result.precision,
+        device_table=device.table(),
+        task=spec.task,
+        source=spec.source,
+        rows={"train": spec.n_train, "val": spec.n_val, "test": spec.n_test},
+        epochs_run=result.epochs_run,
+        best_epoch=result.best_epoch,
+        monitor=result.monitor,
+        best_score=result.best_score,
+        stopped_early=result.stopped_early,
+        train_seconds=result.seconds,
+        test=report.metrics,
+        baseline=report.baseline,
+        baseline_kind=report.baseline_kind,
+        bundle=None if bundle is None else str(bundle),
+    )
+    write_json(
+        run_dir / "metrics.json",
+        {
+            "test": report.metrics,
+            "baseline": report.baseline,
+            "baseline_kind": report.baseline_kind,
+            "task": spec.task,
+            "n_test": report.n_test,
+            "per_class": None if report.per_class is None else [c.model_dump() for c in report.per_class],
+            "confusion_matrix": report.confusion_matrix,
+            "training": {
+                "epochs_run": result.epochs_run,
+                "best_epoch": result.best_epoch,
+                "monitor": result.monitor,
+                "best_score": result.best_score,
+                "stopped_early": result.stopped_early,
+                "seconds": result.seconds,
+                "samples_per_second": result.samples_per_second,
+            },
+            "device": {**device.model_dump(), "data_placement": result.data_placement},
+            "data": {"source": spec.source, "hash": spec.data_hash, "rows": summary.rows},
+        },
+    )
+    write_csv(run_dir / "history.csv", result.history)
+    return summary
+
+
+def regression_pairs(model: "nn.Module", data: "PreparedData", device: "torch.device", batch_size: int = 4096) -> Any:
+    """(actual, predicted) on the test split in target units, for the predicted-vs-actual plot."""
+    from tasks.nets.steps import model_outputs
+
+    pre = data.spec.preprocessing
+    outputs = model_outputs(model, data.X_test, device, batch_size)
+    return pre.inverse_target(data.y_test.numpy()), pre.inverse_target(outputs.squeeze(-1).numpy())
+
+
+def record_plots(
+    config: "RunConfig",
+    run_dir: Path,
+    result: "TrainResult",
+    report: "EvalReport",
+    model: "nn.Module",
+    data: "PreparedData",
+    device: "torch.device",
+) -> dict[str, Path]:
+    """plots/*.png, unless `tracking.plots` is false; returns {title: path} in report order."""
+    if not config.tracking.plots:
+        return {}
+    pairs = None
+    if report.task == "regression":
+        pairs = regression_pairs(model, data, device, config.evaluate.batch_size)
+    return write_plots(
+        Path(run_dir) / PLOTS_DIR, result.history, report, best_epoch=result.best_epoch,
+        class_names=data.spec.class_names, regression=pairs,
+    )
+
+
+def record_outputs(
+    tracker: Tracker,
+    config: "RunConfig",
+    run_dir: Path,
+    summary: RunSummary,
+    result: "TrainResult",
+    report: "EvalReport",
+    model: "nn.Module",
+    data: "PreparedData",
+    device: "torch.device",
+) -> TrackingResult:
+    """After record_results: plots/ and report.md, then the trackers' final records; closes the tracker."""
+    plots = record_plots(config, run_dir, result, report, model, data, device)
+    report_md = write_report_md(run_dir, config, summary, plots)
+    return finish_tracking(tracker, run_dir, summary, result.history, plots, report_md)

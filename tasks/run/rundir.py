@@ -1,0 +1,166 @@
+"""The run directory's lifecycle: create it, reopen it to resume, and its state in run.json.
+
+    with run_lifecycle(create_run_dir(None, "digits")) as run:   # runs/<YYYYmmdd-HHMMSS>-digits/
+        ...                                                     # run.json: running, then completed or failed
+
+    runs/<YYYYmmdd-HHMMSS>-<name>/
+        run.json       state (running, completed, failed), times, error      (here)
+        config.yaml, device.json, metrics.json, history.csv, plots/          (tasks.run.outputs)
+        report.md                                                            (tasks.run.report_md)
+        tracking.json, tensorboard/                                          (tasks.run.tracking)
+        checkpoints/                                                         (tasks.train)
+        model/         the bundle                                            (tasks.bundle)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+from schemas.errors import ConfigError
+from tasks.common.files import TMP_GLOB, pid_alive, write_json
+
+# Moved to tasks.run.outputs; importable from here until flows/sweep.py imports them from there.
+
+DEFAULT_ROOT = Path("runs")
+RUN_STATE = "run.json"
+
+
+def create_run_dir(run_dir: str | Path | None, name: str, root: Path = DEFAULT_ROOT) -> Path:
+    """A new, empty run directory; never shared with another run.
+
+    With `run_dir`, that directory (created if absent) must hold no earlier
+    run. Without it, `root/<timestamp>-<name>`, with a numeric suffix when two
+    runs start in the same second.
+    """
+    if run_dir is not None:
+        path = Path(run_dir).expanduser().resolve()
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"--run-dir {path}: exists and is not a directory")
+        if path.is_dir() and any(path.iterdir()):
+            raise ConfigError(f"--run-dir {path}: already holds files; choose a new or empty directory")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    root = Path(root).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1000):
+        path = root / (f"{stamp}-{name}" if attempt == 0 else f"{stamp}-{name}-{attempt}")
+        try:
+            path.mkdir()  # atomic: exactly one process creates a given directory
+            return path
+        except FileExistsError:
+            continue
+    raise ConfigError(f"could not create a unique run directory under {root}")
+
+
+def open_run_dir_for_resume(run_dir: str | Path, bundle_dirname: str = "model") -> Path:
+    """An existing run directory that may be resumed: not completed, not running elsewhere.
+
+    A bundle left by an attempt that died before the run was marked completed
+    is removed: the resumed run writes the same bundle again.
+    """
+    path = Path(run_dir).expanduser().resolve()
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"--resume {path}: no run there (config.yaml is missing)")
+    try:
+        state = read_run_state(path)
+    except (OSError, json.JSONDecodeError):
+        state = {}
+    if state.get("state") == "completed":
+        raise ConfigError(f"--resume {path}: the run already completed; start a new run instead")
+    pid = state.get("pid")
+    if state.get("state") == "running" and isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
+        raise ConfigError(f"--resume {path}: the run is still running (pid {pid})")
+    for leftover in path.glob(TMP_GLOB):  # from a process killed mid-write
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    shutil.rmtree(path / bundle_dirname, ignore_errors=True)
+    return path
+
+
+class Failable(Protocol):
+    """A tracker that must be told when the run fails (a TensorBoard/MLflow run, a sweep's parent run)."""
+
+    def fail(self, error: BaseException | None = None) -> None: ...
+
+
+@dataclass
+class RunLifecycle:
+    """The open run directory, and the tracker to fail with it (set once tracking has started)."""
+
+    path: Path
+    tracker: Failable | None = None
+
+
+@contextmanager
+def run_lifecycle(path: Path) -> Iterator[RunLifecycle]:
+    """Mark `path` running; on leaving, mark it completed, or failed with the error.
+
+    The one lifecycle of every run and sweep folder:
+
+        with run_lifecycle(create_run_dir(None, "digits")) as run:
+            run.tracker = start_tracking(config, run.path)
+            ...  # an exception here fails the tracker, marks run.json failed, and propagates
+    """
+    run = RunLifecycle(Path(path))
+    try:
+        mark_running(run.path)
+        yield run
+    except BaseException as exc:
+        if run.tracker is not None:
+            run.tracker.fail(exc)
+        mark_finished(run.path, exc)
+        raise
+    mark_finished(run.path)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def mark_running(run_dir: Path, extra: dict[str, Any] | None = None) -> None:
+    write_json(run_dir / RUN_STATE, {"state": "running", "started_at": _now(), "pid": os.getpid(), **(extra or {})})
+
+
+def mark_finished(run_dir: Path, error: BaseException | None = None) -> None:
+    """Record `completed`, or `failed` with the error's type, message and traceback.
+
+    Recording a failure never raises: the original error is the one to report.
+    """
+    if error is not None:
+        try:
+            _record_finish(run_dir, error)
+        except Exception:
+            pass
+        return
+    _record_finish(run_dir, None)
+
+
+def _record_finish(run_dir: Path, error: BaseException | None) -> None:
+    path = run_dir / RUN_STATE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        state = {}
+    state.update({"state": "completed" if error is None else "failed", "finished_at": _now()})
+    if error is not None:
+        state["error"] = {
+            "type": type(error).__name__,
+            "message": str(error),
+            "traceback": "".join(traceback.format_exception(error)),
+        }
+    write_json(path, state)
+
+
+def read_run_state(run_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / RUN_STATE).read_text(encoding="utf-8"))

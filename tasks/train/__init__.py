@@ -1,0 +1,121 @@
+"""Stage 4: the plain training loop.
+
+    from tasks.train import train_model
+    result = train_model.fn(parts, data, TrainConfig(epochs=5), device=torch.device("cpu"), seed=0)
+    result.history[-1].val_loss
+
+Each epoch: `model.train()`, then per batch forward, loss, `zero_grad`,
+`backward`, `step`; then validation in eval mode under `torch.inference_mode()`.
+In-memory data is batched by slicing tensors in a seeded permuted order (one
+gather per epoch, then views), which is faster than a per-sample DataLoader.
+
+Where the parts are: the batch sources in `_batches.py`, the epochs (early
+stopping, checkpoints, time limit, channels_last) in `_epochs.py`,
+validation in `_validate.py`, the loop's state and its checkpoint keys in
+`_state.py`, checkpoint files in `_checkpoint.py`, running out of memory in
+`_oom.py`, the terminal display in `_console.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from schemas.data import DataSpec, PreparedData
+from schemas.device import DeviceInfo
+from schemas.errors import ConfigError
+from schemas.model import TrainingComponents
+from schemas.run import check_task_compatibility
+from schemas.train import EpochRecord, TrainConfig, TrainResult
+from tasks.nets.steps import grad_scaler
+from tasks.train._batches import BatchSource, batch_source
+from tasks.train._checkpoint import start_or_resume
+from tasks.train._console import ConsoleProgress
+from tasks.train._epochs import EpochLoop, TimeLimitReached, training_layout
+from tasks.train._oom import batch_size_for, out_of_memory
+from tasks.train._state import LoopState
+from tasks.train._validate import EVAL_CHUNK
+
+__all__ = ["EVAL_CHUNK", "TimeLimitReached", "train_model"]  # what other layers, benchmarks and tests import
+
+
+@task(name="train-model", cache_policy=NO_CACHE)
+def train_model(
+    parts: TrainingComponents,
+    data: PreparedData,
+    config: TrainConfig,
+    device: torch.device | DeviceInfo,
+    seed: int,
+    checkpoint_dir: Path | None = None,
+    callbacks: Sequence[Callable[[EpochRecord], None]] = (),
+) -> TrainResult:
+    """Train `parts.model` in place; restore the best weights by `config.monitor` at the end.
+
+    With `checkpoint_dir`, a resumable checkpoint is written there at the
+    start, after every epoch and every `config.checkpoint.every_n_batches`
+    batches; if one is already there (a Prefect retry, or `--resume`),
+    training continues from it and ends exactly as an uninterrupted run would.
+
+    Each of `callbacks` is called with every new EpochRecord, after the epoch
+    is validated and before it is checkpointed (tracking, progress artifacts,
+    sweep pruning). An exception raised by a callback ends training with it.
+
+    `device` is a torch.device, or the device stage's DeviceInfo, whose
+    precision (bf16/fp16 autocast, GradScaler for fp16) and data placement
+    (whole dataset on the device once, or each batch copied from pinned host
+    memory with non_blocking) then apply.
+    """
+    plan = device if isinstance(device, DeviceInfo) else None
+    device = plan.torch_device if plan is not None else torch.device(device)
+    precision = plan.precision if plan is not None else "fp32"
+    _check_monitor(data.spec, config.monitor)
+    batches = batch_source(data, device, plan.data_on_device if plan is not None else "auto")
+    directory = checkpoint_dir if checkpoint_dir is not None and config.checkpoint.enabled else None
+    state = LoopState(parts, device, seed, data.spec.data_hash, batch_size_for(config, directory),
+                      scaler=grad_scaler(device, precision))
+    torch.manual_seed(seed)  # dropout and any other sampling inside the model
+    start_or_resume(state, directory)
+    progress = ConsoleProgress(config.epochs) if config.progress else None
+    observers = [*([progress] if progress is not None else []), *callbacks]
+    loop = EpochLoop(parts, batches, config, state, directory, precision, data.spec, observers)
+    try:
+        with training_layout(parts.model, parts.optimizer, device):
+            loop.run()
+    except torch.OutOfMemoryError as exc:
+        out_of_memory(exc, config, state, directory)
+    finally:
+        if progress is not None:
+            progress.close()
+    return _result(state, config, batches, precision)
+
+
+def _check_monitor(spec: DataSpec, monitor: str) -> None:
+    try:
+        check_task_compatibility(spec.task, monitor=monitor)
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (task inferred from {spec.source})") from None
+
+
+def _result(state: LoopState, config: TrainConfig, batches: BatchSource, precision: str) -> TrainResult:
+    """The finished run's TrainResult, after restoring the best weights (with train.restore_best)."""
+    if state.best_state is not None:
+        state.parts.model.load_state_dict(state.best_state)
+    seconds = state.elapsed()
+    epochs_run = len(state.history)
+    return TrainResult(
+        history=tuple(state.history),
+        monitor=config.monitor,
+        best_epoch=state.best_epoch,
+        best_score=state.best_score,
+        stopped_early=epochs_run < config.epochs,
+        epochs_run=epochs_run,
+        seconds=seconds,
+        samples_per_second=batches.n * epochs_run / seconds if seconds > 0 else 0.0,
+        resumed_from_epoch=state.resumed_from,
+        precision=precision,
+        data_placement=batches.placement,
+    )
