@@ -18,7 +18,7 @@ Cases, per model, on the same weights, in a temporary directory (warm page cache
                 `load_model(verify="always")`: the weights hashed too, as on
                 the first load of a copied or changed bundle.
   base save     `torch.save(model.state_dict(), f)`: what a hand-written script does.
-  base load     build the network (`tasks.model.build_network`), `torch.load(f,
+  base load     build the network (`tasks.nets.networks.build_network`), `torch.load(f,
                 weights_only=True)`, `load_state_dict`, eval: the same end
                 state, without hashes, config or spec.
   base load, mmap

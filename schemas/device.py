@@ -163,7 +163,7 @@ class ProbeWorkload(BaseModel):
     _peek: Callable[[], InputShape] | None = PrivateAttr(default=None)
 
     def with_peek(self, peek: Callable[[], InputShape]) -> ProbeWorkload:
-        """This workload, reading its input shape with `peek` only when `shape()` is first asked.
+        """This workload, reading its input shape with `peek` when `shape()` is asked.
 
         Only `auto` with more than one device measures, so a run that names its
         device (or has only the CPU) never reads the data's headers for it.
@@ -173,7 +173,7 @@ class ProbeWorkload(BaseModel):
         return workload
 
     def shape(self) -> InputShape | None:
-        """The input shape to build the probe model from; None when neither given nor peekable."""
+        """The input shape to build the probe model from (each call peeks again); None when neither given nor peekable."""
         if self.input_shape is None and self._peek is not None:
             return self._peek()
         return self.input_shape

@@ -22,11 +22,18 @@ from sklearn import datasets
 import tasks.bundle._verify as verify_module
 import tasks.bundle._write as write_module
 from schemas import BundleError, DataError, RunConfig
-from schemas.loading import load_config
-from tasks.bundle import FORMAT, FORMAT_VERSION, LoadedBundle, Predictor, load_model, write_bundle
 from schemas.data import DataSpec, PreparedData
-from tasks.data import prepare_data
 from schemas.evaluate import EvalReport
+from schemas.loading import load_config
+from tasks.bundle import (
+    FORMAT,
+    FORMAT_VERSION,
+    LoadedBundle,
+    Predictor,
+    load_model,
+    write_bundle,
+)
+from tasks.data import prepare_data
 from tasks.evaluate import evaluate_model
 from tasks.model import build_model
 from tasks.train import train_model

@@ -242,8 +242,8 @@ def test_invalid_parameters_fail_at_once_with_the_schemas_message(served):
 def test_the_report_links_the_bundle_and_the_tracking_run(tmp_path):
     from types import SimpleNamespace
 
-    from tasks.run.artifacts import run_links
     from schemas.tracking import TrackingResult
+    from tasks.run.artifacts import run_links
 
     summary = SimpleNamespace(bundle=str(tmp_path / "model"))
     assert run_links(summary) == {"model bundle": (tmp_path / "model").resolve().as_uri()}

@@ -7,11 +7,19 @@ import json
 import pytest
 import torch
 
-from schemas import ConfigError, DeviceConfig, load_config
-from tasks.data import peek_shape, prepare_data
+from schemas import ConfigError, DataError, DeviceConfig, load_config
 from schemas.device import Candidate, DeviceInfo, InputShape
-from tasks.data import probe_workload
-from tasks.device import available_cores, available_devices, choose, decide_device, probe_device, resolve_threads, select_device, threads_per_worker
+from tasks.data import peek_shape, prepare_data, probe_workload
+from tasks.device import (
+    available_cores,
+    available_devices,
+    choose,
+    decide_device,
+    probe_device,
+    resolve_threads,
+    select_device,
+    threads_per_worker,
+)
 from tasks.model import build_model
 from tasks.train import train_model
 from tests.conftest import tiny_overrides
@@ -304,3 +312,16 @@ def test_the_flow_records_the_measurement_and_a_repeat_run_reuses_it(prefect_api
     assert recorded_again["from_cache"] and recorded_again["probe_seconds"] == 0
     assert "cached decision, not re-measured" in again.device_reason
     assert again.test == summary.test  # the probe does not disturb the run's random streams
+
+
+def test_the_data_shape_is_read_only_when_auto_measures(tmp_path):
+    """probe_workload peeks at the data's headers lazily: a missing file costs nothing until auto measures."""
+    from schemas.device import ProbeWorkload
+
+    config = load_config(None, tiny_overrides(**{"data.source": f"{{kind: csv, path: {tmp_path / 'gone.csv'}, target: y}}"}))
+    workload = probe_workload(config)  # no error yet: nothing was read
+    with pytest.raises(DataError, match="gone.csv"):
+        decide_device(_auto(tmp_path), workload, ("cpu", "cuda:0"), 2, FakeProbe({"cpu": 1.0, "cuda:0": 1.0}))
+    bare = ProbeWorkload(**workload.model_dump(exclude={"input_shape"}))
+    with pytest.raises(ConfigError, match="no input shape"):
+        decide_device(_auto(tmp_path), bare, ("cpu", "cuda:0"), 2, FakeProbe({"cpu": 1.0, "cuda:0": 1.0}))

@@ -15,9 +15,9 @@ from PIL import Image
 from schemas import DataError, load_config
 from tasks.bundle import Predictor, load_model, write_bundle
 from tasks.data import peek_shape, prepare_data
+from tasks.data.shapes import make_shapes
 from tasks.evaluate import evaluate_model
 from tasks.model import build_model
-from tasks.data.shapes import make_shapes
 from tasks.train import train_model
 
 CPU = torch.device("cpu")
@@ -230,7 +230,7 @@ def test_the_bundle_reloads_and_predicts_images_exactly(tmp_path):
     report = evaluate_model.fn(parts.model, data, CPU)
     write_bundle(parts.model, config, data.spec, report, tmp_path / "model")
     bundle = load_model(tmp_path / "model")
-    from tasks.data._images import decode_for_prediction, prediction_images
+    from tasks.data import decode_for_prediction, prediction_images
 
     files, names = prediction_images(root / "test")
     assert names[0] == "circle/circle_0000.png" and len(files) == 24

@@ -16,11 +16,11 @@ import torch
 
 import tasks.train._epochs
 from schemas import ConfigError, load_config
-from tasks.train._checkpoint import load_checkpoint
 from tasks.data import prepare_data
 from tasks.model import build_model
 from tasks.run.rundir import read_run_state
 from tasks.train import TimeLimitReached, train_model
+from tasks.train._checkpoint import load_checkpoint
 from tests.conftest import ROOT, tiny_overrides
 
 CPU = torch.device("cpu")

@@ -99,11 +99,11 @@ def test_missing_extra_fails_the_command_before_any_run_dir(prefect_api, monkeyp
 
 
 def _train_fn(*overrides: str):
+    import torch
+
     from tasks.data import prepare_data
     from tasks.model import build_model
     from tasks.train import train_model
-
-    import torch
 
     config = load_config(None, tiny_overrides(**dict(o.split("=", 1) for o in overrides)))
     data = prepare_data.fn(config.data, config.seed)
@@ -267,9 +267,10 @@ def test_tensorboard_and_mlflow_record_what_the_run_wrote(prefect_api, tmp_path,
 
 
 def test_failed_run_ends_the_mlflow_run_failed(prefect_api, tmp_path, monkeypatch, mlflow_uri):
-    import flows.train
     from mlflow import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import flows.train
 
     def broken(*args, **kwargs):
         raise OSError("disk full")

@@ -184,9 +184,10 @@ def decide_device(
 
     shape = workload.shape()  # reads the data's headers: only here, where it is needed
     if shape is None:
-        device = next(d for d in available if d != "cpu")
-        check_precision(config.precision, device)
-        return DeviceInfo(device=device, reason=f"auto: {device} by priority (the data's shape is unknown)", **common)
+        raise ConfigError(
+            "device=auto: the probe workload has no input shape to build the model from; "
+            "make it with tasks.data.probe_workload(config)"
+        )
     key = decision_key(workload, shape, config, threads, available)
     cache_file = cache_root(config) / "device" / f"{key[:32]}.json"
     candidates = None if config.remeasure else _read_cached(cache_file, key)

@@ -27,8 +27,6 @@ from typing import Any, Iterator, Protocol
 from schemas.errors import ConfigError
 from tasks.common.files import TMP_GLOB, pid_alive, write_json
 
-# Moved to tasks.run.outputs; importable from here until flows/sweep.py imports them from there.
-
 DEFAULT_ROOT = Path("runs")
 RUN_STATE = "run.json"
 
