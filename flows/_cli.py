@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Callable, Iterator, NoReturn, Sequence
 
 from schemas.errors import PipelineError
@@ -130,10 +131,11 @@ def exit_quickly(code: int) -> NoReturn:
     sys.exit(code)
 
 
-def run_command(body: Callable[[], int], debug: bool) -> int:
+def run_command(body: Callable[[], int], debug: bool, resume_hint: Callable[[], str | None] | None = None) -> int:
     """Run a command body; a failure prints one `error:` line and returns its exit code.
 
-    With `debug`, the full traceback is printed too.
+    With `debug`, the full traceback is printed too. On Ctrl-C (exit 130)
+    `resume_hint()`, when it gives a line, says how to continue.
     """
     try:
         return body()
@@ -144,6 +146,9 @@ def run_command(body: Callable[[], int], debug: bool) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        hint = _hint(resume_hint)
+        if hint:
+            print(hint, file=sys.stderr)
         return 130
     except Exception as exc:  # an unexpected failure: still one line unless --debug
         if debug:
@@ -152,3 +157,28 @@ def run_command(body: Callable[[], int], debug: bool) -> int:
         if not debug:
             print("(run again with --debug for the full traceback)", file=sys.stderr)
         return 1
+
+
+def _hint(resume_hint: Callable[[], str | None] | None) -> str | None:
+    """The resume hint, or None when there is none or it cannot be made."""
+    if resume_hint is None:
+        return None
+    try:
+        return resume_hint()
+    except (Exception, KeyboardInterrupt):  # a second Ctrl-C, an unreadable folder
+        return None
+
+
+def command_line(module: str, argv: Sequence[str | os.PathLike] | None) -> str:
+    """`python -m <module> <argv>`, quoted for a POSIX shell; argv defaults to this process's arguments."""
+    import shlex
+
+    return shlex.join(["python", "-m", module, *map(str, sys.argv[1:] if argv is None else argv)])
+
+
+def shown_path(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it (as a user would type it), else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

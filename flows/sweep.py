@@ -19,7 +19,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows._cli import TRAINING_IMPORTS, exit_quickly, prefect_session, run_command
+from flows._cli import TRAINING_IMPORTS, command_line, exit_quickly, prefect_session, run_command, shown_path
 from schemas.sweep import SweepConfig, load_sweep_config, sweep_to_yaml
 from schemas.trial import SweepSummary
 from tasks.common.log import say
@@ -30,17 +30,21 @@ from tasks.run.outputs import record_device
 from tasks.run.rundir import run_lifecycle
 from tasks.run.tracking import check_tracking
 from tasks.sweep import (
+    SWEEP_FILE,
     SweepTracking,
     count_states,
     format_summary,
+    holds_trials,
+    journal_holds_trials,
     leaderboard,
     open_study,
-    open_sweep_dir,
     plan_threads,
     publish_results,
     requeue_interrupted,
+    resolve_sweep_dir,
     run_pending,
     save_best_model,
+    sweep_folder,
     sweep_outputs,
 )
 
@@ -59,15 +63,18 @@ def sweep_flow(config: SweepConfig, sweep_dir: str | None = None) -> SweepSummar
     started = time.perf_counter()
     base = config.base
     check_tracking(base.tracking)  # a missing tracking extra fails before any work
+    if config.selection_warning:
+        say(config.selection_warning)
     device = select_device.with_options(**retry_options(base.device.retry))(base.device, probe_workload(base))
     data = prepare_data.with_options(**retry_options(base.data.retry))(base.data, base.seed)
     config.check_task(data.spec.task)
     workers, threads = plan_threads(config)  # too many workers for the cores fails before the folder exists
-    path, resumed = open_sweep_dir(sweep_dir, config, data.spec)
-    with run_lifecycle(path) as run:
+    # A setup that fails before the study holds a trial leaves no folder that a rerun would call resumed.
+    with sweep_folder(sweep_dir, config, data.spec, journal_holds_trials) as (path, _), run_lifecycle(path) as run:
         record_device(path, device)
         run.tracker = tracking = SweepTracking.start(config, path)
         study = open_study(path, config)
+        resumed = holds_trials(study)
         requeued = requeue_interrupted(study)
         for old, new in requeued:
             say(f"trial {old} was interrupted; re-queued as trial {new} with the same parameters")
@@ -88,6 +95,7 @@ def sweep_flow(config: SweepConfig, sweep_dir: str | None = None) -> SweepSummar
             best_trial=best.number, best_value=best.value, best_params=best_params, best_test=evaluation.metrics,
             leaderboard=records, outputs=sweep_outputs(path, tracking),
             device=f"{device.device} ({device.reason}; precision {device.precision})",
+            warnings=[config.selection_warning] if config.selection_warning else [],
         )
     return summary
 
@@ -109,11 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resume_hint(sweep_dir: Path | None, argv: list[str] | None) -> str | None:
+    """How to continue an interrupted sweep: the same command again; None when no sweep folder holds it."""
+    if sweep_dir is None or not (sweep_dir / SWEEP_FILE).is_file():
+        return None
+    return (f"the sweep in {shown_path(sweep_dir)} resumes when you run the same command again: "
+            f"{command_line('flows.sweep', argv)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    folder: list[Path] = []  # the sweep's folder, once the config names it
 
     def body() -> int:
         config = load_sweep_config(args.config, args.overrides)
+        folder.append(resolve_sweep_dir(args.sweep_dir, config))
         if args.print_config:
             print(sweep_to_yaml(config), end="")
             return 0
@@ -122,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_summary(summary))
         return 0
 
-    return run_command(body, args.debug)
+    return run_command(body, args.debug, lambda: resume_hint(folder[0] if folder else None, argv))
 
 
 if __name__ == "__main__":

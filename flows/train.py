@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows._cli import TRAINING_IMPORTS, exit_quickly, prefect_session, run_command
+from flows._cli import TRAINING_IMPORTS, command_line, exit_quickly, prefect_session, run_command, shown_path
 from schemas.errors import ConfigError
 from schemas.loading import config_to_yaml, load_config, resume_config
 from schemas.run import RunConfig, RunSummary
@@ -28,7 +28,7 @@ from tasks.model import build_model
 from tasks.run.artifacts import publish_run_artifacts
 from tasks.run.outputs import record_config, record_device, record_outputs, record_results
 from tasks.run.progress import PrefectProgress
-from tasks.run.rundir import create_run_dir, open_run_dir_for_resume, run_lifecycle
+from tasks.run.rundir import create_run_dir, open_run_dir_for_resume, read_run_state, run_lifecycle
 from tasks.run.tracking import check_tracking, start_tracking
 from tasks.train import train_model
 
@@ -47,8 +47,8 @@ def train_flow(config: RunConfig = RunConfig(), run_dir: str | None = None, resu
     path = _open_run_dir(config, run_dir, resume)
     # Without checkpoints a retry would restart on half-trained weights: don't retry then.
     train_retry = retry_options(config.train.retry) if config.train.checkpoint.enabled else {"retries": 0}
+    record_config(path, config)  # before run.json says "running": a run that --resume can find has its config
     with run_lifecycle(path) as run:
-        record_config(path, config)
         device = select_device.with_options(**retry_options(config.device.retry))(
             config.device, probe_workload(config)
         )
@@ -79,13 +79,33 @@ def train_flow(config: RunConfig = RunConfig(), run_dir: str | None = None, resu
     return summary
 
 
+# The run directory the current command opened (at most one): a Ctrl-C names it for --resume.
+_OPENED: list[Path] = []
+
+
 def _open_run_dir(config: RunConfig, run_dir: str | None, resume: bool) -> Path:
     """A new run directory, or with `resume` the unfinished one at `run_dir`."""
     if not resume:
-        return create_run_dir(run_dir, config.name)
-    if run_dir is None:
+        path = create_run_dir(run_dir, config.name)
+    elif run_dir is None:
         raise ConfigError("resume needs the run directory to continue")
-    return open_run_dir_for_resume(run_dir, config.save.dirname)
+    else:
+        path = open_run_dir_for_resume(run_dir, config.save.dirname)
+    _OPENED[:] = [path]
+    return path
+
+
+def resume_hint(run_dir: Path | None) -> str | None:
+    """The command that continues the interrupted run at `run_dir`; None when there is none to continue."""
+    if run_dir is None or not (run_dir / "config.yaml").is_file():
+        return None
+    try:
+        state = read_run_state(run_dir).get("state")
+    except (OSError, ValueError):
+        state = None
+    if state == "completed":
+        return None
+    return f"resume it with: {command_line('flows.train', ['--resume', shown_path(run_dir)])}"
 
 
 def format_summary(summary: RunSummary) -> str:
@@ -137,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _OPENED.clear()
 
     def body() -> int:
         if args.resume is not None:
@@ -155,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         print(format_summary(summary))
         return 0
 
-    return run_command(body, args.debug)
+    def hint() -> str | None:
+        return resume_hint(_OPENED[-1] if _OPENED else None)
+
+    return run_command(body, args.debug, hint)
 
 
 if __name__ == "__main__":

@@ -82,10 +82,10 @@ def check_task_compatibility(
             f"loss.name={loss!r} is a classification loss but the task is regression; "
             f"use one of {', '.join(('auto',) + REGRESSION_LOSSES)}"
         )
-    if task == "classification" and monitor == "val_mae":
-        raise ValueError("train.monitor='val_mae' needs a regression task; use val_loss or val_accuracy")
+    if task == "classification" and monitor in ("val_mae", "val_r2"):
+        raise ValueError(f"train.monitor={monitor!r} needs a regression task; use val_loss or val_accuracy")
     if task == "regression" and monitor == "val_accuracy":
-        raise ValueError("train.monitor='val_accuracy' needs a classification task; use val_loss or val_mae")
+        raise ValueError("train.monitor='val_accuracy' needs a classification task; use val_loss, val_mae or val_r2")
     if task == "regression" and model_kind == "logistic":
         raise ValueError("model.kind='logistic' needs a classification task; use 'linear' for regression")
 

@@ -60,6 +60,7 @@ METRIC_DIRECTIONS: dict[str, Literal["minimize", "maximize"]] = {
     "val_loss": "minimize",
     "val_accuracy": "maximize",
     "val_mae": "minimize",
+    "val_r2": "maximize",
     "test_accuracy": "maximize",
     "test_macro_f1": "maximize",
     "test_macro_precision": "maximize",
@@ -70,12 +71,33 @@ METRIC_DIRECTIONS: dict[str, Literal["minimize", "maximize"]] = {
     "test_r2": "maximize",
 }
 Metric = Literal[
-    "val_loss", "val_accuracy", "val_mae", "test_accuracy", "test_macro_f1", "test_macro_precision",
+    "val_loss", "val_accuracy", "val_mae", "val_r2", "test_accuracy", "test_macro_f1", "test_macro_precision",
     "test_macro_recall", "test_mse", "test_rmse", "test_mae", "test_r2",
 ]
-EpochMetric = Literal["val_loss", "val_accuracy", "val_mae"]
+EpochMetric = Literal["val_loss", "val_accuracy", "val_mae", "val_r2"]
 CLASSIFICATION_ONLY = {"val_accuracy", "test_accuracy", "test_macro_f1", "test_macro_precision", "test_macro_recall"}
-REGRESSION_ONLY = {"val_mae", "test_mse", "test_rmse", "test_mae", "test_r2"}
+REGRESSION_ONLY = {"val_mae", "val_r2", "test_mse", "test_rmse", "test_mae", "test_r2"}
+
+# The per-epoch validation metric that stands in for a test metric (for the pruner and the
+# per-trial plot): one measured for the metric's task, better in the same direction.
+EPOCH_METRIC_FOR_TEST = {
+    "test_accuracy": "val_accuracy",
+    "test_macro_f1": "val_accuracy",
+    "test_macro_precision": "val_accuracy",
+    "test_macro_recall": "val_accuracy",
+    "test_mse": "val_loss",
+    "test_rmse": "val_loss",
+    "test_mae": "val_mae",
+    "test_r2": "val_r2",
+}
+
+
+def metric_task(metric: str) -> str | None:
+    """The task a metric is measured for; None for val_loss (both)."""
+    if metric in CLASSIFICATION_ONLY:
+        return "classification"
+    return "regression" if metric in REGRESSION_ONLY else None
+
 
 # Settings that change how a sweep runs, not what its trials compute: a
 # resumed sweep may differ from the recorded one in these.
@@ -314,13 +336,19 @@ class SweepConfig(StrictModel):
                 f"direction = {self.direction!r} but {self.metric} is better when {better}; "
                 f"use direction: {natural} (or leave it out)"
             )
-        if self.pruner.name != "none":
+        if self.pruner.name != "none":  # pruning settings matter only when something prunes
             epoch = self.epoch_metric
             if METRIC_DIRECTIONS[epoch] != natural:
                 raise ValueError(
                     f"prune_metric = {epoch!r} improves in the other direction from metric {self.metric!r}; "
                     f"the pruner needs a per-epoch metric that is {'lower' if natural == 'minimize' else 'higher'} "
                     "when better"
+                )
+            task, epoch_task = metric_task(self.metric), metric_task(epoch)
+            if task and epoch_task and task != epoch_task:
+                raise ValueError(
+                    f"prune_metric = {epoch!r} is measured for {epoch_task} only, but metric {self.metric!r} is a "
+                    f"{task} metric; use {EPOCH_METRIC_FOR_TEST.get(self.metric, self.metric)} (or leave prune_metric out)"
                 )
         if isinstance(self.sampler, GridSamplerConfig):
             for key, param in self.space.items():
@@ -343,12 +371,29 @@ class SweepConfig(StrictModel):
 
     @property
     def epoch_metric(self) -> EpochMetric:
-        """The per-epoch validation metric reported to the pruner (and plotted per trial)."""
+        """The per-epoch validation metric reported to the pruner (and named for pruned trials).
+
+        `prune_metric`, else the metric itself when it is a validation metric,
+        else the validation metric of the test metric's task and direction:
+        val_accuracy for a classification metric, val_r2 for test_r2, val_mae
+        for test_mae, val_loss for test_mse and test_rmse.
+        """
         if self.prune_metric is not None:
             return self.prune_metric
         if self.metric.startswith("val_"):
             return self.metric  # type: ignore[return-value]
-        return "val_accuracy" if METRIC_DIRECTIONS[self.metric] == "maximize" else "val_loss"
+        return EPOCH_METRIC_FOR_TEST[self.metric]  # type: ignore[return-value]
+
+    @property
+    def selection_warning(self) -> str | None:
+        """Why choosing the best trial by a test-split metric misleads; None for a validation metric."""
+        if not self.metric.startswith("test_"):
+            return None
+        return (
+            f"warning: metric = {self.metric} picks the best trial on the test split, so the best trial's test "
+            f"score overstates how it will do on new data; use a validation metric ({self.epoch_metric}) to "
+            "select, and read the test split once at the end"
+        )
 
     def grid_size(self) -> int | None:
         if not isinstance(self.sampler, GridSamplerConfig):
@@ -360,8 +405,14 @@ class SweepConfig(StrictModel):
         return trial_config(self.base, params)
 
     def check_task(self, task: str) -> None:
-        """Metrics that need a classification or regression task, checked once the data is read."""
-        for key, metric in (("metric", self.metric), ("prune_metric", self.epoch_metric)):
+        """Metrics that need a classification or regression task, checked once the data is read.
+
+        The per-epoch metric is checked only when a pruner uses it.
+        """
+        checked = [("metric", self.metric)]
+        if self.pruner.name != "none":
+            checked.append(("prune_metric", self.epoch_metric))
+        for key, metric in checked:
             if task == "regression" and metric in CLASSIFICATION_ONLY:
                 raise ConfigError(f"{key} = {metric!r} needs a classification task, but the data is regression")
             if task == "classification" and metric in REGRESSION_ONLY:

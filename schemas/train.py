@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from schemas.base import RetryPolicy, StrictModel
 
@@ -31,7 +31,7 @@ class TrainConfig(StrictModel):
 
     epochs: int = Field(30, ge=1, le=100_000, description="Passes over the training split, at most.")
     batch_size: int = Field(64, ge=1, le=1_000_000, description="Rows per training step.")
-    monitor: Literal["val_loss", "val_accuracy", "val_mae"] = Field(
+    monitor: Literal["val_loss", "val_accuracy", "val_mae", "val_r2"] = Field(
         "val_loss", description="Validation metric for early stopping, best weights and plateau LR."
     )
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig, description="When to stop early.")
@@ -64,6 +64,13 @@ class TrainConfig(StrictModel):
 
 
 class EpochRecord(BaseModel):
+    """One epoch: training loss, validation loss and the task's validation metrics, learning rate, time.
+
+    Classification records `val_accuracy`; regression `val_mae` and `val_r2`.
+    A dump (history.csv, checkpoints) leaves `val_r2` out where no regression
+    metric was measured, so a classification history keeps the columns it always had.
+    """
+
     model_config = ConfigDict(frozen=True)
 
     epoch: int
@@ -71,8 +78,16 @@ class EpochRecord(BaseModel):
     val_loss: float
     val_accuracy: float | None = None
     val_mae: float | None = None
+    val_r2: float | None = None
     lr: float
     seconds: float
+
+    @model_serializer(mode="wrap")
+    def _regression_only_r2(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if self.val_mae is None and self.val_r2 is None:
+            data.pop("val_r2", None)
+        return data
 
 
 class TrainResult(BaseModel):

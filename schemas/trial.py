@@ -83,7 +83,7 @@ class SweepSummary(BaseModel):
     """What a sweep produced; also the flow's return value."""
 
     sweep_dir: str
-    resumed: bool
+    resumed: bool  # the study held trials when this run started
     requeued: list[tuple[int, int]]
     ran_now: int
     stopped_by_timeout: bool
@@ -99,3 +99,4 @@ class SweepSummary(BaseModel):
     leaderboard: list[dict[str, Any]]
     outputs: dict[str, str]
     device: str | None = None  # the device chosen once for every trial, why, and the precision
+    warnings: list[str] = []  # e.g. the best trial chosen on a test-split metric

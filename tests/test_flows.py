@@ -293,8 +293,13 @@ def test_cli_with_no_server_set_up_uses_a_temporary_one(tmp_path):
 
 
 def test_cli_session_starts_a_temporary_server_early_only_when_none_is_set_up(prefect_api, monkeypatch):
+    from prefect.settings import (
+        PREFECT_API_URL,
+        get_current_settings,
+        temporary_settings,
+    )
+
     import flows._cli as cli
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
     started = []
     monkeypatch.setattr(cli, "_start_temporary_server", lambda warm: started.append(tuple(warm)))
@@ -313,3 +318,96 @@ def test_cli_session_starts_a_temporary_server_early_only_when_none_is_set_up(pr
     with cli.prefect_session(False, cli.TRAINING_IMPORTS):  # the session's server is set up: nothing to start
         assert get_current_settings().flows.heartbeat_frequency == 180
     assert started == [cli.TRAINING_IMPORTS, ()]
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+def test_ctrl_c_during_training_prints_the_resume_command(prefect_api, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_LOGGING")}
+    env.update(PREFECT_API_URL=prefect_api, PYTHONPATH=str(ROOT))
+    overrides = tiny_overrides(**{"train.epochs": "100000", "train.early_stopping.enabled": "false"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.train", *(a for o in overrides for a in ("--set", o)), "--run-dir", "run"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "run" / "checkpoints" / "last.pt").is_file() and process.poll() is None:
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, err
+    assert err.rstrip().endswith("interrupted\nresume it with: python -m flows.train --resume run"), err
+    assert read_run_state(tmp_path / "run")["state"] == "failed"
+
+
+def test_resume_hints_name_what_to_run(tmp_path, monkeypatch, capsys):
+    from flows._cli import run_command
+    from flows.sweep import resume_hint as sweep_hint
+    from flows.train import resume_hint as train_hint
+    from tasks.run.rundir import mark_finished, mark_running
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    assert train_hint(run) is None  # nothing to resume before the config is written
+    (run / "config.yaml").write_text("name: r1\n")
+    mark_running(run)
+    assert train_hint(run) == "resume it with: python -m flows.train --resume runs/r1"
+    mark_finished(run)
+    assert train_hint(run) is None  # completed
+    assert train_hint(Path("/elsewhere/my run")) is None
+
+    sweep_dir = tmp_path / "sweeps" / "s"
+    argv = ["--config", "my sweep.yaml", "--set", "n_trials=3"]
+    assert sweep_hint(sweep_dir, argv) is None
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / "sweep.yaml").write_text("name: s\n")
+    assert sweep_hint(sweep_dir, argv) == (
+        "the sweep in sweeps/s resumes when you run the same command again: "
+        "python -m flows.sweep --config 'my sweep.yaml' --set n_trials=3"
+    )
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    assert run_command(interrupted, False, lambda: sweep_hint(sweep_dir, argv)) == 130
+    assert capsys.readouterr().err == f"interrupted\n{sweep_hint(sweep_dir, argv)}\n"
+    assert run_command(interrupted, False) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_ctrl_c_in_a_sweep_prints_the_same_command(prefect_api, tmp_path, monkeypatch, capsys):
+    import flows.sweep
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(
+        "name: s\nbase: {data: {source: {kind: builtin, name: iris}}}\nspace: {optimizer.lr: [0.01, 0.1]}\n"
+    )
+
+    def interrupted(config, sweep_dir=None):
+        folder = Path(sweep_dir or Path("sweeps") / config.name)
+        folder.mkdir(parents=True)
+        (folder / "sweep.yaml").write_text("name: s\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flows.sweep, "sweep_flow", interrupted)
+    assert flows.sweep.main(["--config", "s.yaml", "--set", "n_trials=2"]) == 130
+    assert capsys.readouterr().err.endswith(
+        "interrupted\nthe sweep in sweeps/s resumes when you run the same command again: "
+        "python -m flows.sweep --config s.yaml --set n_trials=2\n"
+    )

@@ -481,7 +481,12 @@ def test_tracking_logs_a_parent_run_with_a_nested_run_and_a_tensorboard_run_per_
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     from tasks.sweep import (
-        LEADERBOARD, PARAM_PLOT, SweepTracking, leaderboard_records, write_leaderboard_csv, write_param_plot,
+        LEADERBOARD,
+        PARAM_PLOT,
+        SweepTracking,
+        leaderboard_records,
+        write_leaderboard_csv,
+        write_param_plot,
     )
 
     config = _tracked(tmp_path)
@@ -576,3 +581,147 @@ def test_the_parameter_plot_has_a_panel_per_searched_key(iris, tmp_path):
         image.verify()
     with Image.open(tmp_path / "p.png") as image:
         assert image.size == (800, 360)  # two 4-inch panels at 100 dpi
+
+
+# --------------------------------------------------------------------------- regression metrics, failed setups
+
+
+DIABETES = {**BASE, "name": "diabetes-sweep-base", "data": {"source": {"kind": "builtin", "name": "diabetes"}},
+            "train": {**BASE["train"], "epochs": 2, "batch_size": 32}}
+
+
+@pytest.fixture(scope="module")
+def diabetes():
+    torch.set_num_threads(1)
+    return prepare_data.fn(load_config(None, ["data.source.name=diabetes"]).data, 0)
+
+
+def test_epoch_metric_follows_the_task_and_direction_of_the_metric():
+    expected = {"test_r2": "val_r2", "val_r2": "val_r2", "test_mae": "val_mae", "test_rmse": "val_loss",
+                "test_mse": "val_loss", "val_mae": "val_mae", "val_loss": "val_loss", "test_accuracy": "val_accuracy",
+                "test_macro_f1": "val_accuracy", "val_accuracy": "val_accuracy"}
+    for metric, epoch in expected.items():
+        config = sweep(metric=metric, pruner="median")
+        assert config.epoch_metric == epoch, metric
+        config.check_task("regression" if metric in ("test_r2", "val_r2", "test_mae", "test_rmse", "test_mse",
+                                                     "val_mae", "val_loss") else "classification")
+    # Pruning off: the per-epoch metric is not checked, however it is set.
+    sweep(metric="test_r2", prune_metric="val_loss").check_task("regression")
+    sweep(metric="test_r2", prune_metric="val_accuracy").check_task("regression")
+    with pytest.raises(ConfigError, match="prune_metric = 'val_accuracy' is measured for classification only"):
+        sweep(metric="test_r2", pruner="median", prune_metric="val_accuracy")
+
+
+def test_a_test_split_metric_is_warned_about():
+    assert sweep(metric="val_loss").selection_warning is None
+    warning = sweep(metric="test_r2").selection_warning
+    assert warning.startswith("warning: metric = test_r2 picks the best trial on the test split")
+    assert "val_r2" in warning and "\n" not in warning
+
+
+@pytest.mark.parametrize(("metric", "pruner"), [("test_r2", "none"), ("test_r2", "median"), ("val_r2", "median")])
+def test_a_regression_sweep_on_r2_runs(metric, pruner, diabetes, tmp_path):
+    from sklearn.metrics import r2_score
+
+    config = validate_sweep({"name": "diabetes", "base": DIABETES, "metric": metric, "trials_per_round": 2,
+                             "pruner": {"name": pruner, **({"n_startup_trials": 1} if pruner != "none" else {})},
+                             "space": {"optimizer.lr": [0.003, 0.03]}, "sampler": "grid", "n_trials": 2})
+    config.check_task(diabetes.spec.task)
+    assert config.resolved_direction == "maximize" and config.epoch_metric == "val_r2"
+    study, _ = run_engine(config, diabetes, tmp_path / "s")
+    rows = summary(study, config)
+    assert [r[1] for r in rows] == ["complete", "complete"] and all(-5 < r[2] < 1 for r in rows)
+    for row in rows:
+        folder = tmp_path / "s" / "trials" / f"{row[0]:04d}"
+        with open(folder / "history.csv") as handle:
+            history = list(csv.DictReader(handle))
+        assert len(history) == 2 and all(-5 < float(h["val_r2"]) < 1 for h in history)
+        if metric == "test_r2":
+            assert row[2] == json.loads((folder / "evaluation.json").read_text())["metrics"]["r2"]
+        else:
+            assert row[2] == pytest.approx(float(history[-1]["val_r2"]))
+    # val_r2 is the R^2 of the kept model on the validation split, as scikit-learn computes it.
+    from tasks.sweep import load_trial_model
+
+    trial_lr = json.loads(rows[0][3])["optimizer.lr"]
+    model, _ = load_trial_model(tmp_path / "s", rows[0][0], config.trial_config({"optimizer.lr": trial_lr}),
+                                diabetes.spec)
+    with torch.no_grad():
+        predicted = model(torch.as_tensor(diabetes.X_val)).squeeze(-1).numpy()
+    with open(tmp_path / "s" / "trials" / f"{rows[0][0]:04d}" / "history.csv") as handle:
+        last = list(csv.DictReader(handle))[-1]
+    assert float(last["val_r2"]) == pytest.approx(r2_score(diabetes.y_val, predicted), abs=1e-5)
+
+
+def test_classification_history_keeps_its_columns(iris, tmp_path):
+    config = sweep(n_trials=1, trials_per_round=1, sampler="random")
+    run_engine(config, iris, tmp_path / "s")
+    with open(tmp_path / "s" / "trials" / "0000" / "history.csv") as handle:
+        header = next(csv.reader(handle))
+    assert header == ["epoch", "train_loss", "val_loss", "val_accuracy", "val_mae", "lr", "seconds"]
+
+
+def _failing_setup(config, data, sweep_dir, trials: int = 0):
+    """Open the sweep folder as the flow does, start `trials` trials, then fail as a setup step would."""
+    from tasks.run.rundir import run_lifecycle
+    from tasks.sweep import journal_holds_trials, sweep_folder
+
+    with pytest.raises(ModuleNotFoundError):
+        with sweep_folder(sweep_dir, config, data.spec, journal_holds_trials) as (path, _), run_lifecycle(path):
+            study = open_study(path, config)
+            for _ in range(trials):
+                study.ask()
+            raise ModuleNotFoundError("No module named 'optuna'")
+
+
+def test_a_failed_setup_leaves_no_sweep_folder_to_resume(iris, tmp_path):
+    config = sweep(n_trials=1, trials_per_round=1)
+    (tmp_path / "keep.txt").write_text("not the sweep's")
+    _failing_setup(config, iris, tmp_path / "sweeps" / "iris")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]  # sweeps/ and sweeps/iris/ were created here
+    # A folder that existed (empty) before stays, emptied of what the sweep wrote.
+    (tmp_path / "empty").mkdir()
+    _failing_setup(config, iris, tmp_path / "empty")
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
+    # Once the study holds a trial there is something to resume: everything stays.
+    _failing_setup(config, iris, tmp_path / "started", trials=1)
+    assert {"sweep.yaml", "study.journal", "run.json"} <= {p.name for p in (tmp_path / "started").iterdir()}
+    path, found = open_sweep_dir(tmp_path / "started", config, iris.spec)
+    from tasks.sweep import holds_trials, journal_holds_trials
+
+    assert found and journal_holds_trials(path) and holds_trials(open_study(path, config))
+    # A new sweep in a fresh folder holds nothing to resume, though its journal exists.
+    path, found = open_sweep_dir(tmp_path / "new", config, iris.spec)
+    assert not found and not holds_trials(open_study(path, config)) and not journal_holds_trials(path)
+
+
+@pytest.mark.slow
+def test_cli_regression_sweep_on_test_r2_warns_and_a_failed_setup_does_not_claim_a_resume(
+    prefect_api, tmp_path, capsys, monkeypatch
+):
+    import flows.sweep
+    from flows.sweep import main
+
+    config = tmp_path / "r2.yaml"
+    config.write_text(yaml.safe_dump({"name": "diabetes-r2", "base": DIABETES, "metric": "test_r2", "n_trials": 2,
+                                      "trials_per_round": 2, "space": {"optimizer.lr": [0.003, 0.03]},
+                                      "sampler": "grid"}))
+    monkeypatch.chdir(tmp_path)
+
+    def missing(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'optuna'")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(flows.sweep, "open_study", missing)
+        assert main(["--config", str(config)]) == 1
+    assert "No module named 'optuna'" in capsys.readouterr().err
+    assert not (tmp_path / "sweeps").exists()
+
+    assert main(["--config", str(config)]) == 0
+    out, err = capsys.readouterr()
+    warning = "warning: metric = test_r2 picks the best trial on the test split"
+    assert warning in err and warning in out
+    assert f"sweep     {tmp_path / 'sweeps' / 'diabetes-r2'}\n" in out  # not "(resumed)"
+    assert "trials    2 complete" in out
+    assert main(["--config", str(config)]) == 0
+    assert "(resumed)" in capsys.readouterr().out

@@ -112,4 +112,4 @@ def build_scheduler(
 
 
 def monitor_mode(monitor: str) -> str:
-    return "max" if monitor == "val_accuracy" else "min"
+    return "max" if monitor in ("val_accuracy", "val_r2") else "min"

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 TRACKING_FILE = "tracking.json"
 TENSORBOARD_DIR = "tensorboard"
-EPOCH_FIELDS = ("train_loss", "val_loss", "val_accuracy", "val_mae", "lr", "seconds")
+EPOCH_FIELDS = ("train_loss", "val_loss", "val_accuracy", "val_mae", "val_r2", "lr", "seconds")
 _MLFLOW_PARAM_MAX = 6000  # MLflow's limit on a param value's length
 _MLFLOW_BATCH_PARAMS = 100  # and on params per log_batch call
 

@@ -1,7 +1,7 @@
 """Hyperparameter sweeps: an Optuna study asked and told in rounds, trials run by an executor.
 
     from tasks.sweep import make_executor, open_study, open_sweep_dir, plain_dispatch, plan_threads, run_rounds
-    path, resumed = open_sweep_dir("sweeps/digits", config, data.spec)
+    path, found = open_sweep_dir("sweeps/digits", config, data.spec)
     study = open_study(path, config)
     workers, threads = plan_threads(config)
     executor = make_executor(config, data)
@@ -16,7 +16,7 @@ One module per job (flows.sweep wires them together):
     dispatch.py     a round's requests to the executor: as Prefect task runs (run_trial) or threads
     rounds.py       ask, run and tell rounds of trials; each trial's files in trials/NNNN/
     study.py        the Optuna study: space, sampler, pruner, resume (re-queue), counts, best trial
-    folder.py       the sweep folder: its file names, created or resumed
+    folder.py       the sweep folder: its file names, created or reopened; a failed setup leaves none
     leaderboard.py  every trial ranked: rows, flat records, CSV, text table
     plots.py        metric against trial number, and against each searched parameter
     results.py      what the flow writes at the end: leaderboard files, best config, best model
@@ -41,9 +41,12 @@ from tasks.sweep.folder import (
     LEADERBOARD,
     PARAM_PLOT,
     PLOT,
+    SWEEP_FILE,
     TRIALS,
     default_sweep_dir,
     open_sweep_dir,
+    resolve_sweep_dir,
+    sweep_folder,
     trial_folder,
 )
 from tasks.sweep.labels import format_value, trial_label
@@ -62,6 +65,8 @@ from tasks.sweep.study import (
     decode_params,
     distributions,
     finished_trials,
+    holds_trials,
+    journal_holds_trials,
     open_study,
     requeue_interrupted,
     target_trials,
@@ -71,12 +76,13 @@ from tasks.sweep.tracking import SweepTracking
 from tasks.sweep.trial import execute_trial, load_trial_model
 
 __all__ = [
-    "BEST_CONFIG", "BEST_MODEL", "LEADERBOARD", "PARAM_PLOT", "PLOT", "TRIALS",
+    "BEST_CONFIG", "BEST_MODEL", "LEADERBOARD", "PARAM_PLOT", "PLOT", "SWEEP_FILE", "TRIALS",
     "DaskExecutor", "Dispatch", "InProcessExecutor", "LocalPoolExecutor", "SweepTracking", "TrialExecutor",
     "WorkerLost", "best_trial", "count_states", "decode_params", "default_sweep_dir", "distributions",
-    "execute_trial", "finished_trials", "format_leaderboard", "format_summary", "format_value", "leaderboard",
-    "leaderboard_records", "load_trial_model", "make_executor", "open_study", "open_sweep_dir", "plain_dispatch",
-    "plan_threads", "prefect_dispatch", "publish_results", "requeue_interrupted", "run_pending", "run_rounds",
-    "run_trial", "save_best_model", "sweep_outputs", "target_trials", "trial_folder", "trial_label",
+    "execute_trial", "finished_trials", "format_leaderboard", "format_summary", "format_value", "holds_trials",
+    "journal_holds_trials", "leaderboard", "leaderboard_records", "load_trial_model", "make_executor", "open_study",
+    "open_sweep_dir", "plain_dispatch", "plan_threads", "prefect_dispatch", "publish_results", "requeue_interrupted",
+    "resolve_sweep_dir", "run_pending", "run_rounds", "run_trial", "save_best_model", "sweep_folder",
+    "sweep_outputs", "target_trials", "trial_folder", "trial_label",
     "write_leaderboard_csv", "write_param_plot", "write_plot",
 ]

@@ -1,7 +1,9 @@
 """The sweep folder: the names of the files in it, and opening one new or to resume.
 
-    from tasks.sweep.folder import open_sweep_dir
-    path, resumed = open_sweep_dir("sweeps/digits", config, data.spec)
+    from tasks.sweep.folder import open_sweep_dir, sweep_folder
+    path, found = open_sweep_dir("sweeps/digits", config, data.spec)
+    with sweep_folder("sweeps/digits", config, data.spec, journal_holds_trials) as (path, found):
+        ...   # a failure before the study holds a trial removes what this run wrote
 
     sweep.yaml          the sweep config; a rerun must match it
     data.json           the data's content hash, checked on resume
@@ -17,13 +19,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 from schemas.data import DataSpec
 from schemas.errors import ConfigError
 from schemas.sweep import SweepConfig, load_sweep_config, sweep_diff, sweep_to_yaml
-from tasks.common.files import atomic_write_text, pid_alive, write_json
-from tasks.run.rundir import read_run_state
+from tasks.common.files import TMP_GLOB, atomic_write_text, pid_alive, write_json
+from tasks.run.rundir import RUN_STATE, read_run_state
+from tasks.run.tracking import TRACKING_FILE
 
 SWEEP_FILE = "sweep.yaml"
 STUDY_FILE = "study.journal"
@@ -47,13 +53,19 @@ def trial_folder(path: Path, number: int) -> Path:
     return path / TRIALS / f"{number:04d}"
 
 
+def resolve_sweep_dir(sweep_dir: str | Path | None, config: SweepConfig) -> Path:
+    """The absolute sweep directory: `sweep_dir`, or sweeps/<name> in the working directory."""
+    return Path(sweep_dir if sweep_dir is not None else default_sweep_dir(config)).expanduser().resolve()
+
+
 def open_sweep_dir(sweep_dir: str | Path | None, config: SweepConfig, spec: DataSpec) -> tuple[Path, bool]:
-    """The sweep directory, created or resumed; (path, resumed).
+    """The sweep directory, created or reopened; (path, found): whether it already held this sweep.
 
     A directory that holds another sweep (a different space, sampler,
-    metric, base config or data) is refused, naming what differs.
+    metric, base config or data) is refused, naming what differs. Whether
+    there is anything to resume is the study's to say (tasks.sweep.study.holds_trials).
     """
-    path = Path(sweep_dir if sweep_dir is not None else default_sweep_dir(config)).expanduser().resolve()
+    path = resolve_sweep_dir(sweep_dir, config)
     resumed = (path / SWEEP_FILE).is_file()
     if resumed:
         _check_resumable(path, config, spec)
@@ -65,6 +77,56 @@ def open_sweep_dir(sweep_dir: str | Path | None, config: SweepConfig, spec: Data
     atomic_write_text(path / SWEEP_FILE, sweep_to_yaml(config))
     write_json(path / DATA_FILE, {"data_hash": spec.data_hash, "source": spec.source, "task": spec.task})
     return path, resumed
+
+
+@contextmanager
+def sweep_folder(
+    sweep_dir: str | Path | None, config: SweepConfig, spec: DataSpec, holds_trials: Callable[[Path], bool]
+) -> Iterator[tuple[Path, bool]]:
+    """`open_sweep_dir` for one run of the sweep: a setup that fails leaves no sweep folder behind.
+
+    When the body raises (Ctrl-C included) while the study still holds no
+    trial, `holds_trials(path)` being false, the files this run wrote
+    (sweep.yaml, data.json, run.json, device.json, the empty study journal,
+    tracking files) are removed, and so are the folders it created, when
+    empty: a later run starts afresh instead of claiming to resume. A folder
+    that held this sweep before, or any file the sweep does not write, is
+    never touched.
+    """
+    path = resolve_sweep_dir(sweep_dir, config)
+    new_dirs = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    path, found = open_sweep_dir(sweep_dir, config, spec)
+    try:
+        yield path, found
+    except BaseException:
+        if not found and not _holds_trials(holds_trials, path):
+            _remove_setup_files(path, new_dirs)
+        raise
+
+
+def _holds_trials(holds_trials: Callable[[Path], bool], path: Path) -> bool:
+    try:
+        return holds_trials(path)
+    except Exception:  # unreadable: keep everything
+        return True
+
+
+def _remove_setup_files(path: Path, new_dirs: list[Path]) -> None:
+    """Remove what a failed setup wrote in `path`, then the folders in `new_dirs` that are left empty."""
+    names = {SWEEP_FILE, DATA_FILE, RUN_STATE, DEVICE_FILE, TRACKING_FILE}
+    for entry in path.iterdir():
+        if entry.name in names or entry.match(f"{STUDY_FILE}*") or entry.match(TMP_GLOB):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        elif entry.name == TENSORBOARD and entry.is_dir() and not any(entry.rglob("*.tfevents.*")):
+            shutil.rmtree(entry, ignore_errors=True)
+    for folder in new_dirs:
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            break
 
 
 def _check_resumable(path: Path, config: SweepConfig, spec: DataSpec) -> None:

@@ -99,6 +99,24 @@ def open_study(path: Path, config: SweepConfig) -> Any:
     )
 
 
+def holds_trials(study: Any) -> bool:
+    """Whether the study holds any trial: something a rerun resumes."""
+    return bool(study.get_trials(deepcopy=False))
+
+
+def journal_holds_trials(path: Path) -> bool:
+    """Whether `path/study.journal` holds a study with any trial; False when there is no journal."""
+    journal = path / STUDY_FILE
+    if not journal.is_file() or journal.stat().st_size == 0:
+        return False
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    return any(s.n_trials for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+
+
 def tell(study: Any, trial: Any, **kwargs: Any) -> None:
     """`study.tell`, tolerating GridSampler's `study.stop()` once the grid is done.
 

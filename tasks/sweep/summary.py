@@ -25,6 +25,7 @@ def format_summary(summary: SweepSummary, limit: int = 20) -> str:
         if summary.best_test:
             tested = ", ".join(f"{name} {value:.4f}" for name, value in summary.best_test.items())
             lines.append(f"          test split: {tested}")
+    lines += summary.warnings
     lines += ["", format_leaderboard(summary.leaderboard, limit), ""]
     for name, where in summary.outputs.items():
         lines.append(f"{name:<12}{where}")

@@ -4,7 +4,7 @@
     progress(record)  # after each epoch's EpochRecord
     progress.close()
 
-(The Prefect UI's view, a progress artifact, is the run plumbing's, in `tasks.run.report`.)
+(The Prefect UI's view, a progress artifact, is the run plumbing's: `tasks.run.progress.PrefectProgress`.)
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ def epoch_line(record: EpochRecord, total_epochs: int) -> str:
         parts.append(f"val_accuracy {record.val_accuracy:.4f}")
     if record.val_mae is not None:
         parts.append(f"val_mae {record.val_mae:.4g}")
+    if record.val_r2 is not None:
+        parts.append(f"val_r2 {record.val_r2:.4f}")
     parts += [f"lr {record.lr:.3g}", f"{record.seconds:.2f}s"]
     return "  ".join(parts)
 

@@ -1,7 +1,7 @@
 """Validation: loss and the task's metric on the validation split, after every epoch.
 
     metrics = validate(parts, X_val, y_val, "classification", target_scale=1.0)
-    metrics["val_loss"], metrics["val_accuracy"]
+    metrics["val_loss"], metrics["val_accuracy"]        # regression: val_loss, val_mae, val_r2
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def validate(
     loss_sum = 0.0
     correct = 0
     abs_err = 0.0
+    sq_err = 0.0  # float64: R^2 compares it with the targets' spread
     for start in range(0, n, EVAL_CHUNK):
         xb, yb = X[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
         if device is not None:
@@ -41,10 +42,27 @@ def validate(
         if task == "classification":
             correct += int((out.argmax(dim=1) == yb).sum())
         else:
-            abs_err += float((out.squeeze(-1) - yb).abs().sum())
+            err = out.squeeze(-1) - yb
+            abs_err += float(err.abs().sum())
+            sq_err += float(err.double().square().sum())
     metrics = {"val_loss": loss_sum / n}
     if task == "classification":
         metrics["val_accuracy"] = correct / n
     else:
         metrics["val_mae"] = abs_err / n * target_scale
+        metrics["val_r2"] = r_squared(sq_err, y)
     return metrics
+
+
+def r_squared(sq_err: float, y: torch.Tensor) -> float:
+    """1 - SS_res / SS_tot, from the summed squared error and the targets, in float64.
+
+    Scale-free, so the standardized targets give the value of the original
+    units. A constant target gives 1.0 for a perfect fit and 0.0 otherwise
+    (as scikit-learn's r2_score does).
+    """
+    y64 = y.double()
+    ss_tot = float(((y64 - y64.mean()) ** 2).sum())
+    if ss_tot <= 0.0:
+        return 1.0 if sq_err == 0.0 else 0.0
+    return 1.0 - sq_err / ss_tot
