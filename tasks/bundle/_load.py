@@ -21,6 +21,7 @@ from schemas.loading import load_yaml, validate_config
 from schemas.run import RunConfig
 from tasks.bundle._format import CONFIG, MANIFEST, WEIGHTS, read_manifest
 from tasks.bundle._predictor import LoadedBundle
+from tasks.bundle._trust import check_code_trusted, check_signature, working_directory_off_path
 from tasks.bundle._verify import _sha256, check_hash, spec_hash, verified_weights
 from tasks.nets.networks import build_network
 
@@ -28,7 +29,10 @@ VERIFY_MODES = ("changed", "always")
 
 
 def load_model(
-    path: str | Path, device: torch.device | str = "cpu", verify: Literal["changed", "always"] = "changed"
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    verify: Literal["changed", "always"] = "changed",
+    trust_code: bool = False,
 ) -> LoadedBundle:
     """Rebuild the model from a bundle, verify hashes, and return a predictor.
 
@@ -46,6 +50,13 @@ def load_model(
     `verified_weights` for what that means for a file rewritten in place.
     `verify="always"` hashes the weights every time and builds the model from
     the very bytes it hashed (a copy in memory).
+
+    A bundle runs no code of its own: a custom model (`model.kind: custom`)
+    is refused with a BundleError unless `trust_code=True` or its module is
+    under a prefix in PYTORCH_WORKFLOW_TRUSTED_MODULES (see `_trust`); the
+    hashes catch corruption, not a malicious maker, who can recompute them.
+    With PYTORCH_WORKFLOW_BUNDLE_KEY set, only bundles whose manifest carries
+    an HMAC-SHA256 signature made with that key are loaded.
     """
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
@@ -53,6 +64,7 @@ def load_model(
     if not path.is_dir():
         raise BundleError(f"no model bundle at {path}: not a directory")
     manifest = read_manifest(path)
+    check_signature(manifest, path / MANIFEST)
     for name in (WEIGHTS, CONFIG):
         if not (path / name).is_file():
             raise BundleError(f"{path}: bundle is missing {name}")
@@ -64,6 +76,7 @@ def load_model(
         config = validate_config(config_data if isinstance(config_data, dict) else {}, source=str(path / CONFIG))
     except (ConfigError, yaml.YAMLError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path / CONFIG}: not a valid run config: {exc}") from None
+    check_code_trusted(config, path / CONFIG, trust_code)
     if spec_hash(manifest.get("spec")) != manifest.get("spec_sha256"):
         raise BundleError(
             f"{path / MANIFEST}: the data spec (feature and class names, scaler statistics) does not match "
@@ -104,6 +117,7 @@ def _network_with_weights(config: RunConfig, spec: DataSpec, state: dict[str, to
         network.load_state_dict(state, strict=True, assign=True)
         if not any(t.is_meta for t in (*network.parameters(), *network.buffers())):
             return network
-    network = build_network(config.model, spec, check_output=custom)
+    with working_directory_off_path():  # a module beside a received bundle never stands in for the one named
+        network = build_network(config.model, spec, check_output=custom)
     network.load_state_dict(state, strict=True)
     return network

@@ -21,6 +21,7 @@ from schemas.evaluate import EvalReport
 from schemas.loading import config_to_yaml
 from schemas.run import RunConfig
 from tasks.bundle._format import CONFIG, FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS, package_versions
+from tasks.bundle._trust import signature_entry
 from tasks.bundle._verify import _sha256, remember_verified, spec_hash, stat_key
 from tasks.common.files import atomic_write
 
@@ -61,6 +62,7 @@ def write_bundle(
                 "files": {WEIGHTS: weights_sha256.result(), CONFIG: _sha256(config_text)},
                 **(extra or {}),
             })
+            manifest.update(signature_entry(manifest))  # only with PYTORCH_WORKFLOW_BUNDLE_KEY set
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
     atomic_write(path, write)

@@ -1,0 +1,185 @@
+"""Received bundles run no code: a custom-model bundle imports its module only when the caller trusts it."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from schemas import BundleError, ConfigError
+from schemas.loading import load_config
+from tasks.bundle import load_model, write_bundle
+from tasks.data import prepare_data
+from tests.conftest import tiny_overrides
+
+# A module a bundle's maker ships beside the bundle: importing it writes the marker file.
+PAYLOAD = """
+from pathlib import Path
+from torch import nn
+
+Path({marker!r}).write_text("the payload ran")
+
+def make_net(in_features, out_features):
+    return nn.Linear(in_features, out_features)
+"""
+LEGIT = """
+from torch import nn
+
+def make_net(in_features, out_features):
+    return nn.Linear(in_features, out_features)
+"""
+
+
+def _custom_bundle(folder: Path, target: str) -> Path:
+    """A valid bundle (hashes recomputed, as any maker can) whose config names the custom model `target`."""
+    config = load_config(None, tiny_overrides(**{"model.kind": "custom", "model.target": target}))
+    spec = prepare_data.fn(config.data, 0).spec
+    torch.manual_seed(0)
+    return write_bundle(nn.Linear(spec.n_features, spec.n_outputs), config, spec, None, folder / "bundle")
+
+
+@pytest.fixture
+def hostile(tmp_path: Path, monkeypatch) -> tuple[Path, Path, dict[str, bytes]]:
+    """A folder holding a `payload:make_net` bundle and `payload.py`; the cwd is that folder and on sys.path."""
+    folder = tmp_path / "received"
+    folder.mkdir()
+    marker = tmp_path / "PAYLOAD_RAN"
+    (folder / "payload.py").write_text(PAYLOAD.format(marker=str(marker)))
+    bundle = _custom_bundle(folder, "payload:make_net")
+    monkeypatch.chdir(folder)
+    monkeypatch.syspath_prepend("")  # as `python -c` / an interactive session would have it
+    monkeypatch.delenv("PYTORCH_WORKFLOW_TRUSTED_MODULES", raising=False)
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    yield bundle, marker, before
+    sys.modules.pop("payload", None)
+
+
+@pytest.fixture
+def legit_package(tmp_path: Path, monkeypatch) -> Path:
+    """A package `lab` with `lab/models.py`, in a folder of its own that is put on the import path explicitly."""
+    root = tmp_path / "site"
+    (root / "lab").mkdir(parents=True)
+    (root / "lab" / "__init__.py").write_text("")
+    (root / "lab" / "models.py").write_text(LEGIT)
+    yield root
+    for name in ("lab.models", "lab"):
+        sys.modules.pop(name, None)
+
+
+def test_load_model_refuses_a_custom_bundle_and_its_payload_never_runs(hostile):
+    bundle, marker, before = hostile
+    with pytest.raises(BundleError) as caught:
+        load_model(bundle)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "config.yaml: model.target = 'payload:make_net' would import and run the module 'payload'" in message
+    assert "--trust-code" in message and "trust_code=True" in message
+    assert "PYTORCH_WORKFLOW_TRUSTED_MODULES=payload" in message
+    assert not marker.exists() and "payload" not in sys.modules
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+
+
+def test_an_allow_list_for_other_modules_does_not_let_the_bundle_in(hostile, monkeypatch):
+    bundle, marker, _ = hostile
+    monkeypatch.setenv("PYTORCH_WORKFLOW_TRUSTED_MODULES", "pay, payloads, lab.payload")  # prefixes, not substrings
+    with pytest.raises(BundleError, match="would import and run the module 'payload'"):
+        load_model(bundle)
+    assert not marker.exists()
+
+
+def test_even_trusted_the_module_is_not_taken_from_the_current_directory(hostile):
+    bundle, marker, _ = hostile
+    with pytest.raises(ConfigError, match="model.target = 'payload:make_net': cannot import 'payload'"):
+        load_model(bundle, trust_code=True)
+    assert not marker.exists()
+    assert sys.path[0] == ""  # the import path is restored afterwards
+
+
+def test_trusted_custom_bundle_loads_by_opt_in_or_allow_list(tmp_path, legit_package, monkeypatch):
+    monkeypatch.delenv("PYTORCH_WORKFLOW_TRUSTED_MODULES", raising=False)
+    monkeypatch.syspath_prepend(str(legit_package))
+    bundle = _custom_bundle(tmp_path, "lab.models:make_net")
+    with pytest.raises(BundleError, match="PYTORCH_WORKFLOW_TRUSTED_MODULES=lab.models"):
+        load_model(bundle)
+    assert "lab.models" not in sys.modules
+    assert isinstance(load_model(bundle, trust_code=True).model, nn.Linear)
+    monkeypatch.setenv("PYTORCH_WORKFLOW_TRUSTED_MODULES", "other,lab")
+    loaded = load_model(bundle)
+    assert loaded.predict_proba(torch.zeros(2, loaded.spec.n_features).numpy()).shape == (2, 3)
+
+
+@pytest.mark.slow
+def test_cli_predict_refuses_the_hostile_bundle_with_exit_5(hostile, run_cli):
+    bundle, marker, before = hostile
+    pd.DataFrame([[5.1, 3.5, 1.4, 0.2]], columns=_iris_columns()).to_csv(bundle.parent / "in.csv", index=False)
+    result = run_cli("flows.predict", "--model", "bundle", "--input", "in.csv", "--output", "out.csv",
+                     cwd=bundle.parent)
+    assert result.returncode == 5, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "'payload'" in lines[0] and "--trust-code" in lines[0]
+    assert not marker.exists() and not (bundle.parent / "out.csv").exists()
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+
+    trusted = run_cli("flows.predict", "--model", "bundle", "--input", "in.csv", "--output", "out.csv",
+                      "--trust-code", cwd=bundle.parent)
+    assert trusted.returncode == 2, trusted.stderr  # `python -m` puts the cwd on the path: not for the bundle
+    assert "cannot import 'payload'" in trusted.stderr and "Traceback" not in trusted.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_cli_predict_with_trust_code_loads_a_custom_model_from_pythonpath(tmp_path, legit_package, run_cli,
+                                                                          monkeypatch):
+    bundle = _custom_bundle(tmp_path, "lab.models:make_net")
+    pd.DataFrame([[5.1, 3.5, 1.4, 0.2]], columns=_iris_columns()).to_csv(tmp_path / "in.csv", index=False)
+    monkeypatch.setenv("PYTHONPATH", str(legit_package))
+    refused = run_cli("flows.predict", "--model", str(bundle), "--input", "in.csv", "--output", "out.csv")
+    assert refused.returncode == 5 and "--trust-code" in refused.stderr
+    result = run_cli("flows.predict", "--model", str(bundle), "--input", "in.csv", "--output", "out.csv",
+                     "--trust-code")
+    assert result.returncode == 0, result.stderr
+    assert list(pd.read_csv(tmp_path / "out.csv").columns)[0] == "prediction"
+
+
+def _iris_columns() -> list[str]:
+    from sklearn.datasets import load_iris
+
+    return list(load_iris().feature_names)
+
+
+def test_with_a_bundle_key_only_bundles_signed_with_it_load(tmp_path, monkeypatch):
+    import json
+
+    from tasks.bundle._verify import spec_hash
+    from tasks.nets.networks import build_network
+
+    config = load_config(None, tiny_overrides())
+    spec = prepare_data.fn(config.data, 0).spec
+    monkeypatch.delenv("PYTORCH_WORKFLOW_BUNDLE_KEY", raising=False)
+    unsigned = write_bundle(build_network(config.model, spec), config, spec, None, tmp_path / "unsigned")
+    monkeypatch.setenv("PYTORCH_WORKFLOW_BUNDLE_KEY", "team secret")
+    signed = write_bundle(build_network(config.model, spec), config, spec, None, tmp_path / "signed")
+    assert json.loads((signed / "bundle.json").read_text())["signature"]["alg"] == "hmac-sha256"
+    load_model(signed)
+    shutil.copytree(signed, tmp_path / "copy")
+    unsigned_message = r"unsigned[/\\]bundle.json: is not signed; PYTORCH_WORKFLOW_BUNDLE_KEY is set"
+    with pytest.raises(BundleError, match=unsigned_message):
+        load_model(unsigned)
+
+    manifest = json.loads((signed / "bundle.json").read_text())  # a maker without the key edits and rehashes
+    manifest["spec"]["class_names"] = list(reversed(manifest["spec"]["class_names"]))
+    manifest["spec_sha256"] = spec_hash(manifest["spec"])
+    (signed / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="signature that does not match the key, or was modified after signing"):
+        load_model(signed)
+    monkeypatch.setenv("PYTORCH_WORKFLOW_BUNDLE_KEY", "another key")
+    with pytest.raises(BundleError, match="does not match"):
+        load_model(tmp_path / "copy")
+    monkeypatch.delenv("PYTORCH_WORKFLOW_BUNDLE_KEY")
+    load_model(unsigned)  # without a key, signatures are not required
