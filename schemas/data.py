@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.base import RetryPolicy, StrictModel
 from schemas.errors import DataError
+from schemas.limits import MAX_ABS_FEATURE, MAX_SCALED_FEATURE, clip_text
 
 if TYPE_CHECKING:
     import torch
@@ -218,8 +219,15 @@ class Preprocessing(BaseModel):
     target_scale: float | None = None
     image: ImagePreprocessing | None = None
 
-    def transform(self, X: np.ndarray, source: str = "input") -> np.ndarray:
-        """Raw features (rows x features, in `feature_names` order) to model input."""
+    def transform(self, X: np.ndarray, source: str = "input", row_numbers: np.ndarray | None = None) -> np.ndarray:
+        """Raw features (rows x features, in `feature_names` order) to model input.
+
+        Refused with a DataError naming rows and columns: NaN or inf (unless
+        imputing), values beyond +-MAX_ABS_FEATURE, and values more than
+        MAX_SCALED_FEATURE standard deviations (or ranges) from the training
+        data once scaled; such rows would give NaN or meaningless outputs.
+        `row_numbers` are the 0-based rows of `X` in its file, for messages.
+        """
         if self.image is not None:
             return self.image.normalize(X, source)
         X = np.asarray(X, dtype=np.float64)
@@ -230,10 +238,21 @@ class Preprocessing(BaseModel):
         bad = ~np.isfinite(X)
         if bad.any():
             if self.fill_values is None:
-                raise DataError(f"{source}: {describe_nonfinite(bad, self.feature_names)}")
+                raise DataError(f"{source}: {describe_nonfinite(bad, self.feature_names, PREDICT_NAN_ADVICE)}")
             X = np.where(bad, np.asarray(self.fill_values), X)
+        check_magnitude(X, self.feature_names, source, row_numbers)
         if self.center is not None and self.scale is not None:
+            raw = X
             X = (X - np.asarray(self.center)) / np.asarray(self.scale)
+            far = ~(np.abs(X) <= MAX_SCALED_FEATURE)
+            if far.any():
+                unit = "training standard deviations from the training mean" if self.scaling == "standard" else (
+                    "training ranges from the training minimum")
+                raise DataError(
+                    f"{source}: feature value(s) more than {MAX_SCALED_FEATURE:g} {unit}, where the model has "
+                    f"never seen data: {describe_cells(far, raw, self.feature_names, row_numbers)}; "
+                    "check the units of these values, or drop these rows"
+                )
         return X.astype(np.float32)
 
     def transform_target(self, y: np.ndarray) -> np.ndarray:
@@ -302,12 +321,41 @@ class PreparedData:
     train_batches: Callable[[torch.Tensor, int, int, int], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
 
-def describe_nonfinite(bad: np.ndarray, names: Sequence[str]) -> str:
+TRAIN_NAN_ADVICE = "Clean the data or set data.impute to mean or median"
+PREDICT_NAN_ADVICE = (
+    "Fill in or drop these rows of the input: the model was trained without data.impute, so it cannot fill them"
+)
+
+
+def describe_nonfinite(bad: np.ndarray, names: Sequence[str], advice: str = TRAIN_NAN_ADVICE) -> str:
     """'NaN or inf values in columns a (3 rows), b (1 row)' for a boolean mask."""
     per_col = bad.sum(axis=0)
     parts = [f"{names[i]} ({int(n)} row{'s' if n != 1 else ''})" for i, n in enumerate(per_col) if n]
     rows = int(bad.any(axis=1).sum())
     return (
         f"NaN or inf values in column(s) {', '.join(parts[:10])}{' ...' if len(parts) > 10 else ''}; "
-        f"{rows} row(s) affected. Clean the data or set data.impute to mean or median"
+        f"{rows} row(s) affected. {advice}"
     )
+
+
+def check_magnitude(X: np.ndarray, names: Sequence[str], source: str, row_numbers: np.ndarray | None = None) -> None:
+    """A DataError naming rows and columns where a finite feature value is beyond +-MAX_ABS_FEATURE."""
+    huge = np.isfinite(X) & (np.abs(X) > MAX_ABS_FEATURE)
+    if huge.any():
+        raise DataError(
+            f"{source}: feature value(s) beyond +-{MAX_ABS_FEATURE:g}, more than a float32 model can use: "
+            f"{describe_cells(huge, X, names, row_numbers)}; fix these values (check their units) or drop these rows"
+        )
+
+
+def describe_cells(mask: np.ndarray, X: np.ndarray, names: Sequence[str], row_numbers: np.ndarray | None = None,
+                   limit: int = 5) -> str:
+    """'row 3, column a = 1e+300; row 7, column b = -2e+40 (and 4 more)' for a boolean mask; rows 1-based."""
+    rows, cols = np.nonzero(mask)
+    numbers = rows if row_numbers is None else np.asarray(row_numbers)[rows]
+    shown = [
+        f"row {int(r) + 1}, column {clip_text(str(names[c]) if c < len(names) else f'#{c + 1}', 80)} = {X[i, c]:.6g}"
+        for r, i, c in zip(numbers[:limit], rows[:limit], cols[:limit])
+    ]
+    more = f" (and {len(rows) - limit} more)" if len(rows) > limit else ""
+    return "; ".join(shown) + more

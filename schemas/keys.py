@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel, ValidationError
 
+from schemas.limits import clip_text, quote
+
 DOTTED_KEY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 Keep = Callable[[str, dict], bool]
@@ -142,14 +144,15 @@ def describe_error(err: dict[str, Any], keys: list[str], model: type[BaseModel] 
     `model` holds the last key: its fields are the keys valid beside an
     unknown one, for "did you mean" and "expected one of".
     """
-    key = ".".join(keys)
+    key = clip_text(".".join(keys))
     kind = err["type"]
     value = err.get("input")
     if kind == "value_error":
         msg = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
         if not key:
             return msg
-        return f"{key} = {value!r}: {msg}" if isinstance(value, (str, int, float)) else f"{key}: {msg}"
+        msg = clip_text(msg, 1000)
+        return f"{key} = {quote(value)}: {msg}" if isinstance(value, (str, int, float)) else f"{key}: {msg}"
     if kind == "extra_forbidden":
         names = list(model.model_fields) if model is not None else []
         close = difflib.get_close_matches(keys[-1], names, n=1)
@@ -160,7 +163,7 @@ def describe_error(err: dict[str, Any], keys: list[str], model: type[BaseModel] 
         return f"{key}: required key is missing"
     if kind == "union_tag_invalid":
         ctx = err["ctx"]
-        return f"{key}.{ctx['discriminator'].strip(chr(39))} = {ctx['tag']!r}: expected one of {ctx['expected_tags']}"
+        return f"{key}.{ctx['discriminator'].strip(chr(39))} = {quote(ctx['tag'])}: expected one of {ctx['expected_tags']}"
     if kind == "union_tag_not_found":
         return f"{key}: needs a {err['ctx']['discriminator'].strip(chr(39))} key"
-    return f"{key} = {value!r}: {err['msg']}"
+    return f"{key} = {quote(value)}: {clip_text(err['msg'], 1000)}"

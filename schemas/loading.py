@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
+from yaml.constructor import ConstructorError
 from pydantic import BaseModel, ValidationError
 
 from schemas.base import union_discriminator
 from schemas.errors import ConfigError, first_line
+from schemas.limits import MAX_ALIAS_EXPANSION, MAX_YAML_DEPTH, clip_text
 from schemas.keys import (
     DOTTED_KEY,
     dump_diff,
@@ -29,9 +31,109 @@ from schemas.keys import (
 from schemas.run import RunConfig
 
 
+class BoundedLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe loader (libyaml's C parser where PyYAML has it), checking the node graph before building it.
+
+    Refused, as a YAMLError naming the key: a duplicate key in a mapping,
+    nesting deeper than MAX_YAML_DEPTH, and aliases (`*name`) that would add
+    more than MAX_ALIAS_EXPANSION values (an alias bomb: a few hundred bytes
+    that expand to billions of values).
+    """
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        check_yaml_nodes(node)
+        return self.construct_document(node)
+
+
+def _construct_int(loader: BoundedLoader, node: yaml.ScalarNode) -> int:
+    """An int, refusing one of more digits than Python converts (a ValueError otherwise)."""
+    if len(node.value) > MAX_INT_DIGITS:
+        raise ConstructorError(
+            None, None, f"an integer of {len(node.value)} digits; expected at most {MAX_INT_DIGITS}", node.start_mark
+        )
+    return yaml.constructor.SafeConstructor.construct_yaml_int(loader, node)
+
+
+BoundedLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+MAX_INT_DIGITS = 100
+
+
 def load_yaml(text: str) -> Any:
-    """`yaml.safe_load`, through libyaml's C parser where PyYAML has it (far faster than the pure-Python one)."""
-    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    """`yaml.safe_load`, bounded (see `BoundedLoader`), through libyaml's C parser where PyYAML has it."""
+    return yaml.load(text, Loader=BoundedLoader)
+
+
+def check_yaml_nodes(root: yaml.Node) -> None:
+    """Raise a YAMLError for duplicate keys, deep nesting, or aliases that expand too far."""
+    seen: set[int] = set()
+    _visit(root, "", 0, seen)
+    limit = len(seen) + MAX_ALIAS_EXPANSION
+    _expanded_size(root, "", {}, set(), limit, 0)
+
+
+def _visit(node: yaml.Node, path: str, depth: int, seen: set[int]) -> None:
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if depth > MAX_YAML_DEPTH:
+        raise ConstructorError(None, None, f"{path or 'the document'}: nested more than {MAX_YAML_DEPTH} levels deep",
+                               node.start_mark)
+    for key, child in _children(node, path):
+        _visit(child, key, depth + 1, seen)
+    if isinstance(node, yaml.MappingNode):
+        keys: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            if (key_node.tag, key_node.value) in keys:
+                raise ConstructorError(
+                    None, None, f"duplicate key {_join(path, key_node.value)}; each key may appear once in a mapping",
+                    key_node.start_mark,
+                )
+            keys.add((key_node.tag, key_node.value))
+
+
+def _expanded_size(node: yaml.Node, path: str, sizes: dict[int, int], active: set[int], limit: int, depth: int) -> int:
+    """How many values `node` holds once every alias is expanded; memoized, so shared nodes cost nothing."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if depth > MAX_YAML_DEPTH:
+        raise ConstructorError(None, None, f"{path}: aliases nest more than {MAX_YAML_DEPTH} levels deep",
+                               node.start_mark)
+    if id(node) in active:
+        raise ConstructorError(None, None, f"{path or 'the document'}: an alias refers to the value it is in",
+                               node.start_mark)
+    active.add(id(node))
+    size = 1 + sum(_expanded_size(child, key, sizes, active, limit, depth + 1) for key, child in _children(node, path))
+    active.discard(id(node))
+    if size > limit:
+        raise ConstructorError(
+            None, None,
+            f"{path or 'the document'}: aliases (*name) expand to more than {MAX_ALIAS_EXPANSION} extra values "
+            "(an alias bomb?); write the values out instead",
+        )
+    sizes[id(node)] = size
+    return size
+
+
+def _children(node: yaml.Node, path: str) -> list[tuple[str, yaml.Node]]:
+    """(path of the child, child) for a mapping's keys and values or a sequence's items."""
+    if isinstance(node, yaml.SequenceNode):
+        return [(f"{path}[{i}]", child) for i, child in enumerate(node.value)]
+    if isinstance(node, yaml.MappingNode):
+        pairs: list[tuple[str, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            label = _join(path, clip_text(str(key_node.value), 40) if isinstance(key_node, yaml.ScalarNode) else "?")
+            pairs += [(label, key_node), (label, value_node)]
+        return pairs
+    return []
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
@@ -44,12 +146,14 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or first_line(exc)
+        problem = clip_text(getattr(exc, "problem", None) or first_line(exc))
         raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested more than {MAX_YAML_DEPTH} levels deep") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     if data is None:
-        return {}
+        raise ConfigError(f"{path}: empty; expected a mapping of settings, like `train: {{epochs: 5}}`")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top, got {type(data).__name__}")
     return data
@@ -62,7 +166,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not DOTTED_KEY.match(key):
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted key, like optimizer.lr=0.01")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value

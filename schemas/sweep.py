@@ -35,6 +35,7 @@ from schemas.keys import (
     resume_safe,
     union_members,
 )
+from schemas.limits import clip_text, quote
 from schemas.loading import (
     apply_overrides,
     config_to_yaml,
@@ -325,7 +326,7 @@ class SweepConfig(StrictModel):
     def _consistent(self) -> "SweepConfig":
         for key in self.space:
             if not DOTTED_KEY.match(key):
-                raise ValueError(f"space: {key!r} is not a dotted config key like optimizer.lr")
+                raise ValueError(f"space: {quote(key)} is not a dotted config key like optimizer.lr")
             head = key.split(".")[0]
             if head in FIXED_KEYS:
                 raise ValueError(f"space.{key}: cannot be searched: {FIXED_KEYS[head]}")
@@ -469,7 +470,7 @@ def _check_value(base: RunConfig, key: str, value: Any) -> None:
     try:
         trial_config(base, {key: value})
     except ConfigError as exc:
-        raise ValueError(f"space.{key}: the value {value!r} does not fit the run config: {_body(exc)}") from None
+        raise ValueError(f"space.{clip_text(key)}: the value {quote(value)} does not fit the run config: {_body(exc)}") from None
 
 
 def _run_fields(tp: Any) -> dict[str, Any]:
@@ -549,7 +550,7 @@ def load_sweep_config(path: str | Path | None, overrides: Iterable[str] = ()) ->
     elif base is None:
         base = {}
     elif not isinstance(base, dict):
-        raise ConfigError(f"base: expected a run config mapping or the path of a run preset, got {base!r}")
+        raise ConfigError(f"base: expected a run config mapping or the path of a run preset, got {quote(base)}")
     base_overrides = []
     for text in overrides:
         key, value = parse_override(text)

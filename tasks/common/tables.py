@@ -9,6 +9,8 @@ Shared by the data stage (training data) and the bundle and predict flow
 
 from __future__ import annotations
 
+import math
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -16,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from schemas.errors import DataError, first_line
+from schemas.limits import available_memory_bytes, clip_text, format_bytes
 
 
 def read_table(path: Path, kind: str) -> pd.DataFrame:
@@ -24,6 +27,7 @@ def read_table(path: Path, kind: str) -> pd.DataFrame:
     try:
         if kind == "csv":
             frame = pd.read_csv(path)
+            check_unique_header(path)
         else:
             frame = pd.read_parquet(path)
     except pd.errors.EmptyDataError:
@@ -39,6 +43,23 @@ def read_table(path: Path, kind: str) -> pd.DataFrame:
             raise DataError(f"{path}: not a readable Parquet file: {first_line(exc)}") from None
         raise
     return frame
+
+
+def check_unique_header(path: Path) -> None:
+    """A DataError naming the repeated names when a CSV header repeats a column name.
+
+    pandas renames a repeated `a` to `a.1`, which would then be read as
+    another feature; the header row itself is what to check.
+    """
+    first = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
+    header = [str(name) for name in first.iloc[0]] if len(first) else []
+    seen: dict[str, list[int]] = {}
+    for i, name in enumerate(header):
+        seen.setdefault(name, []).append(i + 1)
+    repeated = [(name, places) for name, places in seen.items() if len(places) > 1 and name != ""]
+    if repeated:
+        listed = "; ".join(f"{clip_text(name, 80)!r} (columns {', '.join(map(str, places))})" for name, places in repeated[:5])
+        raise DataError(f"{path}: the header repeats column name(s) {listed}; each column needs a unique name")
 
 
 def check_readable(path: Path) -> None:
@@ -81,10 +102,56 @@ def read_npz_arrays(path: Path, required: Sequence[str], optional: Sequence[str]
         missing = [k for k in required if k not in archive.files]
         if missing:
             raise DataError(f"{path}: missing array(s) {', '.join(missing)}; found: {', '.join(archive.files) or 'none'}")
+        names = [k for k in (*required, *optional) if k in archive.files]
+        check_npz_size(path, archive, names)
         try:
-            return {k: archive[k] for k in (*required, *optional) if k in archive.files}
+            return {k: archive[k] for k in names}
         except ValueError as exc:
             raise DataError(f"{path}: arrays must be numeric (no pickled objects): {first_line(exc)}") from None
+
+
+def npz_headers(archive: np.lib.npyio.NpzFile, names: Sequence[str]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """(shape, dtype) of each named array, read from its .npy header alone (nothing is decompressed past it)."""
+    headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    for name in names:
+        try:
+            with archive.zip.open(f"{name}.npy") as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                else:
+                    continue
+        except (KeyError, ValueError, OSError, zipfile.BadZipFile):
+            continue  # loading the array reports what is wrong with it
+        headers[name] = (tuple(int(d) for d in shape), dtype)
+    return headers
+
+
+def check_npz_size(path: Path, archive: np.lib.npyio.NpzFile, names: Sequence[str], copies: float = 2.0) -> None:
+    """A DataError naming the array, its shape and the bytes when the arrays cannot fit in available memory.
+
+    Checked from the headers before anything is decompressed: a small
+    compressed archive can declare a huge array (a zip bomb). Each array is
+    counted as stored, plus `copies` float64 working copies of it (scaling
+    and the splits' tensors).
+    """
+    headers = npz_headers(archive, names)
+    sizes = {
+        name: math.prod(shape) * (dtype.itemsize + int(copies * 8))
+        for name, (shape, dtype) in headers.items()
+    }
+    available = available_memory_bytes()
+    if sum(sizes.values()) <= available:
+        return
+    name = max(sizes, key=lambda k: sizes[k])
+    shape, dtype = headers[name]
+    raise DataError(
+        f"{path}: array {name} declares shape {shape} of {dtype} ({format_bytes(math.prod(shape) * dtype.itemsize)} "
+        f"once decompressed); with working copies the arrays need about {format_bytes(sum(sizes.values()))}, "
+        f"more than the {format_bytes(available)} of memory available. Use a smaller file, or a machine with more memory"
+    )
 
 
 def parquet_columns(path: Path) -> pd.DataFrame:

@@ -14,6 +14,7 @@ from schemas.data import (
     PreparedData,
     Preprocessing,
     SplitConfig,
+    check_magnitude,
     describe_nonfinite,
 )
 from schemas.errors import DataError, first_line
@@ -116,6 +117,7 @@ def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
         bad = ~np.isfinite(raw.X)
         if bad.any():
             raise DataError(f"{raw.source}: {describe_nonfinite(bad, raw.feature_names)}")
+    check_magnitude(raw.X, raw.feature_names, raw.source)
     _check_split(len(raw.X), config.split, raw.source)
 
     class_names: tuple[str, ...] | None = None
@@ -151,7 +153,7 @@ def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
     )
 
     def features(rows: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(pre.transform(raw.X[rows], raw.source))
+        return torch.from_numpy(pre.transform(raw.X[rows], raw.source, rows))
 
     def targets(rows: np.ndarray) -> torch.Tensor:
         if task == "classification":

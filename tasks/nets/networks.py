@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from schemas.errors import ConfigError, first_line
+from schemas.limits import available_memory_bytes, format_bytes
 from schemas.model import (
     CNNConfig,
     CustomModelConfig,
@@ -193,13 +194,17 @@ def _load_factory(config: CustomModelConfig) -> Callable[..., nn.Module]:
     return factory
 
 
-def build_network(config: ModelConfig, spec: DataSpec, check_output: bool = True) -> nn.Module:
+def build_network(config: ModelConfig, spec: DataSpec, check_output: bool = True, check_size: bool = True) -> nn.Module:
     """The bare `nn.Module` for `config`, sized from the data; raises ConfigError on a mismatch.
 
     `check_output` runs a forward pass on two zero rows to check the output
     shape; reloading a bundle, whose network passed that check when it was
-    trained, skips it.
+    trained, skips it. `check_size` first counts a built-in network's
+    parameters (built on the meta device, allocating nothing) against the
+    available memory.
     """
+    if check_size and not isinstance(config, CustomModelConfig):
+        _check_memory(config, spec)
     n_in, n_out = spec.n_features, spec.n_outputs
     if isinstance(config, MLPConfig):
         model: nn.Module = MLP(n_in, n_out, config.hidden_sizes, config.activation, config.dropout)
@@ -234,6 +239,30 @@ def build_network(config: ModelConfig, spec: DataSpec, check_output: bool = True
     if check_output:
         _check_output_shape(model, config, spec)
     return model
+
+
+# What sizes each built-in network, for the message when it is too big.
+SIZE_KEYS = {
+    "mlp": "model.hidden_sizes", "cnn": "model.channels and model.hidden", "tinyvgg": "model.hidden_units",
+    "resnet": "model.channels and model.blocks_per_stage",
+}
+# Bytes per parameter while training in float32: weights, gradients and Adam's two moments.
+TRAINING_BYTES_PER_PARAMETER = 4 * 4
+
+
+def _check_memory(config: ModelConfig, spec: DataSpec) -> None:
+    """A ConfigError naming the sizing keys when the network's training state cannot fit in available memory."""
+    with torch.device("meta"):
+        probe = build_network(config, spec, check_output=False, check_size=False)
+    count = sum(p.numel() for p in probe.parameters())
+    need, available = count * TRAINING_BYTES_PER_PARAMETER, available_memory_bytes()
+    if need > available:
+        key = SIZE_KEYS.get(config.kind, "the number of input features")
+        raise ConfigError(
+            f"model.kind = {config.kind!r}: {count:,} parameters on {spec.n_features} input feature(s) need about "
+            f"{format_bytes(need)} to train (float32 weights, gradients and optimizer state), more than the "
+            f"{format_bytes(available)} of memory available; make {key} smaller"
+        )
 
 
 def _check_output_shape(model: nn.Module, config: ModelConfig, spec: DataSpec) -> None:

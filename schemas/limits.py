@@ -1,0 +1,90 @@
+"""The bounds hostile or broken input is held to, in one place, and how much memory there is.
+
+    from schemas.limits import available_memory_bytes, clip_text
+    if needed > available_memory_bytes(): ...
+
+A config file, a data file or a row to predict can ask for far more than a
+machine has (a YAML alias bomb, a zip-bomb NPZ, a model of billions of
+parameters) or hold values no model can use (1e308). Each is refused with a
+one-line error before anything large is allocated.
+"""
+
+from __future__ import annotations
+
+import os
+import reprlib
+from typing import Any
+
+# YAML: aliases may add at most this many values to a document beyond the ones written out.
+MAX_ALIAS_EXPANSION = 10_000
+# YAML: mappings and sequences nested deeper than this are refused.
+MAX_YAML_DEPTH = 100
+# Error messages quote at most this many characters of any value the user gave.
+MAX_QUOTED_CHARS = 200
+# Feature values (raw, at training and at prediction) beyond +-this are refused:
+# float32, the model's precision, ends at 3.4e38, and the scaler squares values.
+MAX_ABS_FEATURE = 1e30
+# After standard or min-max scaling, a value this many training standard
+# deviations (or ranges) from the training data is refused at prediction.
+MAX_SCALED_FEATURE = 1e6
+
+
+def available_memory_bytes() -> int:
+    """Memory available to a new allocation: MemAvailable on Linux, else physical memory."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return 2**63 - 1  # unknown: no check
+
+
+def format_bytes(n: float) -> str:
+    """'3.2 GB' for 3_200_000_000."""
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+class _Repr(reprlib.Repr):
+    """reprlib with generous limits that keeps a dict's own key order (reprlib sorts keys)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxtuple, self.maxdict = 4, 20, 20, 20
+        self.maxset = self.maxfrozenset = 20
+        self.maxstring = self.maxother = self.maxlong = MAX_QUOTED_CHARS
+
+    def repr_dict(self, x: dict, level: int) -> str:
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        items = [f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}" for k, v in list(x.items())[: self.maxdict]]
+        return "{" + ", ".join(items) + (", ..." if len(x) > self.maxdict else "") + "}"
+
+
+_REPR = _Repr()
+
+
+def clip_text(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """`text`, cut to `limit` characters with an ellipsis when longer."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def quote(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
+    """`repr(value)` for an error message, never longer than `limit` characters however large the value."""
+    if isinstance(value, (bool, int, float)) or value is None:
+        text = repr(value) if not isinstance(value, int) or abs(value) < 10**limit else f"<{value.bit_length()}-bit int>"
+    elif isinstance(value, str):
+        text = repr(value[: limit + 1])
+    else:
+        text = _REPR.repr(value)
+    return clip_text(text, limit)
