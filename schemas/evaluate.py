@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.base import RetryPolicy, StrictModel
 
@@ -12,6 +12,14 @@ class EvaluateConfig(StrictModel):
 
     batch_size: int = Field(4096, ge=1, description="Rows per forward pass at evaluation.")
     retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retries of this stage.")
+
+
+# What else a run directory holds (tasks.run, tasks.train): a bundle folder by one of these names would
+# mix with it, or be deleted by it (a resume clears the bundle folder).
+RUN_DIR_NAMES = (
+    "checkpoints", "plots", "tensorboard", "run.json", "config.yaml", "device.json", "metrics.json",
+    "history.csv", "report.md", "tracking.json",
+)
 
 
 class SaveConfig(StrictModel):
@@ -26,6 +34,16 @@ class SaveConfig(StrictModel):
     retry: RetryPolicy = Field(
         default_factory=lambda: RetryPolicy(retries=2, delay_seconds=1.0), description="Retries of this stage."
     )
+
+    @field_validator("dirname")
+    @classmethod
+    def _not_a_run_dir_name(cls, value: str) -> str:
+        if value.lower() in RUN_DIR_NAMES:
+            raise ValueError(
+                f"the run directory already uses that name for its own {value.lower()}; "
+                "pick another folder name, e.g. model"
+            )
+        return value
 
 
 class ClassReport(BaseModel):

@@ -6,18 +6,23 @@
 Every writer here goes through `atomic_write`: the content goes to a hidden
 temporary file beside the target (`.<name>.<random>.tmp<suffix>`), which is
 renamed into place only once it is complete. Also the project's cache folder,
-a folder swap that never leaves the target missing, and a PID check for
-folders a live process may hold.
+a folder swap that never leaves the target missing, the ownership marker of
+the folders the pipeline creates, and a PID check for folders a live process
+may hold.
 """
 
 from __future__ import annotations
 
 import csv
+import ctypes
+import errno
 import io
 import json
 import os
 import shutil
+import sys
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -95,20 +100,91 @@ def write_csv(path: Path, rows: Iterable[BaseModel | Mapping[str, Any]]) -> None
 def replace_dir(staging: Path, target: Path) -> None:
     """Move the finished folder `staging` to `target`, replacing an older one there.
 
-    The old folder is renamed aside first and deleted only after the new one
-    is in place, so a failure between the two renames leaves it beside the
-    target (as `.<name>.<random>.old`), never lost.
+    Where the system can swap two paths atomically (Linux, macOS), the new and
+    the old folder trade places in one step, so `target` holds one complete
+    folder at every instant; the old one is then deleted. Elsewhere the old
+    folder is renamed aside first and deleted only after the new one is in
+    place, so a failure between the two renames leaves it beside the target
+    (as `.<name>.<random>.old`), never lost.
     """
+    if target.is_dir() and not target.is_symlink() and exchange_paths(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)  # now the old folder
+        return
     trash = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
-    if target.exists():
+    if target.exists() or target.is_symlink():
         os.replace(target, trash)
     try:
         os.replace(staging, target)
     except BaseException:
-        if trash.exists() and not target.exists():
+        if (trash.exists() or trash.is_symlink()) and not target.exists():
             os.replace(trash, target)
         raise
-    shutil.rmtree(trash, ignore_errors=True)
+    if trash.is_dir() and not trash.is_symlink():
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        trash.unlink(missing_ok=True)
+
+
+_AT_FDCWD, _RENAME_EXCHANGE, _RENAME_SWAP = -100, 2, 2
+_UNSUPPORTED = {errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV}
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Atomically swap the two existing paths `a` and `b`; False where the system or file system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if sys.platform.startswith("linux"):
+            call = libc.renameat2
+            call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            args: tuple[Any, ...] = (_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+        elif sys.platform == "darwin":
+            call = libc.renamex_np
+            call.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint]
+            args = (os.fsencode(a), os.fsencode(b), _RENAME_SWAP)
+        else:
+            return False
+    except (OSError, AttributeError):  # no such call in this C library
+        return False
+    if call(*args) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _UNSUPPORTED:
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+# ------------------------------------------------------------------ ownership marker
+
+MARKER = ".pytorch-workflow"  # in every folder the pipeline creates (a run, a sweep): {"kind", "created_at"}
+
+
+def write_marker(folder: Path, kind: str) -> None:
+    """Mark `folder` as created by the pipeline, as a `kind` folder ("run", "sweep")."""
+    write_json(folder / MARKER, {"kind": kind, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+
+def marker_kind(folder: Path) -> str | None:
+    """The kind of folder the pipeline marked `folder` as; None when it carries no readable marker."""
+    marker = folder / MARKER
+    try:
+        if marker.is_symlink() or not marker.is_file() or marker.stat().st_size > 4096:
+            return None
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    kind = data.get("kind") if isinstance(data, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def describe_contents(folder: Path, limit: int = 6) -> str:
+    """What `folder` holds, for a message: "config.yaml, model/, notes.txt and 3 more", or "nothing"."""
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    except OSError:
+        return "nothing readable"
+    names = [f"{p.name}/" if p.is_dir() and not p.is_symlink() else p.name for p in entries[:limit]]
+    more = f" and {len(entries) - limit} more" if len(entries) > limit else ""
+    return ", ".join(names) + more if names else "nothing"
 
 
 def pid_alive(pid: int) -> bool:

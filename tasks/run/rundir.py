@@ -4,6 +4,7 @@
         ...                                                     # run.json: running, then completed or failed
 
     runs/<YYYYmmdd-HHMMSS>-<name>/
+        .pytorch-workflow  the ownership marker: {"kind": "run", ...}; --resume needs it  (here)
         run.json       state (running, completed, failed), times, error      (here)
         config.yaml, device.json, metrics.json, history.csv, plots/          (tasks.run.outputs)
         report.md                                                            (tasks.run.report_md)
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 from schemas.errors import ConfigError
-from tasks.common.files import TMP_GLOB, pid_alive, write_json
+from tasks.common.files import MARKER, TMP_GLOB, describe_contents, marker_kind, pid_alive, write_json, write_marker
 
 DEFAULT_ROOT = Path("runs")
 RUN_STATE = "run.json"
@@ -36,7 +37,8 @@ def create_run_dir(run_dir: str | Path | None, name: str, root: Path = DEFAULT_R
 
     With `run_dir`, that directory (created if absent) must hold no earlier
     run. Without it, `root/<timestamp>-<name>`, with a numeric suffix when two
-    runs start in the same second.
+    runs start in the same second. Either carries the ownership marker that
+    `open_run_dir_for_resume` asks for.
     """
     if run_dir is not None:
         path = Path(run_dir).expanduser().resolve()
@@ -45,6 +47,7 @@ def create_run_dir(run_dir: str | Path | None, name: str, root: Path = DEFAULT_R
         if path.is_dir() and any(path.iterdir()):
             raise ConfigError(f"--run-dir {path}: already holds files; choose a new or empty directory")
         path.mkdir(parents=True, exist_ok=True)
+        write_marker(path, "run")
         return path
     root = Path(root).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -53,21 +56,24 @@ def create_run_dir(run_dir: str | Path | None, name: str, root: Path = DEFAULT_R
         path = root / (f"{stamp}-{name}" if attempt == 0 else f"{stamp}-{name}-{attempt}")
         try:
             path.mkdir()  # atomic: exactly one process creates a given directory
-            return path
         except FileExistsError:
             continue
+        write_marker(path, "run")
+        return path
     raise ConfigError(f"could not create a unique run directory under {root}")
 
 
 def open_run_dir_for_resume(run_dir: str | Path, bundle_dirname: str = "model") -> Path:
-    """An existing run directory that may be resumed: not completed, not running elsewhere.
+    """An existing run directory that may be resumed: made by the pipeline, not completed, not running elsewhere.
 
+    Only a folder carrying the run marker is touched (see `_check_run_folder`).
     A bundle left by an attempt that died before the run was marked completed
     is removed: the resumed run writes the same bundle again.
     """
     path = Path(run_dir).expanduser().resolve()
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"--resume {path}: no run there (config.yaml is missing)")
+    _check_run_folder(path)
     try:
         state = read_run_state(path)
     except (OSError, json.JSONDecodeError):
@@ -78,12 +84,44 @@ def open_run_dir_for_resume(run_dir: str | Path, bundle_dirname: str = "model") 
     if state.get("state") == "running" and isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
         raise ConfigError(f"--resume {path}: the run is still running (pid {pid})")
     for leftover in path.glob(TMP_GLOB):  # from a process killed mid-write
-        if leftover.is_dir():
+        if leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
     shutil.rmtree(path / bundle_dirname, ignore_errors=True)
     return path
+
+
+def _check_run_folder(path: Path) -> None:
+    """Refuse, naming what is there, a folder that `create_run_dir` did not make.
+
+    A run made before runs carried the marker is recognised by what only a
+    run leaves together: a run.json with a state, config.yaml and
+    checkpoints/; it is marked, then resumed.
+    """
+    kind = marker_kind(path)
+    if kind == "run":
+        return
+    if kind is not None:
+        raise ConfigError(f"--resume {path}: this folder holds a {kind}, not a training run; nothing was changed")
+    if (path / "bundle.json").is_file():
+        raise ConfigError(
+            f"--resume {path}: this is a model bundle (bundle.json), not a run folder; "
+            "resume the run folder that holds it; nothing was changed"
+        )
+    try:
+        state = read_run_state(path).get("state")
+    except (OSError, ValueError, AttributeError):
+        state = None
+    if state in ("running", "failed", "completed") and (path / "checkpoints").is_dir():
+        if state != "completed":  # a completed run is refused next, untouched
+            write_marker(path, "run")  # a run from before the marker
+        return
+    raise ConfigError(
+        f"--resume {path}: not a run folder made by flows.train (no {MARKER} marker"
+        f"{'' if (path / RUN_STATE).is_file() else ', no run.json'}); found {describe_contents(path)}; "
+        "nothing was changed"
+    )
 
 
 class Failable(Protocol):

@@ -5,6 +5,7 @@
     with sweep_folder("sweeps/digits", config, data.spec, journal_holds_trials) as (path, found):
         ...   # a failure before the study holds a trial removes what this run wrote
 
+    .pytorch-workflow   the ownership marker: {"kind": "sweep", ...}; resuming needs it
     sweep.yaml          the sweep config; a rerun must match it
     data.json           the data's content hash, checked on resume
     run.json            running / completed / failed (tasks.run.rundir)
@@ -27,7 +28,9 @@ from typing import Callable, Iterator
 from schemas.data import DataSpec
 from schemas.errors import ConfigError
 from schemas.sweep import SweepConfig, load_sweep_config, sweep_diff, sweep_to_yaml
-from tasks.common.files import TMP_GLOB, atomic_write_text, pid_alive, write_json
+from tasks.common.files import (
+    MARKER, TMP_GLOB, atomic_write_text, describe_contents, marker_kind, pid_alive, write_json, write_marker,
+)
 from tasks.run.rundir import RUN_STATE, read_run_state
 from tasks.run.tracking import TRACKING_FILE
 
@@ -62,18 +65,22 @@ def open_sweep_dir(sweep_dir: str | Path | None, config: SweepConfig, spec: Data
     """The sweep directory, created or reopened; (path, found): whether it already held this sweep.
 
     A directory that holds another sweep (a different space, sampler,
-    metric, base config or data) is refused, naming what differs. Whether
+    metric, base config or data) is refused, naming what differs, and so is
+    one the pipeline did not make (no marker), whatever it holds. Whether
     there is anything to resume is the study's to say (tasks.sweep.study.holds_trials).
     """
     path = resolve_sweep_dir(sweep_dir, config)
     resumed = (path / SWEEP_FILE).is_file()
     if resumed:
+        _check_sweep_folder(path)
         _check_resumable(path, config, spec)
     elif path.is_dir() and any(path.iterdir()):
         raise ConfigError(f"--sweep-dir {path}: already holds files that are not a sweep; choose a new or empty directory")
     elif path.exists() and not path.is_dir():
         raise ConfigError(f"--sweep-dir {path}: exists and is not a directory")
     path.mkdir(parents=True, exist_ok=True)
+    if marker_kind(path) is None:  # a new sweep, or one from before the marker
+        write_marker(path, "sweep")
     atomic_write_text(path / SWEEP_FILE, sweep_to_yaml(config))
     write_json(path / DATA_FILE, {"data_hash": spec.data_hash, "source": spec.source, "task": spec.task})
     return path, resumed
@@ -113,7 +120,7 @@ def _holds_trials(holds_trials: Callable[[Path], bool], path: Path) -> bool:
 
 def _remove_setup_files(path: Path, new_dirs: list[Path]) -> None:
     """Remove what a failed setup wrote in `path`, then the folders in `new_dirs` that are left empty."""
-    names = {SWEEP_FILE, DATA_FILE, RUN_STATE, DEVICE_FILE, TRACKING_FILE}
+    names = {MARKER, SWEEP_FILE, DATA_FILE, RUN_STATE, DEVICE_FILE, TRACKING_FILE}
     for entry in path.iterdir():
         if entry.name in names or entry.match(f"{STUDY_FILE}*") or entry.match(TMP_GLOB):
             if entry.is_dir() and not entry.is_symlink():
@@ -127,6 +134,25 @@ def _remove_setup_files(path: Path, new_dirs: list[Path]) -> None:
             folder.rmdir()  # only when empty
         except OSError:
             break
+
+
+def _check_sweep_folder(path: Path) -> None:
+    """Refuse, naming what is there, a folder holding a sweep.yaml that `open_sweep_dir` did not make.
+
+    A sweep made before sweeps carried the marker is recognised by what only
+    a sweep leaves together (sweep.yaml, data.json, study.journal, run.json).
+    """
+    kind = marker_kind(path)
+    if kind == "sweep":
+        return
+    if kind is not None:
+        raise ConfigError(f"--sweep-dir {path}: this folder holds a {kind}, not a sweep; nothing was changed")
+    if all((path / name).is_file() for name in (DATA_FILE, STUDY_FILE, RUN_STATE)):
+        return  # a sweep from before the marker: marked once opened
+    raise ConfigError(
+        f"--sweep-dir {path}: holds a {SWEEP_FILE} but is not a sweep folder made by flows.sweep (no {MARKER} "
+        f"marker); found {describe_contents(path)}; choose a new or empty directory; nothing was changed"
+    )
 
 
 def _check_resumable(path: Path, config: SweepConfig, spec: DataSpec) -> None:

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 from prefect.artifacts import create_table_artifact
 
 from schemas.data import DataSpec
-from schemas.errors import TrainingError
+from schemas.errors import ConfigError, TrainingError
 from schemas.evaluate import EvalReport
 from schemas.loading import config_to_yaml
 from schemas.sweep import SweepConfig
 from schemas.trial import LeaderboardRow
 from tasks.bundle import save_model
-from tasks.common.files import atomic_write_text, replace_dir, temporary_path
+from tasks.common.files import MARKER, atomic_write_text, marker_kind, replace_dir, temporary_path
 from tasks.sweep.folder import BEST_CONFIG, BEST_MODEL, DEVICE_FILE, LEADERBOARD, PARAM_PLOT, PLOT
 from tasks.sweep.leaderboard import leaderboard, leaderboard_records, write_leaderboard_csv
 from tasks.sweep.plots import write_param_plot, write_plot
@@ -52,10 +52,14 @@ def save_best_model(
 ) -> tuple[Any, dict[str, Any], EvalReport]:
     """Write best_config.yaml and the best trial's bundle as best_model/; (best trial, its params, its evaluation).
 
-    The bundle is written beside the folder and swapped in whole, so an older
-    best_model/ stays until the new one is complete. Raises TrainingError when
-    no trial completed.
+    The bundle is written beside the folder and swapped in whole
+    (`replace_dir`), so an older best_model/ stays until the new one is
+    complete, and one complete bundle is there at every instant. Only a sweep
+    folder the pipeline made (its marker) is written to: ConfigError
+    otherwise. Raises TrainingError when no trial completed.
     """
+    if marker_kind(path) != "sweep":
+        raise ConfigError(f"{path}: not a sweep folder made by flows.sweep (no {MARKER} marker); best_model/ left as it is")
     best = best_trial(study)
     if best is None:
         raise TrainingError(f"no trial of sweep {config.name} completed; see {path / LEADERBOARD} for each trial's error")
