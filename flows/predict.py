@@ -7,8 +7,10 @@ to the training features by name, in any order; other columns are ignored.
 For a model trained on an image folder, the input is an image file or a
 folder of images (searched recursively), decoded, resized and normalized as
 in training; the CSV then starts with a `file` column.
-The output CSV has `prediction` (the class name, or the value for regression)
-and, for classification, one `proba_<class>` column per class.
+The output (CSV for `.csv`, Parquet for `.parquet`; other names are refused)
+has `prediction` (the class name, or the value for regression) and, for
+classification, one `proba_<class>` column per class. It never replaces the
+input, nor anything inside the bundle folder being read.
 """
 
 from __future__ import annotations
@@ -24,10 +26,44 @@ from prefect.cache_policies import NO_CACHE
 from flows._cli import exit_quickly, prefect_session, run_command
 from schemas.errors import ConfigError, DataError
 from tasks.bundle import LoadedBundle, load_model_task
-from tasks.common.files import atomic_write_text
+from tasks.common.files import atomic_write, atomic_write_text
 from tasks.common.tables import read_npz_arrays, read_table
 
 SUFFIX_KIND = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
+OUTPUT_KIND = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def check_output(output: Path, input: Path, model: Path) -> str:
+    """The format to write `output` in ("csv", "parquet"), by its extension.
+
+    Refused (ConfigError): another extension, a folder, the input file itself
+    (the same path, through a link, or the same inode), a path inside the
+    input folder, and any path inside the bundle folder being read.
+    """
+    if output.is_dir():
+        raise ConfigError(f"--output {output}: is a directory; give a file name")
+    target = output.expanduser().resolve()
+    source = input.expanduser().resolve()
+    if target == source or (target.exists() and source.is_file() and target.samefile(source)):
+        raise ConfigError(f"--output {output}: is the --input file; predictions would replace their input; give another name")
+    if source.is_dir() and target.is_relative_to(source):
+        raise ConfigError(f"--output {output}: is inside the --input folder {input}; write it elsewhere")
+    bundle = model.expanduser().resolve()
+    if target.is_relative_to(bundle) or (target.exists() and _same_as_a_file_in(target, bundle)):
+        raise ConfigError(f"--output {output}: is inside the --model bundle {model}, which it would damage; write it elsewhere")
+    kind = OUTPUT_KIND.get(output.suffix.lower())
+    if kind is None:
+        found = f"extension {output.suffix!r}" if output.suffix else "no extension"
+        raise ConfigError(f"--output {output}: {found}; expected .csv (CSV) or .parquet (Parquet)")
+    return kind
+
+
+def _same_as_a_file_in(target: Path, folder: Path) -> bool:
+    """Whether `target` is (by inode) one of the files directly in `folder`."""
+    try:
+        return folder.is_dir() and any(f.is_file() and f.samefile(target) for f in list(folder.iterdir())[:1000])
+    except OSError:
+        return False
 
 
 @task(name="predict", cache_policy=NO_CACHE)
@@ -65,12 +101,19 @@ def _read_npz_features(path: Path, n_features: int) -> np.ndarray:
 
 
 @flow(name="predict", validate_parameters=True)
-def predict_flow(model: str, input: str, output: str) -> str:
-    """Load the bundle at `model`, predict every row of `input`, write the CSV `output`."""
-    bundle = load_model_task(Path(model))
-    predictions = predict_file(bundle, Path(input))
+def predict_flow(model: str, input: str, output: str, trust_code: bool = False) -> str:
+    """Load the bundle at `model`, predict every row of `input`, write `output` (CSV or Parquet, by extension).
+
+    `trust_code` lets a custom-model bundle import the module it names (see `load_model`).
+    """
     out = Path(output)
-    atomic_write_text(out, predictions.to_csv(index=False))
+    kind = check_output(out, Path(input), Path(model))
+    bundle = load_model_task(Path(model), trust_code=trust_code)
+    predictions = predict_file(bundle, Path(input))
+    if kind == "parquet":
+        atomic_write(out, lambda tmp: predictions.to_parquet(tmp, index=False))
+    else:
+        atomic_write_text(out, predictions.to_csv(index=False))
     return str(out.resolve())
 
 
@@ -80,15 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", required=True, type=Path, help="bundle directory, e.g. runs/<run>/model")
     parser.add_argument("--input", required=True, type=Path, help="CSV, Parquet or NPZ file of feature rows")
-    parser.add_argument("--output", required=True, type=Path, help="CSV file to write")
+    parser.add_argument("--output", required=True, type=Path, help="file to write: .csv (CSV) or .parquet (Parquet)")
+    parser.add_argument(
+        "--trust-code", action="store_true",
+        help="let a custom-model bundle import and run the module its config names (only for bundles you trust)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's logs")
     args = parser.parse_args(argv)
 
     def body() -> int:
-        if args.output.exists() and args.output.is_dir():
-            raise ConfigError(f"--output {args.output}: is a directory; give a file name")
+        check_output(args.output, args.input, args.model)  # before any work: never replaces an input
         with prefect_session(args.debug):
-            written = predict_flow(model=str(args.model), input=str(args.input), output=str(args.output))
+            written = predict_flow(
+                model=str(args.model), input=str(args.input), output=str(args.output), trust_code=args.trust_code
+            )
         print(f"wrote predictions to {written}")
         return 0
 
