@@ -175,18 +175,33 @@ def parse_override(text: str) -> tuple[str, Any]:
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Return a copy of `data` with each dotted override set (inputs are not mutated)."""
     result = _normalize(copy.deepcopy(data))
+    applied: list[tuple[str, Any]] = []
     for text in overrides:
         key, value = parse_override(text)
-        parts = key.split(".")
-        node = parent_mapping(result, parts, key)
-        member = _union_member_for_tag(parts, value)
-        if member is not None:
-            # Switching a choice (model.kind=cnn) drops settings the new choice lacks.
-            for key in [k for k in node if k not in member.model_fields]:
-                del node[key]
-        node[parts[-1]] = value
+        _set_override(result, key, value)
         result = _normalize(result)
+        if key in SHORTHANDS and isinstance(value, str):
+            # `device=cpu` after `device.threads=1` names the device only: the earlier settings stay.
+            for earlier, earlier_value in applied:
+                if earlier.startswith(key + ".") and earlier != f"{key}.{SHORTHANDS[key]}":
+                    _set_override(result, earlier, earlier_value)
+        applied.append((key, value))
     return result
+
+
+# Sections that may be given as a bare string, and the field it names: `device: cpu` is `device: {name: cpu}`.
+SHORTHANDS = {"device": "name"}
+
+
+def _set_override(result: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = parent_mapping(result, parts, key)
+    member = _union_member_for_tag(parts, value)
+    if member is not None:
+        # Switching a choice (model.kind=cnn) drops settings the new choice lacks.
+        for name in [k for k in node if k not in member.model_fields]:
+            del node[name]
+    node[parts[-1]] = value
 
 
 def parent_mapping(

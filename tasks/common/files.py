@@ -52,11 +52,14 @@ def atomic_write(path: Path, write: Callable[[Path], Any], suffix: str = "") -> 
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+            # A write that failed (disk full) names no file: name the one being written.
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
         raise
 
 
@@ -196,3 +199,29 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def process_start_time(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (Linux: /proc/<pid>/stat field 22); None elsewhere or if gone.
+
+    Recorded beside a PID, it tells the process that wrote it from a later one that was given the same PID.
+    """
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_bytes()
+        return int(stat[stat.rindex(b")") + 2:].split()[19])  # fields after "(comm)" start at field 3
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_running(pid: int, started: Any = None) -> bool:
+    """Whether the process that recorded (`pid`, `started` = its `process_start_time`) still runs.
+
+    A live PID whose start time differs from `started` is another process that reused the PID: not running.
+    Without a recorded start time, or where start times cannot be read, only the PID is checked.
+    """
+    if not pid_alive(pid):
+        return False
+    if not isinstance(started, int):
+        return True
+    now = process_start_time(pid)
+    return now is None or now == started

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from schemas.base import RetryPolicy
@@ -9,6 +10,8 @@ from schemas.errors import PipelineError
 
 TRANSIENT = (OSError, TimeoutError, ConnectionError)
 NEVER = (PipelineError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+# A full disk, an exhausted quota or a read-only file system stays so for the seconds a retry waits.
+NEVER_ERRNO = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EROFS) if code)
 
 
 class RetryWithSmallerBatch(RuntimeError):
@@ -19,6 +22,8 @@ def is_transient_error(exc: BaseException) -> bool:
     """True for I/O-like errors worth another try; config, data and shape errors are not."""
     if isinstance(exc, RetryWithSmallerBatch):
         return True
+    if isinstance(exc, OSError) and exc.errno in NEVER_ERRNO:
+        return False
     return isinstance(exc, TRANSIENT) and not isinstance(exc, NEVER)
 
 

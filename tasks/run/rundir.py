@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +27,9 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 from schemas.errors import ConfigError
-from tasks.common.files import MARKER, TMP_GLOB, describe_contents, marker_kind, pid_alive, write_json, write_marker
+from tasks.common.files import (
+    MARKER, TMP_GLOB, describe_contents, marker_kind, process_running, process_start_time, write_json, write_marker,
+)
 
 DEFAULT_ROOT = Path("runs")
 RUN_STATE = "run.json"
@@ -46,7 +49,7 @@ def create_run_dir(run_dir: str | Path | None, name: str, root: Path = DEFAULT_R
             raise ConfigError(f"--run-dir {path}: exists and is not a directory")
         if path.is_dir() and any(path.iterdir()):
             raise ConfigError(f"--run-dir {path}: already holds files; choose a new or empty directory")
-        path.mkdir(parents=True, exist_ok=True)
+        make_dir(path, "--run-dir")
         write_marker(path, "run")
         return path
     root = Path(root).expanduser().resolve()
@@ -63,12 +66,23 @@ def create_run_dir(run_dir: str | Path | None, name: str, root: Path = DEFAULT_R
     raise ConfigError(f"could not create a unique run directory under {root}")
 
 
-def open_run_dir_for_resume(run_dir: str | Path, bundle_dirname: str = "model") -> Path:
+def make_dir(path: Path, option: str) -> None:
+    """`path.mkdir(parents=True, exist_ok=True)`; failing, a ConfigError naming the file in the way or the reason."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a directory" if blocker is not None else exc.strerror or str(exc)
+        raise ConfigError(f"{option} {path}: cannot create it: {reason}") from None
+
+
+def open_run_dir_for_resume(run_dir: str | Path, bundle_dirname: str = "model", force: bool = False) -> Path:
     """An existing run directory that may be resumed: made by the pipeline, not completed, not running elsewhere.
 
     Only a folder carrying the run marker is touched (see `_check_run_folder`).
     A bundle left by an attempt that died before the run was marked completed
-    is removed: the resumed run writes the same bundle again.
+    is removed: the resumed run writes the same bundle again. A run whose
+    process still runs is refused; with `force`, resumed with a warning.
     """
     path = Path(run_dir).expanduser().resolve()
     if not (path / "config.yaml").is_file():
@@ -80,9 +94,15 @@ def open_run_dir_for_resume(run_dir: str | Path, bundle_dirname: str = "model") 
         state = {}
     if state.get("state") == "completed":
         raise ConfigError(f"--resume {path}: the run already completed; start a new run instead")
-    pid = state.get("pid")
-    if state.get("state") == "running" and isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
-        raise ConfigError(f"--resume {path}: the run is still running (pid {pid})")
+    pid = running_elsewhere(state)
+    if pid is not None and not force:
+        raise ConfigError(
+            f"--resume {path}: the run is still running (pid {pid}); stop it first, or pass --force "
+            "if that process is not this run"
+        )
+    if pid is not None:
+        print(f"warning: --force: resuming {path} although run.json names a live process (pid {pid}) "
+              "as running it; two processes writing one run folder corrupt it", file=sys.stderr)
     for leftover in path.glob(TMP_GLOB):  # from a process killed mid-write
         if leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover, ignore_errors=True)
@@ -165,7 +185,24 @@ def _now() -> str:
 
 
 def mark_running(run_dir: Path, extra: dict[str, Any] | None = None) -> None:
-    write_json(run_dir / RUN_STATE, {"state": "running", "started_at": _now(), "pid": os.getpid(), **(extra or {})})
+    """Record `running`, with this process's PID and, where known, its start time (see `running_elsewhere`)."""
+    owner: dict[str, Any] = {"pid": os.getpid()}
+    started = process_start_time(os.getpid())
+    if started is not None:
+        owner["pid_started"] = started
+    write_json(run_dir / RUN_STATE, {"state": "running", "started_at": _now(), **owner, **(extra or {})})
+
+
+def running_elsewhere(state: dict[str, Any]) -> int | None:
+    """The PID of another live process that run.json's `state` says is running the run; None when there is none.
+
+    A PID that is alive but was given to a later process (its start time differs
+    from the recorded `pid_started`) does not count: the run's process is gone.
+    """
+    pid = state.get("pid")
+    if state.get("state") != "running" or not isinstance(pid, int) or pid == os.getpid():
+        return None
+    return pid if process_running(pid, state.get("pid_started")) else None
 
 
 def mark_finished(run_dir: Path, error: BaseException | None = None) -> None:

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,9 +28,9 @@ from schemas.data import DataSpec
 from schemas.errors import ConfigError
 from schemas.sweep import SweepConfig, load_sweep_config, sweep_diff, sweep_to_yaml
 from tasks.common.files import (
-    MARKER, TMP_GLOB, atomic_write_text, describe_contents, marker_kind, pid_alive, write_json, write_marker,
+    MARKER, TMP_GLOB, atomic_write_text, describe_contents, marker_kind, write_json, write_marker,
 )
-from tasks.run.rundir import RUN_STATE, read_run_state
+from tasks.run.rundir import RUN_STATE, read_run_state, running_elsewhere
 from tasks.run.tracking import TRACKING_FILE
 
 SWEEP_FILE = "sweep.yaml"
@@ -179,6 +178,6 @@ def _check_resumable(path: Path, config: SweepConfig, spec: DataSpec) -> None:
         state = read_run_state(path)
     except (OSError, json.JSONDecodeError):
         state = {}
-    pid = state.get("pid")
-    if state.get("state") == "running" and isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
+    pid = running_elsewhere(state)
+    if pid is not None:
         raise ConfigError(f"sweep dir {path}: the sweep is still running (pid {pid})")

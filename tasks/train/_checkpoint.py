@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
+import re
 import shutil
 import time
 from pathlib import Path
@@ -58,6 +60,8 @@ def load_checkpoint(directory: Path, seed: int, data_hash: str) -> dict[str, Any
         state = torch.load(path, map_location="cpu", weights_only=True)
     except OSError:
         raise  # I/O trouble may be transient: the stage's retry policy decides
+    except pickle.UnpicklingError as exc:
+        raise ConfigError(_refused_message(path, exc)) from None
     except Exception as exc:  # a truncated or foreign file: say which, don't guess
         raise ConfigError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     version = state.get("format_version") if isinstance(state, dict) else None
@@ -67,6 +71,20 @@ def load_checkpoint(directory: Path, seed: int, data_hash: str) -> dict[str, Any
     if problem is not None:
         raise ConfigError(f"{path}: {problem}")
     return state
+
+
+def _refused_message(path: Path, exc: Exception) -> str:
+    """Why `torch.load(weights_only=True)` refused `path`, without torch's advice to load it unsafely."""
+    text = str(exc)
+    if "Weights only load failed" not in text:
+        return f"{path}: not a readable checkpoint ({type(exc).__name__}: {text.splitlines()[0] if text else ''})"
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    what = f" ({found.group(1)})" if found else ""
+    return (
+        f"{path}: refused: the checkpoint holds pickled Python objects{what}, which could run code when "
+        "loaded, so it is not loaded (for safety). Checkpoints this pipeline writes hold only tensors and "
+        "plain values: resume a run folder made by flows.train, or start a new run"
+    )
 
 
 def start_or_resume(state: LoopState, directory: Path | None) -> None:

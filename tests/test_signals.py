@@ -1,0 +1,244 @@
+"""Hardening (#18): stale PIDs, SIGTERM, and one clear line for disk full, dropped overrides,
+a --run-dir below a file and a checkpoint holding pickled objects."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from schemas import ConfigError, load_config
+from tasks.run.rundir import read_run_state
+from tests.conftest import ROOT, tiny_overrides
+
+
+@pytest.fixture
+def other_process():
+    """A live process that is not this one (its PID is what a run.json may name)."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def _resumable(folder: Path, **state) -> Path:
+    from tasks.run.rundir import create_run_dir
+
+    run = create_run_dir(folder, "x")
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "run.json").write_text(json.dumps({"state": "running", **state}))
+    return run
+
+
+# --------------------------------------------------------------------------- stale PIDs
+
+
+def test_a_run_records_its_process_start_time(tmp_path):
+    from tasks.common.files import process_start_time
+    from tasks.run.rundir import mark_running
+
+    mark_running(tmp_path)
+    state = read_run_state(tmp_path)
+    assert state["pid"] == os.getpid()
+    if sys.platform.startswith("linux"):
+        assert state["pid_started"] == process_start_time(os.getpid()) is not None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="start times come from /proc")
+def test_a_reused_pid_does_not_block_resume(tmp_path, other_process):
+    from tasks.common.files import process_start_time
+    from tasks.run.rundir import open_run_dir_for_resume
+
+    started = process_start_time(other_process.pid)
+    run = _resumable(tmp_path / "run", pid=other_process.pid, pid_started=started + 1)  # another process's PID now
+    assert open_run_dir_for_resume(run) == run
+
+
+def test_a_live_run_is_refused_and_force_resumes_it_with_a_warning(tmp_path, other_process, capsys):
+    from tasks.common.files import process_start_time
+    from tasks.run.rundir import open_run_dir_for_resume
+
+    run = _resumable(tmp_path / "run", pid=other_process.pid, pid_started=process_start_time(other_process.pid))
+    with pytest.raises(ConfigError, match=rf"the run is still running \(pid {other_process.pid}\).*--force"):
+        open_run_dir_for_resume(run)
+    assert open_run_dir_for_resume(run, force=True) == run
+    err = capsys.readouterr().err
+    assert err.startswith("warning: --force: resuming") and f"(pid {other_process.pid})" in err
+
+
+def test_a_run_json_without_a_start_time_falls_back_to_the_pid(tmp_path, other_process):
+    from tasks.run.rundir import open_run_dir_for_resume
+
+    with pytest.raises(ConfigError, match="still running"):
+        open_run_dir_for_resume(_resumable(tmp_path / "run", pid=other_process.pid))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="start times come from /proc")
+def test_a_reused_pid_does_not_block_a_sweep(tmp_path, other_process):
+    from tasks.common.files import process_start_time
+    from tasks.run.rundir import running_elsewhere
+
+    started = process_start_time(other_process.pid)
+    assert running_elsewhere({"state": "running", "pid": other_process.pid, "pid_started": started}) == other_process.pid
+    assert running_elsewhere({"state": "running", "pid": other_process.pid, "pid_started": started + 1}) is None
+    assert running_elsewhere({"state": "failed", "pid": other_process.pid, "pid_started": started}) is None
+
+
+# --------------------------------------------------------------------------- disk full
+
+
+def test_disk_full_names_the_file_and_is_not_retried(tmp_path, monkeypatch, capsys):
+    from flows._cli import run_command
+    from tasks.common.files import write_json
+    from tasks.common.retry import is_transient_error
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    target = tmp_path / "metrics.json"
+
+    def body() -> int:
+        write_json(target, {"a": 1})
+        return 0
+
+    assert run_command(body, debug=False) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: No space left on device (ENOSPC): {target}\n"
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        assert not is_transient_error(OSError(code, os.strerror(code), "x"))
+    assert is_transient_error(OSError(errno.EIO, "Input/output error"))
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+@pytest.mark.parametrize("order", [("device.threads=1", "device=cpu"), ("device=cpu", "device.threads=1")])
+def test_device_shorthand_keeps_earlier_device_settings(order):
+    device = load_config(None, list(order)).device
+    assert (device.name, device.threads) == ("cpu", 1)
+
+
+def test_device_shorthand_replaces_an_earlier_device_name():
+    assert load_config(None, ["device.name=auto", "device=cpu"]).device.name == "cpu"
+
+
+# --------------------------------------------------------------------------- run dir below a file
+
+
+def test_run_dir_below_a_file_is_a_config_error(tmp_path):
+    from tasks.run.rundir import create_run_dir
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"--run-dir .*file/sub: cannot create it: .*file is a file, not a directory"):
+        create_run_dir(tmp_path / "file" / "sub", "x")
+
+
+# --------------------------------------------------------------------------- refused checkpoint
+
+
+class _Payload:
+    pass
+
+
+def test_a_checkpoint_with_pickled_objects_is_refused_without_torchs_hint(tmp_path):
+    import torch
+
+    from tasks.train._checkpoint import FORMAT_VERSION, LAST, load_checkpoint
+
+    torch.save({"format_version": FORMAT_VERSION, "x": _Payload()}, tmp_path / LAST)
+    with pytest.raises(ConfigError) as info:
+        load_checkpoint(tmp_path, 0, "hash")
+    message = str(info.value)
+    assert f"holds pickled Python objects ({_Payload.__module__}._Payload)" in message, message
+    assert "refused" in message and "for safety" in message
+    assert "weights_only" not in message and "likely succeed" not in message and "\n" not in message
+
+
+# --------------------------------------------------------------------------- end to end (a Prefect server)
+
+
+@pytest.mark.slow
+def test_cli_messages_for_a_run_dir_below_a_file_a_live_run_and_a_pickled_checkpoint(
+    prefect_api, tmp_path, monkeypatch, capsys, other_process
+):
+    import torch
+
+    from flows.train import main
+    from tasks.common.files import process_start_time, write_json
+
+    monkeypatch.chdir(tmp_path)
+    sets = [a for o in tiny_overrides(**{"train.epochs": "2"}) for a in ("--set", o)]
+    (tmp_path / "file").write_text("x")
+    assert main([*sets, "--run-dir", "file/sub"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --run-dir ") and "file is a file, not a directory" in err and "Traceback" not in err
+
+    assert main([*sets, "--run-dir", "run"]) == 0
+    write_json(tmp_path / "run" / "run.json", {
+        "state": "running", "pid": other_process.pid, "pid_started": process_start_time(other_process.pid),
+    })
+    capsys.readouterr()
+    assert main(["--resume", "run"]) == 2
+    assert "the run is still running" in capsys.readouterr().err
+    assert main(["--resume", "run", "--force"]) == 0
+    assert "warning: --force: resuming" in capsys.readouterr().err
+    assert read_run_state(tmp_path / "run")["state"] == "completed"
+
+    (tmp_path / "run2").mkdir()
+    assert main([*sets, "--run-dir", "run2", "--set", "train.epochs=3"]) == 0
+    write_json(tmp_path / "run2" / "run.json", {"state": "failed"})
+    torch.save({"format_version": 1, "x": _Payload()}, tmp_path / "run2" / "checkpoints" / "last.pt")
+    capsys.readouterr()
+    assert main(["--resume", "run2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "holds pickled Python objects" in err and "likely succeed" not in err, err
+
+
+def _env(prefect_api: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_LOGGING")}
+    env.pop("PREFECT_API_URL", None)
+    if prefect_api:
+        env["PREFECT_API_URL"] = prefect_api
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def _start_training(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen:
+    overrides = tiny_overrides(**{"train.epochs": "100000", "train.early_stopping.enabled": "false"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.train", *(a for o in overrides for a in ("--set", o)), "--run-dir", "run"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "run" / "checkpoints" / "last.pt").is_file() and process.poll() is None:
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("training did not start")
+        time.sleep(0.2)
+    return process
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_is_handled_like_ctrl_c(prefect_api, tmp_path):
+    process = _start_training(tmp_path, _env(prefect_api))
+    try:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 143, err
+    assert err.rstrip().endswith("terminated (SIGTERM)\nresume it with: python -m flows.train --resume run"), err
+    assert "Traceback" not in err
+    state = read_run_state(tmp_path / "run")
+    assert state["state"] == "failed" and state["error"]["type"] in ("Terminated", "TerminationSignal"), state
