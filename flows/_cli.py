@@ -8,13 +8,17 @@ import gc
 import importlib
 import logging
 import os
+import signal
 import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Callable, Iterator, NoReturn, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, Sequence
 
 from schemas.errors import PipelineError
+
+if TYPE_CHECKING:
+    from schemas.data import DataConfig
 
 # Modules the training stages import on first use (scikit-learn and matplotlib are
 # imported inside functions; torch.optim pulls in torch's compiler stack when the
@@ -131,25 +135,58 @@ def exit_quickly(code: int) -> NoReturn:
     sys.exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: handled as Ctrl-C is (the run is marked failed, files are cleaned up), exit 143."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises `Terminated` in the main thread, as Ctrl-C raises KeyboardInterrupt.
+
+    Inside a flow run Prefect's own SIGTERM handler takes over: it fails the
+    flow run, restores this handler and sends the signal again, which raises here.
+    """
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _is_sigterm(exc: BaseException) -> bool:
+    """Whether `exc` is how a SIGTERM surfaced: ours, or Prefect's TerminationSignal from inside a flow run."""
+    return isinstance(exc, Terminated) or getattr(exc, "signal", None) == signal.SIGTERM
+
+
 def run_command(body: Callable[[], int], debug: bool, resume_hint: Callable[[], str | None] | None = None) -> int:
     """Run a command body; a failure prints one `error:` line and returns its exit code.
 
-    With `debug`, the full traceback is printed too. On Ctrl-C (exit 130)
-    `resume_hint()`, when it gives a line, says how to continue.
+    With `debug`, the full traceback is printed too. On Ctrl-C (exit 130) or
+    SIGTERM (exit 143) `resume_hint()`, when it gives a line, says how to continue.
     """
     try:
-        return body()
+        with sigterm_as_interrupt():
+            return body()
     except PipelineError as exc:
         if debug:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        hint = _hint(resume_hint)
-        if hint:
-            print(hint, file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc, resume_hint)
+    except OSError as exc:  # disk full, read-only file system...: name the file, no traceback
+        if debug:
+            traceback.print_exc()
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
     except Exception as exc:  # an unexpected failure: still one line unless --debug
         if debug:
             traceback.print_exc()
@@ -157,6 +194,30 @@ def run_command(body: Callable[[], int], debug: bool, resume_hint: Callable[[], 
         if not debug:
             print("(run again with --debug for the full traceback)", file=sys.stderr)
         return 1
+    except BaseException as exc:  # Prefect's TerminationSignal, when a SIGTERM is not re-raised as ours
+        if _is_sigterm(exc):
+            return _interrupted(exc, resume_hint)
+        raise
+
+
+def _interrupted(exc: BaseException, resume_hint: Callable[[], str | None] | None) -> int:
+    """Say that the command was interrupted (Ctrl-C, 130) or terminated (SIGTERM, 143), and how to continue."""
+    terminated = _is_sigterm(exc)
+    print("terminated (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
+    hint = _hint(resume_hint)
+    if hint:
+        print(hint, file=sys.stderr)
+    return 128 + signal.SIGTERM if terminated else 130
+
+
+def os_error_line(exc: OSError) -> str:
+    """`No space left on device (ENOSPC): runs/x/metrics.json`: the reason, its errno name and the file."""
+    import errno as errno_names
+
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    code = errno_names.errorcode.get(exc.errno or 0)
+    where = ": " + " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    return f"{reason}{f' ({code})' if code else ''}{where if exc.filename is not None else ''}"
 
 
 def _hint(resume_hint: Callable[[], str | None] | None) -> str | None:
@@ -182,3 +243,20 @@ def shown_path(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+def check_data_first(data: "DataConfig") -> None:
+    """Raise the data stage's own DataError for what the data's headers show, before any server or run folder.
+
+    A missing or unreadable file, a missing target column, a table the
+    reader refuses: errors that would otherwise come only after Prefect's
+    temporary server had started. Anything else is left to the data stage.
+    """
+    from tasks.data import peek_shape
+
+    try:
+        peek_shape(data)
+    except PipelineError:
+        raise
+    except Exception:  # an I/O hiccup, say: the data stage (with its retry policy) reports it
+        pass

@@ -11,12 +11,20 @@ The output (CSV for `.csv`, Parquet for `.parquet`; other names are refused)
 has `prediction` (the class name, or the value for regression) and, for
 classification, one `proba_<class>` column per class. It never replaces the
 input, nor anything inside the bundle folder being read.
+
+The command predicts in one plain process, with no Prefect server. With
+`--prefect`, or with PREFECT_API_URL set in the environment, it runs the
+`predict` flow instead (a flow run with load-model and predict task runs);
+both paths run `predict_to_file`, so they write the same bytes. The flow
+stays for deployments and the UI.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -25,7 +33,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows._cli import exit_quickly, prefect_session, run_command
 from schemas.errors import ConfigError, DataError
-from tasks.bundle import LoadedBundle, load_model_task
+from tasks.bundle import LoadedBundle, load_model, load_model_task
 from tasks.common.files import atomic_write, atomic_write_text
 from tasks.common.tables import read_npz_arrays, read_table
 
@@ -66,8 +74,7 @@ def _same_as_a_file_in(target: Path, folder: Path) -> bool:
         return False
 
 
-@task(name="predict", cache_policy=NO_CACHE)
-def predict_file(bundle: LoadedBundle, input_path: Path) -> pd.DataFrame:
+def predict_rows(bundle: LoadedBundle, input_path: Path) -> pd.DataFrame:
     """Predictions for every row of `input_path` (for an image model: every image file below it)."""
     image = bundle.spec.preprocessing.image
     if image is not None and (input_path.is_dir() or input_path.suffix.lower() not in SUFFIX_KIND):
@@ -100,21 +107,44 @@ def _read_npz_features(path: Path, n_features: int) -> np.ndarray:
     return X
 
 
+predict_file = task(predict_rows, name="predict", cache_policy=NO_CACHE)
+
+
+def predict_to_file(
+    model: Path,
+    input: Path,
+    output: Path,
+    trust_code: bool = False,
+    load: Callable[..., LoadedBundle] = load_model,
+    predict: Callable[[LoadedBundle, Path], pd.DataFrame] = predict_rows,
+) -> str:
+    """Load the bundle at `model`, predict every row of `input`, write `output`; returns its absolute path.
+
+    The one body of both paths: called plainly by the command, and by the
+    `predict` flow with `load` and `predict` as Prefect tasks.
+    """
+    kind = check_output(output, input, model)
+    bundle = load(model, trust_code=trust_code)
+    predictions = predict(bundle, input)
+    if kind == "parquet":
+        atomic_write(output, lambda tmp: predictions.to_parquet(tmp, index=False))
+    else:
+        atomic_write_text(output, predictions.to_csv(index=False))
+    return str(output.resolve())
+
+
 @flow(name="predict", validate_parameters=True)
 def predict_flow(model: str, input: str, output: str, trust_code: bool = False) -> str:
     """Load the bundle at `model`, predict every row of `input`, write `output` (CSV or Parquet, by extension).
 
     `trust_code` lets a custom-model bundle import the module it names (see `load_model`).
     """
-    out = Path(output)
-    kind = check_output(out, Path(input), Path(model))
-    bundle = load_model_task(Path(model), trust_code=trust_code)
-    predictions = predict_file(bundle, Path(input))
-    if kind == "parquet":
-        atomic_write(out, lambda tmp: predictions.to_parquet(tmp, index=False))
-    else:
-        atomic_write_text(out, predictions.to_csv(index=False))
-    return str(out.resolve())
+    return predict_to_file(Path(model), Path(input), Path(output), trust_code, load_model_task, predict_file)
+
+
+def wants_prefect(flag: bool) -> bool:
+    """Whether to run as a Prefect flow: asked for with `--prefect`, or a server named by PREFECT_API_URL."""
+    return flag or bool(os.environ.get("PREFECT_API_URL"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,15 +158,22 @@ def main(argv: list[str] | None = None) -> int:
         "--trust-code", action="store_true",
         help="let a custom-model bundle import and run the module its config names (only for bundles you trust)",
     )
+    parser.add_argument(
+        "--prefect", action="store_true",
+        help="run as a Prefect flow (the default when PREFECT_API_URL is set); otherwise one plain process, no server",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's logs")
     args = parser.parse_args(argv)
 
     def body() -> int:
         check_output(args.output, args.input, args.model)  # before any work: never replaces an input
-        with prefect_session(args.debug):
-            written = predict_flow(
-                model=str(args.model), input=str(args.input), output=str(args.output), trust_code=args.trust_code
-            )
+        if not wants_prefect(args.prefect):
+            written = predict_to_file(args.model, args.input, args.output, args.trust_code)
+        else:
+            with prefect_session(args.debug):
+                written = predict_flow(
+                    model=str(args.model), input=str(args.input), output=str(args.output), trust_code=args.trust_code
+                )
         print(f"wrote predictions to {written}")
         return 0
 

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows._cli import TRAINING_IMPORTS, command_line, exit_quickly, prefect_session, run_command, shown_path
+from flows._cli import (
+    TRAINING_IMPORTS, check_data_first, command_line, exit_quickly, prefect_session, run_command, shown_path,
+)
 from schemas.sweep import SweepConfig, load_sweep_config, sweep_to_yaml
 from schemas.trial import SweepSummary
 from tasks.common.log import say
@@ -135,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(sweep_to_yaml(config), end="")
             return 0
+        check_data_first(config.base.data)  # before Prefect's server starts or the sweep folder is made
         with prefect_session(args.debug, TRAINING_IMPORTS):
             summary = sweep_flow(config=config, sweep_dir=None if args.sweep_dir is None else str(args.sweep_dir))
         print(format_summary(summary))

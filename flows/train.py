@@ -15,7 +15,9 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows._cli import TRAINING_IMPORTS, command_line, exit_quickly, prefect_session, run_command, shown_path
+from flows._cli import (
+    TRAINING_IMPORTS, check_data_first, command_line, exit_quickly, prefect_session, run_command, shown_path,
+)
 from schemas.errors import ConfigError
 from schemas.loading import config_to_yaml, load_config, resume_config
 from schemas.run import RunConfig, RunSummary
@@ -26,7 +28,7 @@ from tasks.device import select_device
 from tasks.evaluate import evaluate_model
 from tasks.model import build_model
 from tasks.run.artifacts import publish_run_artifacts
-from tasks.run.outputs import record_config, record_device, record_outputs, record_results
+from tasks.run.outputs import HistoryCsv, record_config, record_device, record_outputs, record_results
 from tasks.run.progress import PrefectProgress
 from tasks.run.rundir import create_run_dir, open_run_dir_for_resume, read_run_state, run_lifecycle
 from tasks.run.tracking import check_tracking, start_tracking
@@ -34,17 +36,20 @@ from tasks.train import train_model
 
 
 @flow(name="train", flow_run_name="{config.name}", validate_parameters=True)
-def train_flow(config: RunConfig = RunConfig(), run_dir: str | None = None, resume: bool = False) -> RunSummary:
+def train_flow(
+    config: RunConfig = RunConfig(), run_dir: str | None = None, resume: bool = False, force: bool = False
+) -> RunSummary:
     """Train, evaluate and save one model as described by `config`.
 
     Writes config.yaml, run.json, metrics.json, history.csv, checkpoints/,
     plots/, report.md and the model bundle into `run_dir` (default:
     runs/<timestamp>-<name>/); `config.tracking` adds TensorBoard and MLflow.
     With `resume`, `run_dir` is an unfinished run that continues from its
-    last checkpoint.
+    last checkpoint; `force` resumes it even when run.json names a live
+    process as running it (with a warning).
     """
     check_tracking(config.tracking)  # a missing extra fails before any work
-    path = _open_run_dir(config, run_dir, resume)
+    path = _open_run_dir(config, run_dir, resume, force)
     # Without checkpoints a retry would restart on half-trained weights: don't retry then.
     train_retry = retry_options(config.train.retry) if config.train.checkpoint.enabled else {"retries": 0}
     record_config(path, config)  # before run.json says "running": a run that --resume can find has its config
@@ -61,7 +66,8 @@ def train_flow(config: RunConfig = RunConfig(), run_dir: str | None = None, resu
         )
         progress = PrefectProgress(config.train.epochs)
         result = train_model.with_options(**train_retry)(
-            parts, data, config.train, device, config.seed, path / "checkpoints", callbacks=[progress, tracker]
+            parts, data, config.train, device, config.seed, path / "checkpoints",
+            callbacks=[HistoryCsv(path), progress, tracker],
         )
         progress.finish()
         report = evaluate_model.with_options(**retry_options(config.evaluate.retry))(
@@ -83,14 +89,14 @@ def train_flow(config: RunConfig = RunConfig(), run_dir: str | None = None, resu
 _OPENED: list[Path] = []
 
 
-def _open_run_dir(config: RunConfig, run_dir: str | None, resume: bool) -> Path:
+def _open_run_dir(config: RunConfig, run_dir: str | None, resume: bool, force: bool = False) -> Path:
     """A new run directory, or with `resume` the unfinished one at `run_dir`."""
     if not resume:
         path = create_run_dir(run_dir, config.name)
     elif run_dir is None:
         raise ConfigError("resume needs the run directory to continue")
     else:
-        path = open_run_dir_for_resume(run_dir, config.save.dirname)
+        path = open_run_dir_for_resume(run_dir, config.save.dirname, force)
     _OPENED[:] = [path]
     return path
 
@@ -149,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", type=Path, metavar="RUN_DIR",
         help="continue an interrupted run from its last checkpoint (its config, plus any --set)",
     )
-    parser.add_argument("--force", action="store_true", help="with --resume: accept a config that differs")
+    parser.add_argument(
+        "--force", action="store_true",
+        help="with --resume: accept a config that differs, or a run that run.json says a live process still runs",
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's logs")
     return parser
@@ -171,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(config_to_yaml(config), end="")
             return 0
+        check_data_first(config.data)  # answers in seconds, before Prefect's server starts or a run folder is made
         with prefect_session(args.debug, TRAINING_IMPORTS):
-            summary = train_flow(config=config, run_dir=run_dir, resume=args.resume is not None)
+            summary = train_flow(config=config, run_dir=run_dir, resume=args.resume is not None, force=args.force)
         print(format_summary(summary))
         return 0
 

@@ -2,6 +2,7 @@
 
     record_config(run_dir, config)                      # config.yaml, at the start
     record_device(run_dir, device)                      # device.json
+    history = HistoryCsv(run_dir)                       # history.csv, a row per epoch as training goes
     summary = record_results(run_dir, device, spec, result, report, bundle)   # metrics.json, history.csv
     tracked = record_outputs(tracker, config, run_dir, summary, result, report, model, data, torch_device)
 
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from schemas.loading import config_to_yaml
 from schemas.run import RunSummary
 from schemas.tracking import TrackingResult
-from tasks.common.files import atomic_write_text, write_csv, write_json
+from tasks.common.files import atomic_write_text, csv_text, write_csv, write_json
 from tasks.run.plots import PLOTS_DIR, write_plots
 from tasks.run.report_md import write_report_md
 from tasks.run.tracking import Tracker, finish_tracking
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from schemas.device import DeviceInfo
     from schemas.evaluate import EvalReport
     from schemas.run import RunConfig
-    from schemas.train import TrainResult
+    from schemas.train import EpochRecord, TrainResult
 
 
 def record_config(run_dir: Path, config: "RunConfig") -> None:
@@ -99,6 +100,49 @@ def record_results(
     )
     write_csv(run_dir / "history.csv", result.history)
     return summary
+
+
+class HistoryCsv:
+    """history.csv as training goes: an epoch callback that appends one row per finished epoch and flushes it.
+
+        result = train_model(..., callbacks=[HistoryCsv(run_dir)])
+
+    The header is written with the first row; columns and formatting are
+    those `record_results` writes at the end (which then replaces the file
+    with the same rows, atomically). A record that does not follow the last
+    row written (the first epoch of a resumed run, or of a retried attempt)
+    first rewrites the file to the rows before it, dropping any rows a killed
+    attempt wrote for epochs that its checkpoint did not keep, so no epoch
+    appears twice.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / "history.csv"
+        self._last: int | None = None
+
+    def __call__(self, record: "EpochRecord") -> None:
+        header, row = csv_text([record]).splitlines(keepends=True)
+        if self._last is None or record.epoch != self._last + 1:
+            atomic_write_text(self.path, header + "".join(self._rows_before(record.epoch, header)))
+        with open(self.path, "a", encoding="utf-8", newline="") as handle:
+            handle.write(row)  # closing flushes it
+        self._last = record.epoch
+
+    def _rows_before(self, epoch: int, header: str) -> list[str]:
+        """The complete rows already in the file (same header) for epochs before `epoch`."""
+        try:
+            with open(self.path, encoding="utf-8", newline="") as handle:
+                lines = handle.read().splitlines(keepends=True)
+        except (FileNotFoundError, UnicodeDecodeError):
+            return []
+        if not lines or lines[0] != header:
+            return []
+        kept = []
+        for line in lines[1:]:
+            number = line.split(",", 1)[0]
+            if line.endswith("\n") and number.isdigit() and int(number) < epoch:
+                kept.append(line)
+        return kept
 
 
 def regression_pairs(model: "nn.Module", data: "PreparedData", device: "torch.device", batch_size: int = 4096) -> Any:
