@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from schemas.data import CsvSource, DataConfig, NpzSource, Preprocessing
+from schemas.errors import ConfigError
 from tests.conftest import tiny_overrides
 
 NESTED_BOMB = "".join(
@@ -239,3 +240,21 @@ def test_predict_with_1e308_exits_3_and_writes_nothing(prefect_api, tmp_path, ca
     _assert_one_line(err, "in.csv", f"row 3, column {rows.columns[0]} = 1e+308")
     assert not out.exists()
     assert (tmp_path / "in.csv").read_bytes() == before
+
+
+def test_a_bundle_loads_where_training_its_model_would_not_fit(tmp_path, monkeypatch):
+    """The training-memory check guards building a model to train, not loading one to predict."""
+    from schemas.loading import load_config
+    from tasks.bundle import load_model, write_bundle
+    from tasks.data import prepare_data
+    from tasks.nets import networks
+    from tasks.nets.networks import build_network
+
+    config = load_config(None, tiny_overrides())
+    spec = prepare_data.fn(config.data, 0).spec
+    bundle = write_bundle(build_network(config.model, spec), config, spec, None, tmp_path / "model")
+    monkeypatch.setattr(networks, "available_memory_bytes", lambda: 1_000)
+    with pytest.raises(ConfigError, match="make model.hidden_sizes smaller"):
+        build_network(config.model, spec)  # training it would not fit
+    loaded = load_model(bundle, verify="always")
+    assert loaded.predict(np.zeros((2, spec.n_features))).shape == (2,)

@@ -104,13 +104,15 @@ def _network_with_weights(config: RunConfig, spec: DataSpec, state: dict[str, to
     tensors the parameters, without another copy. A custom model, a network
     that cannot be built on the meta device, or one that keeps tensors
     outside its state dict, is built the ordinary way instead.
+    No training-memory check (`check_size`): predicting holds only the weights,
+    which are memory-mapped, not gradients or optimizer state.
     """
     custom = config.model.kind == "custom"  # its factory is imported afresh: check its output, as training did
     network = None
     if not custom:
         try:
             with torch.device("meta"):
-                network = build_network(config.model, spec, check_output=False)
+                network = build_network(config.model, spec, check_output=False, check_size=False)
         except Exception:  # any failure on meta tensors: the ordinary path reports real errors
             network = None
     if network is not None:
@@ -118,6 +120,6 @@ def _network_with_weights(config: RunConfig, spec: DataSpec, state: dict[str, to
         if not any(t.is_meta for t in (*network.parameters(), *network.buffers())):
             return network
     with working_directory_off_path():  # a module beside a received bundle never stands in for the one named
-        network = build_network(config.model, spec, check_output=custom)
+        network = build_network(config.model, spec, check_output=custom, check_size=False)
     network.load_state_dict(state, strict=True)
     return network
