@@ -166,10 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        check_output(args.output, args.input, args.model)  # before any work: never replaces an input
         if not wants_prefect(args.prefect):
             written = predict_to_file(args.model, args.input, args.output, args.trust_code)
         else:
+            check_output(args.output, args.input, args.model)  # answered before Prefect's server starts
             with prefect_session(args.debug):
                 written = predict_flow(
                     model=str(args.model), input=str(args.input), output=str(args.output), trust_code=args.trust_code

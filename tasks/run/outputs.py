@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from schemas.run import RunConfig
     from schemas.train import EpochRecord, TrainResult
 
+HISTORY_FILE = "history.csv"  # one row per epoch: appended as training goes (HistoryCsv), rewritten whole at the end
+
 
 def record_config(run_dir: Path, config: "RunConfig") -> None:
     """config.yaml: the resolved config; `--config` it to repeat the run."""
@@ -98,7 +100,7 @@ def record_results(
             "data": {"source": spec.source, "hash": spec.data_hash, "rows": summary.rows},
         },
     )
-    write_csv(run_dir / "history.csv", result.history)
+    write_csv(run_dir / HISTORY_FILE, result.history)
     return summary
 
 
@@ -117,7 +119,7 @@ class HistoryCsv:
     """
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / "history.csv"
+        self.path = Path(run_dir) / HISTORY_FILE
         self._last: int | None = None
 
     def __call__(self, record: "EpochRecord") -> None:
