@@ -62,7 +62,7 @@ def train_flow(
         data = prepare_data.with_options(**retry_options(config.data.retry))(config.data, config.seed)
         parts = build_model(
             config.model, config.loss, config.optimizer, config.scheduler, data.spec,
-            device.torch_device, config.seed, config.train.epochs, config.train.monitor,
+            device.torch_device, config.seed, config.train.epochs, config.train.monitor, config.train.finetune,
         )
         progress = PrefectProgress(config.train.epochs)
         result = train_model.with_options(**train_retry)(
@@ -77,9 +77,9 @@ def train_flow(
         if config.save.enabled:
             bundle = save_model.with_options(**retry_options(config.save.retry))(
                 parts.model, config, data.spec, report, path / config.save.dirname,
-                {"device": device.model_dump()},
+                {"device": device.model_dump(), "init": None if parts.init is None else parts.init.model_dump()},
             )
-        summary = record_results(path, device, data.spec, result, report, bundle)
+        summary = record_results(path, device, data.spec, result, report, bundle, parts.init)
         tracked = record_outputs(tracker, config, path, summary, result, report, parts.model, data, device.torch_device)
         publish_run_artifacts(config, summary, result.history, tracked)
     return summary
@@ -128,6 +128,8 @@ def format_summary(summary: RunSummary) -> str:
             for row in summary.device_table
         ),
         f"data      {summary.source}: {summary.task}, {rows['train']}/{rows['val']}/{rows['test']} rows (train/val/test)",
+        *([f"model     {summary.init.line()}"] if summary.init is not None and summary.init.source is not None
+          or summary.init is not None and summary.init.frozen else []),
         f"training  {summary.epochs_run} epochs in {summary.train_seconds:.1f}s ({stop}best epoch "
         f"{summary.best_epoch}, {summary.monitor} {summary.best_score:.4f})",
         f"test      {'metric':<16} {'model':>10} {'baseline':>10}   (baseline: {summary.baseline_kind})",

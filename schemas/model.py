@@ -1,11 +1,16 @@
-"""Model stage schema: built-in architectures or the user's own factory."""
+"""Model stage schema: built-in architectures or the user's own factory, and where their weights start.
+
+Every kind takes `init_from` (start from a bundle, a run's checkpoint or a
+state dict instead of random weights), `init_strict` and `freeze`; what was
+loaded, replaced and frozen comes back as an `InitReport`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.base import StrictModel
 
@@ -14,9 +19,35 @@ if TYPE_CHECKING:
     from torch import nn
 
 Activation = Literal["relu", "gelu", "tanh", "silu", "leaky_relu"]
+# A module-name prefix such as "stem" or "stages.0": it covers that module and everything under it.
+ModulePrefix = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")]
+Freeze = Union[Literal["none", "backbone"], tuple[ModulePrefix, ...]]
 
 
-class MLPConfig(StrictModel):
+class PretrainedFields(StrictModel):
+    """Where the weights start and which of them train; shared by every model kind."""
+
+    init_from: str | None = Field(
+        None,
+        min_length=1,
+        description="Start from these weights: a bundle folder, a run folder or its checkpoint (.pt), or a "
+        "state dict (.safetensors, or .pt read with weights_only). Loaded by tensor name; a head whose size "
+        "differs is re-initialised.",
+    )
+    init_strict: bool = Field(
+        True, description="A tensor outside the head whose shape differs from init_from's is an error (false: keep it fresh)."
+    )
+    freeze: Freeze = Field(
+        "none",
+        description="Parameters that do not train: none, backbone (everything but the head), or a list of "
+        "module-name prefixes such as [stem, stages.0].",
+    )
+    train_bn: bool = Field(
+        False, description="Let batch-norm layers inside frozen modules keep updating their statistics."
+    )
+
+
+class MLPConfig(PretrainedFields):
     """A multilayer perceptron over flat features."""
 
     kind: Literal["mlp"] = Field("mlp", description="Model type: mlp, cnn, tinyvgg, resnet, linear, logistic or custom.")
@@ -27,7 +58,7 @@ class MLPConfig(StrictModel):
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout probability.")
 
 
-class CNNConfig(StrictModel):
+class CNNConfig(PretrainedFields):
     """A small CNN for image-shaped input (for example digits as 1x8x8)."""
 
     kind: Literal["cnn"] = Field("cnn", description="Model type: mlp, cnn, tinyvgg, resnet, linear, logistic or custom.")
@@ -40,7 +71,7 @@ class CNNConfig(StrictModel):
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout probability.")
 
 
-class TinyVGGConfig(StrictModel):
+class TinyVGGConfig(PretrainedFields):
     """TinyVGG, as in the PyTorch course: two blocks of conv-relu-conv-relu-maxpool, then a linear head.
 
     Convolutions are 3x3 with padding 1, so each block halves height and width.
@@ -51,7 +82,7 @@ class TinyVGGConfig(StrictModel):
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier.")
 
 
-class ResNetConfig(StrictModel):
+class ResNetConfig(PretrainedFields):
     """A small ResNet: a 3x3 stem, stages of basic residual blocks, global average pooling, a linear head.
 
     Every stage after the first halves height and width.
@@ -64,13 +95,13 @@ class ResNetConfig(StrictModel):
     blocks_per_stage: int = Field(1, ge=1, le=16, description="Basic blocks (two 3x3 convs and a shortcut) per stage.")
 
 
-class LinearConfig(StrictModel):
+class LinearConfig(PretrainedFields):
     """One linear layer: linear regression, or logistic regression for classes."""
 
     kind: Literal["linear", "logistic"] = Field("linear", description="Model type: mlp, cnn, tinyvgg, resnet, linear, logistic or custom.")
 
 
-class CustomModelConfig(StrictModel):
+class CustomModelConfig(PretrainedFields):
     """The escape hatch: your own `nn.Module` factory, as `module:callable`.
 
     It is called as `factory(in_features=..., out_features=..., **kwargs)`,
@@ -85,12 +116,67 @@ class CustomModelConfig(StrictModel):
     kwargs: dict[str, int | float | str | bool | list[int] | list[float]] = Field(
         default_factory=dict, description="Extra keyword arguments for the factory."
     )
+    head: ModulePrefix | None = Field(
+        None,
+        description="Module path of the last (output) layer, e.g. classifier.1: replaced when the output size "
+        "differs from init_from's, and what model.freeze=backbone leaves trainable.",
+    )
+
+    @model_validator(mode="after")
+    def _backbone_needs_head(self) -> "CustomModelConfig":
+        if self.freeze == "backbone" and self.head is None:
+            raise ValueError(
+                "model.freeze='backbone' on a custom model needs model.head, the module path of its last layer "
+                "(e.g. model.head=classifier.1)"
+            )
+        return self
 
 
 ModelConfig = Annotated[
     Union[MLPConfig, CNNConfig, TinyVGGConfig, ResNetConfig, LinearConfig, CustomModelConfig],
     Field(discriminator="kind"),
 ]
+
+
+class InitReport(BaseModel):
+    """Where a model's weights started, and which of them train: the run summary, metrics.json and bundle record it.
+
+    `source` is the init_from path or a torchvision weights name (None: random
+    weights); `sha256` that file's hash. `loaded`, `new` and `ignored` are
+    tensor names: taken from the source, initialised fresh (the head among
+    them when it was replaced), and in the source but not in this network.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str | None = None
+    source_kind: str | None = None  # bundle, checkpoint, state_dict, torchvision
+    sha256: str | None = None
+    head: str | None = None  # module path of the output layer ("" for a one-layer model)
+    head_note: str | None = None  # e.g. "head net.4 re-initialised because 3 classes became 4"
+    loaded: tuple[str, ...] = ()
+    new: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
+    mismatched: tuple[str, ...] = ()  # outside the head, shape differs, kept fresh (init_strict: false)
+    frozen: tuple[str, ...] = ()  # module-name prefixes frozen
+    frozen_parameters: int = 0
+    trainable_parameters: int = 0
+
+    def line(self) -> str:
+        """One line for the terminal summary and report.md."""
+        start = "random weights" if self.source is None else f"{self.source_kind} {self.source}"
+        parts = [f"from {start}"]
+        if self.source is not None:
+            parts.append(f"{len(self.loaded)} tensors loaded, {len(self.new)} new, {len(self.ignored)} ignored")
+        if self.head_note:
+            parts.append(self.head_note)
+        if self.mismatched:
+            parts.append(f"{len(self.mismatched)} kept fresh (shape differs): {', '.join(self.mismatched)}")
+        frozen = ", ".join(self.frozen) if self.frozen else "nothing"
+        parts.append(
+            f"frozen: {frozen} ({self.frozen_parameters:,} parameters; {self.trainable_parameters:,} train)"
+        )
+        return "; ".join(parts)
 
 
 @dataclass
@@ -102,3 +188,7 @@ class TrainingComponents:
     optimizer: torch.optim.Optimizer
     scheduler: Any | None  # a torch LR scheduler
     monitor_mode: str  # "min" or "max", for the plateau scheduler and early stopping
+    init: InitReport | None = None  # where the weights started, what is frozen
+    # The freeze state (tasks.nets.finetune.FreezePlan): which parameters are frozen, unfreezing at an epoch,
+    # the parameter groups; None when nothing is frozen and there is one group.
+    finetune: Any | None = None

@@ -10,7 +10,7 @@ from schemas.base import StrictModel
 from schemas.data import DataConfig
 from schemas.device import DeviceConfig
 from schemas.evaluate import EvaluateConfig, SaveConfig
-from schemas.model import MLPConfig, ModelConfig
+from schemas.model import InitReport, MLPConfig, ModelConfig
 from schemas.optim import (
     CLASSIFICATION_LOSSES,
     REGRESSION_LOSSES,
@@ -54,6 +54,15 @@ class RunConfig(StrictModel):
         if isinstance(data, dict) and isinstance(data.get("device"), str):
             data = {**data, "device": {"name": data["device"]}}
         return data
+
+    @model_validator(mode="after")
+    def _unfreeze_needs_freeze(self) -> "RunConfig":
+        if self.train.finetune.unfreeze_at_epoch is not None and self.model.freeze == "none":
+            raise ValueError(
+                "train.finetune.unfreeze_at_epoch unfreezes what model.freeze froze, but model.freeze is 'none'; "
+                "set model.freeze=backbone (or a list of module prefixes), or leave unfreeze_at_epoch unset"
+            )
+        return self
 
     @model_validator(mode="after")
     def _task_rules(self) -> "RunConfig":
@@ -112,3 +121,4 @@ class RunSummary(BaseModel):
     baseline: dict[str, float]
     baseline_kind: str
     bundle: str | None
+    init: InitReport | None = None  # where the weights started and what was frozen

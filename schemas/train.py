@@ -26,6 +26,18 @@ class CheckpointConfig(StrictModel):
     )
 
 
+class FinetuneConfig(StrictModel):
+    """Gradual unfreezing of a backbone frozen by `model.freeze`, and the backbone's own learning rate."""
+
+    unfreeze_at_epoch: int | None = Field(
+        None, ge=1, description="From this epoch on, the parameters model.freeze froze train too (default: never)."
+    )
+    backbone_lr_scale: float = Field(
+        1.0, gt=0, le=1000,
+        description="Learning rate of the backbone (everything but the head) while it trains, as a factor of optimizer.lr.",
+    )
+
+
 class TrainConfig(StrictModel):
     """The plain loop: forward, loss, zero_grad, backward, step; validate each epoch."""
 
@@ -45,6 +57,9 @@ class TrainConfig(StrictModel):
     oom_smaller_batch: bool = Field(
         False,
         description="On a CUDA out-of-memory error, let the retry continue from the last epoch with half the batch size.",
+    )
+    finetune: FinetuneConfig = Field(
+        default_factory=FinetuneConfig, description="Unfreezing a frozen backbone, and its learning rate."
     )
     retry: RetryPolicy = Field(
         default_factory=lambda: RetryPolicy(retries=1, delay_seconds=2.0),

@@ -6,9 +6,12 @@
     parts = build_model.fn(MLPConfig(), LossConfig(), AdamConfig(), None, spec,
                            device=torch.device("cpu"), seed=0, epochs=30, monitor="val_loss")  # spec: a DataSpec
     parts.model, parts.loss_fn, parts.optimizer, parts.scheduler
+    parts.init.line()   # where the weights started (model.init_from), what is frozen (model.freeze)
 
 The builders themselves (`build_network`, `build_loss`, `build_optimizer`)
-live in `tasks.nets`, shared with the device probe and the bundle.
+live in `tasks.nets`, shared with the device probe and the bundle. Starting
+weights and freezing are in `_pretrained.py` (reading `model.init_from` in
+`_init_from.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from schemas.errors import ConfigError
 from schemas.model import ModelConfig, TrainingComponents
 from schemas.optim import LossConfig, OptimizerConfig, SchedulerConfig
 from schemas.run import check_task_compatibility
+from schemas.train import FinetuneConfig
+from tasks.model._pretrained import start_and_freeze
 from tasks.nets.networks import build_network
 from tasks.nets.optim import build_loss, build_optimizer, build_scheduler, monitor_mode
 
@@ -39,15 +44,24 @@ def build_model(
     seed: int,
     epochs: int,
     monitor: str = "val_loss",
+    finetune: FinetuneConfig | None = None,
 ) -> TrainingComponents:
-    """Seeded model init on `device`, with its loss, optimizer and optional scheduler."""
+    """Seeded model init on `device`, with its loss, optimizer and optional scheduler.
+
+    With `model.init_from`, the network starts from those weights (loaded by
+    name; a head whose size differs is re-initialised); `model.freeze` leaves
+    parameters out of the optimizer, and `finetune` (train.finetune) says when
+    they unfreeze and the backbone's learning rate.
+    """
     try:
         check_task_compatibility(spec.task, loss=loss.name, monitor=monitor, model_kind=model.kind)
     except ValueError as exc:
         raise ConfigError(f"{exc} (task inferred from {spec.source})") from None
     torch.manual_seed(seed)
-    network = build_network(model, spec).to(device)
-    opt = build_optimizer(optimizer, network.parameters())
+    network = build_network(model, spec)
+    init, plan, params = start_and_freeze(model, finetune or FinetuneConfig(), network, spec, optimizer.lr)
+    network.to(device)
+    opt = build_optimizer(optimizer, params)
     mode = monitor_mode(monitor)
     return TrainingComponents(
         model=network,
@@ -55,4 +69,6 @@ def build_model(
         optimizer=opt,
         scheduler=build_scheduler(scheduler, opt, epochs, mode),
         monitor_mode=mode,
+        init=init,
+        finetune=plan,
     )

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from schemas.data import DataSpec, PreparedData
     from schemas.device import DeviceInfo
     from schemas.evaluate import EvalReport
+    from schemas.model import InitReport
     from schemas.run import RunConfig
     from schemas.train import EpochRecord, TrainResult
 
@@ -54,8 +55,9 @@ def record_results(
     result: "TrainResult",
     report: "EvalReport",
     bundle: Path | None,
+    init: "InitReport | None" = None,
 ) -> RunSummary:
-    """Write metrics.json and history.csv; return the run summary."""
+    """Write metrics.json and history.csv; return the run summary (with `init`: where the weights started)."""
     summary = RunSummary(
         run_dir=str(run_dir),
         device=device.device,
@@ -76,6 +78,7 @@ def record_results(
         baseline=report.baseline,
         baseline_kind=report.baseline_kind,
         bundle=None if bundle is None else str(bundle),
+        init=init,
     )
     write_json(
         run_dir / "metrics.json",
@@ -98,6 +101,7 @@ def record_results(
             },
             "device": {**device.model_dump(), "data_placement": result.data_placement},
             "data": {"source": spec.source, "hash": spec.data_hash, "rows": summary.rows},
+            "init": None if init is None else init.model_dump(),
         },
     )
     write_csv(run_dir / HISTORY_FILE, result.history)

@@ -47,7 +47,10 @@ def markdown_report(
     """
     rows = summary.rows
     model = config.model.model_dump(mode="json")
-    model_desc = ", ".join(f"{k}={_fmt(v)}" for k, v in model.items() if k != "kind" and v not in (None, {}, []))
+    quiet = {"init_strict": True, "freeze": "none", "train_bn": False}  # starting-weight keys at their defaults
+    model_desc = ", ".join(
+        f"{k}={_fmt(v)}" for k, v in model.items() if k != "kind" and v not in (None, {}, []) and quiet.get(k, ()) != v
+    )
     scheduler = config.scheduler.name if config.scheduler is not None else "none"
     lines = [
         f"# Run `{config.name}`",
@@ -64,6 +67,7 @@ def markdown_report(
         f"| training | {summary.epochs_run} epochs in {summary.train_seconds:.1f} s; best epoch {summary.best_epoch} "
         f"({summary.monitor} {summary.best_score:.4f}){', stopped early' if summary.stopped_early else ''} |",
         f"| bundle | {'`' + summary.bundle + '`' if summary.bundle else 'not saved'} |",
+        *([f"| starting weights | {summary.init.line()} |"] if summary.init is not None else []),
     ]
     if summary.device_table:
         lines += ["", "## Device measurement", "", "| device | ms/step | chosen |", "|---|---:|---|"]

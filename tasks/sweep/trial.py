@@ -64,7 +64,7 @@ def execute_trial(request: TrialRequest, data: PreparedData, data_loads: int = 1
 
     parts = build_model.fn(
         config.model, config.loss, config.optimizer, config.scheduler, data.spec, device,
-        config.seed, config.train.epochs, config.train.monitor,
+        config.seed, config.train.epochs, config.train.monitor, config.train.finetune,
     )
     train_config = config.train.model_copy(update={"progress": False})  # the sweep prints one line per trial
     common = dict(

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import pickle
-import re
 import shutil
 import time
 from pathlib import Path
@@ -30,12 +28,17 @@ import torch
 from schemas.errors import ConfigError
 from tasks.common.files import atomic_write, atomic_write_bytes, atomic_write_text
 from tasks.common.log import say
+from tasks.nets.weights import load_tensors_file
 from tasks.train._state import LoopState, origin_mismatch
 
 FORMAT_VERSION = 1
 LAST = "last.pt"
 BEST = "best.pt"
 BATCH_SIZE = "batch_size.json"
+REFUSED_HINT = (
+    "Checkpoints this pipeline writes hold only tensors and plain values: resume a run folder made by "
+    "flows.train, or start a new run"
+)
 
 
 def save_checkpoint(directory: Path, state: dict[str, Any], best: bool = False) -> Path:
@@ -56,14 +59,7 @@ def load_checkpoint(directory: Path, seed: int, data_hash: str) -> dict[str, Any
     path = directory / LAST
     if not path.is_file():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise  # I/O trouble may be transient: the stage's retry policy decides
-    except pickle.UnpicklingError as exc:
-        raise ConfigError(_refused_message(path, exc)) from None
-    except Exception as exc:  # a truncated or foreign file: say which, don't guess
-        raise ConfigError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    state = load_tensors_file(path, "checkpoint", REFUSED_HINT)
     version = state.get("format_version") if isinstance(state, dict) else None
     if version != FORMAT_VERSION:
         raise ConfigError(f"{path}: checkpoint format {version!r} is not supported (expected {FORMAT_VERSION})")
@@ -71,20 +67,6 @@ def load_checkpoint(directory: Path, seed: int, data_hash: str) -> dict[str, Any
     if problem is not None:
         raise ConfigError(f"{path}: {problem}")
     return state
-
-
-def _refused_message(path: Path, exc: Exception) -> str:
-    """Why `torch.load(weights_only=True)` refused `path`, without torch's advice to load it unsafely."""
-    text = str(exc)
-    if "Weights only load failed" not in text:
-        return f"{path}: not a readable checkpoint ({type(exc).__name__}: {text.splitlines()[0] if text else ''})"
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    what = f" ({found.group(1)})" if found else ""
-    return (
-        f"{path}: refused: the checkpoint holds pickled Python objects{what}, which could run code when "
-        "loaded, so it is not loaded (for safety). Checkpoints this pipeline writes hold only tensors and "
-        "plain values: resume a run folder made by flows.train, or start a new run"
-    )
 
 
 def start_or_resume(state: LoopState, directory: Path | None) -> None:

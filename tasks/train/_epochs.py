@@ -90,6 +90,9 @@ class EpochLoop:
         n, batch_size, device = self.batches.n, state.batch_size, state.device
         n_batches = math.ceil(n / batch_size)
         parts.model.train()
+        if parts.finetune is not None:  # unfreeze when it is time; frozen batch-norm layers stay in eval mode
+            parts.finetune.start_epoch(epoch, parts.optimizer, parts.scheduler)
+            parts.finetune.set_modes(parts.model)
         order = state.epoch_order(n)
         if state.batch == 0:
             state.epoch_losses = []

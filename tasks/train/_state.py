@@ -9,7 +9,8 @@ Every key a checkpoint holds is written in `state_dict` and read back in
 checkpoint belongs to); `_checkpoint.py` only stores and finds the files.
 Besides the fields below, a checkpoint holds the model, optimizer, scheduler
 and GradScaler state and torch's global RNG states (CPU, and CUDA on a CUDA
-device), which drive dropout.
+device), which drive dropout; and when something is frozen, the freeze state
+(`finetune`: which parameters, whether they were unfrozen yet).
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class LoopState:
             "best_state": self.best_state,
             "history": [r.model_dump() for r in self.history],
             "elapsed": self.elapsed(),
+            **({} if self.parts.finetune is None else {"finetune": self.parts.finetune.state_dict()}),
         }
 
     def load_state_dict(self, saved: Mapping[str, Any], source: object = "checkpoint") -> None:
@@ -114,6 +116,8 @@ class LoopState:
                 f"{saved.get('batch_size')}; it cannot continue with batch size {self.batch_size}"
             )
         self.parts.model.load_state_dict(saved["model"])
+        if self.parts.finetune is not None:  # the frozen parameters and groups as they were: before the optimizer
+            self.parts.finetune.load_state_dict(saved.get("finetune"), self.parts.optimizer, self.parts.scheduler)
         _load_optimizer(self.parts.optimizer, saved["optimizer"])
         if self.parts.scheduler is not None and saved["scheduler"] is not None:
             self.parts.scheduler.load_state_dict(saved["scheduler"])

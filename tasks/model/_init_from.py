@@ -1,0 +1,145 @@
+"""`model.init_from`: reading the weights a model starts from, and checking that they suit this data.
+
+    source = read_init_source("runs/<run>/model", spec)     # a bundle, run folder, checkpoint or state dict
+    source.tensors, source.kind, source.sha256, source.classes
+
+Accepted: a bundle folder (weights.safetensors beside bundle.json), a run
+folder (its bundle `model/`, else `checkpoints/best.pt`, else `last.pt`), a
+checkpoint file written by the train stage, and a plain state dict as
+`.safetensors` or `.pt`/`.pth`/`.bin`. `.pt` files are read with
+`torch.load(weights_only=True)`: a pickle with code in it is refused and
+nothing runs. A bundle whose task or input shape differs from this data's is
+a ConfigError that says which. The bundle stage is not imported: stages do
+not import each other, and reading tensors runs none of a bundle's code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+
+from schemas.data import DataSpec
+from schemas.errors import ConfigError
+from tasks.nets.weights import load_tensors_file
+
+BUNDLE_MANIFEST, BUNDLE_WEIGHTS, BUNDLE_FORMAT = "bundle.json", "weights.safetensors", "pytorch-workflow-bundle"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
+ACCEPTED = "a bundle folder, a run folder, a checkpoint (.pt) or a state dict (.safetensors, .pt)"
+
+
+@dataclass(frozen=True)
+class InitSource:
+    path: Path  # the file the tensors came from
+    kind: str  # bundle, checkpoint, state_dict
+    tensors: dict[str, torch.Tensor]
+    sha256: str
+    classes: tuple[str, ...] | None  # a bundle's class names, when it has them
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_init_source(value: str, spec: DataSpec) -> InitSource:
+    """The tensors `model.init_from = value` names; a ConfigError naming the path and the fix when it cannot be used."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ConfigError(f"model.init_from = {value!r}: no such file or folder; expected {ACCEPTED}")
+    if path.is_dir():
+        return _from_folder(path, value, spec)
+    if path.suffix == ".safetensors":
+        return InitSource(path, "state_dict", _safetensors(path, value), sha256_file(path), None)
+    if path.suffix in PICKLE_SUFFIXES:
+        return _from_pickle(path, value)
+    raise ConfigError(
+        f"model.init_from = {value!r}: not a bundle, checkpoint or state dict (suffix {path.suffix or 'none'}); "
+        f"expected {ACCEPTED}"
+    )
+
+
+def _from_folder(path: Path, value: str, spec: DataSpec) -> InitSource:
+    for bundle in (path, path / "model"):
+        if (bundle / BUNDLE_MANIFEST).is_file():
+            return _from_bundle(bundle, value, spec)
+    for checkpoint in (path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt",
+                       path / "best.pt", path / "last.pt"):
+        if checkpoint.is_file():
+            return _from_pickle(checkpoint, value)
+    raise ConfigError(
+        f"model.init_from = {value!r}: a folder with no {BUNDLE_MANIFEST} and no checkpoints/best.pt or last.pt; "
+        f"expected {ACCEPTED}"
+    )
+
+
+def _from_bundle(path: Path, value: str, spec: DataSpec) -> InitSource:
+    try:
+        manifest = json.loads((path / BUNDLE_MANIFEST).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"model.init_from = {value!r}: {path / BUNDLE_MANIFEST} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise ConfigError(f"model.init_from = {value!r}: {path / BUNDLE_MANIFEST} is not a {BUNDLE_FORMAT} manifest")
+    weights = path / BUNDLE_WEIGHTS
+    if not weights.is_file():
+        raise ConfigError(f"model.init_from = {value!r}: the bundle has no {BUNDLE_WEIGHTS}")
+    digest = sha256_file(weights)
+    recorded = (manifest.get("files") or {}).get(BUNDLE_WEIGHTS)
+    if recorded != digest:
+        raise ConfigError(
+            f"model.init_from = {value!r}: {weights} does not match the sha256 recorded in {BUNDLE_MANIFEST}; "
+            "the file was modified after saving"
+        )
+    theirs: dict[str, Any] = manifest.get("spec") or {}
+    _check_same_kind_of_data(theirs, spec, value)
+    classes = theirs.get("class_names")
+    return InitSource(weights, "bundle", _safetensors(weights, value), digest,
+                      tuple(classes) if isinstance(classes, list) else None)
+
+
+def _check_same_kind_of_data(theirs: dict[str, Any], spec: DataSpec, value: str) -> None:
+    if theirs.get("task") != spec.task:
+        raise ConfigError(
+            f"model.init_from = {value!r}: the bundle's task is {theirs.get('task')}, this data's is {spec.task} "
+            f"({spec.source}); start from a {spec.task} model, or set data.task"
+        )
+    shape = tuple(theirs.get("input_shape") or ())
+    if shape != tuple(spec.input_shape):
+        raise ConfigError(
+            f"model.init_from = {value!r}: the bundle's input shape is {list(shape)}, this data's is "
+            f"{list(spec.input_shape)} ({spec.source}); for images set data.source.size and mode to the bundle's"
+        )
+
+
+def _safetensors(path: Path, value: str) -> dict[str, torch.Tensor]:
+    try:
+        return safetensors.torch.load_file(str(path), device="cpu")
+    except (safetensors.SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(f"model.init_from = {value!r}: {path} is not a readable safetensors file ({exc})") from None
+
+
+def _from_pickle(path: Path, value: str) -> InitSource:
+    hint = "Save plain weights with safetensors, or a state dict of tensors (model.state_dict())"
+    data = load_tensors_file(path, "weights file", hint)
+    kind = "state_dict"
+    if isinstance(data, dict) and "format_version" in data and isinstance(data.get("model"), dict):
+        data, kind = data["model"], "checkpoint"  # a checkpoint the train stage wrote
+    elif isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not data or not all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in data.items()
+    ):
+        raise ConfigError(
+            f"model.init_from = {value!r}: {path} holds no state dict (a mapping of tensor names to tensors); "
+            f"expected {ACCEPTED}"
+        )
+    return InitSource(path, kind, dict(data), sha256_file(path), None)
