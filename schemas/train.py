@@ -36,6 +36,11 @@ class FinetuneConfig(StrictModel):
         1.0, gt=0, le=1000,
         description="Learning rate of the backbone (everything but the head) while it trains, as a factor of optimizer.lr.",
     )
+    cache_features: bool = Field(
+        True,
+        description="With the whole backbone frozen for the whole run and no augmentation, compute its features once "
+        "per split and train the head on them (same result, no backbone forward pass per epoch).",
+    )
 
 
 class TrainConfig(StrictModel):
@@ -120,4 +125,5 @@ class TrainResult(BaseModel):
     samples_per_second: float
     resumed_from_epoch: int | None = None
     precision: str = "fp32"
+    features_cached: bool = False  # the head trained on the frozen backbone's features, computed once
     data_placement: str = "device"  # "device": moved once; "host": each batch copied from (pinned) host memory;

@@ -154,3 +154,22 @@ def test_orchestration_report_and_per_task_overhead(prefect_api, monkeypatch):
     report = orchestration.format_report(result)
     assert "**60.5%** (NOT met" in report and "per-task overhead" in report and "| torch |" in report
     assert math.isclose(result.running_share, (10.0 - 5.9) / 12.0) and "**34.2%** (NOT met)" in report
+
+
+def test_finetune_benchmark_compares_with_scratch_and_the_feature_cache(tmp_path):
+    import torch
+
+    from benchmarks.finetune import Sizes, format_report, run_benchmark
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sizes = Sizes(per_class_a=10, per_class_b=5, size=16, pretrain_epochs=1, epochs=1, seeds=1, timing_epochs=2)
+        result = run_benchmark(sizes, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(result["fine"]) == len(result["scratch"]) == 1
+    assert all(0 <= value <= 1 for value in result["fine"] + result["scratch"])
+    assert result["timing"][True]["cached"] and not result["timing"][False]["cached"]
+    assert all(t["epoch"] > 0 for t in result["timing"].values())
+    assert "epoch-time ratio off/on" in format_report(result)

@@ -230,3 +230,20 @@ def test_a_sweep_can_search_over_freeze_and_the_backbone_learning_rate():
     })
     trial = sweep.trial_config({"model.freeze": "backbone", "train.finetune.backbone_lr_scale": 0.1})
     assert trial.model.freeze == "backbone" and trial.train.finetune.backbone_lr_scale == 0.1
+
+
+def test_the_frozen_feature_cache_trains_the_head_as_the_uncached_path_does(sets, pretrained, tmp_path):
+    overrides = (f"model.init_from={pretrained}", "model.freeze=backbone", "train.epochs=3")
+    cached_config = _config(sets[1], *overrides)
+    data, cached, cached_result = _train(cached_config, checkpoint_dir=tmp_path / "cached")
+    plain_config = _config(sets[1], *overrides, "train.finetune.cache_features=false")
+    _, plain, plain_result = _train(plain_config, data)
+    assert cached_result.features_cached and not plain_result.features_cached
+    for a, b in zip(cached_result.history, plain_result.history):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-5) and a.val_accuracy == b.val_accuracy
+    for name, tensor in plain.model.state_dict().items():
+        assert torch.allclose(cached.model.state_dict()[name], tensor, atol=1e-6), name
+    # Augmentation, unfreezing or a backbone with dropout run the ordinary path.
+    for extra in ("data.source.augment.hflip=true", "train.finetune.unfreeze_at_epoch=2"):
+        config = _config(sets[1], *overrides, extra, "train.epochs=1")
+        assert not _train(config)[2].features_cached, extra

@@ -13,7 +13,8 @@ Where the parts are: the batch sources in `_batches.py`, the epochs (early
 stopping, checkpoints, time limit, channels_last) in `_epochs.py`,
 validation in `_validate.py`, the loop's state and its checkpoint keys in
 `_state.py`, checkpoint files in `_checkpoint.py`, running out of memory in
-`_oom.py`, the terminal display in `_console.py`.
+`_oom.py`, the terminal display in `_console.py`, the frozen-feature cache
+(a frozen backbone run once, only the head trained) in `_features.py`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from tasks.train._batches import BatchSource, batch_source
 from tasks.train._checkpoint import start_or_resume
 from tasks.train._console import ConsoleProgress
 from tasks.train._epochs import EpochLoop, TimeLimitReached, training_layout
+from tasks.train._features import frozen_feature_cache
 from tasks.train._oom import batch_size_for, out_of_memory
 from tasks.train._state import LoopState
 from tasks.train._validate import EVAL_CHUNK
@@ -73,6 +75,9 @@ def train_model(
     device = plan.torch_device if plan is not None else torch.device(device)
     precision = plan.precision if plan is not None else "fp32"
     _check_monitor(data.spec, config.monitor)
+    cached = frozen_feature_cache(parts, data, config, device)
+    if cached is not None:  # the backbone is frozen throughout: train the head on its features, computed once
+        parts, data = cached
     batches = batch_source(data, device, plan.data_on_device if plan is not None else "auto")
     directory = checkpoint_dir if checkpoint_dir is not None and config.checkpoint.enabled else None
     state = LoopState(parts, device, seed, data.spec.data_hash, batch_size_for(config, directory),
@@ -90,7 +95,7 @@ def train_model(
     finally:
         if progress is not None:
             progress.close()
-    return _result(state, config, batches, precision)
+    return _result(state, config, batches, precision, features_cached=cached is not None)
 
 
 def _check_monitor(spec: DataSpec, monitor: str) -> None:
@@ -100,7 +105,9 @@ def _check_monitor(spec: DataSpec, monitor: str) -> None:
         raise ConfigError(f"{exc} (task inferred from {spec.source})") from None
 
 
-def _result(state: LoopState, config: TrainConfig, batches: BatchSource, precision: str) -> TrainResult:
+def _result(
+    state: LoopState, config: TrainConfig, batches: BatchSource, precision: str, features_cached: bool = False
+) -> TrainResult:
     """The finished run's TrainResult, after restoring the best weights (with train.restore_best)."""
     if state.best_state is not None:
         state.parts.model.load_state_dict(state.best_state)
@@ -117,5 +124,6 @@ def _result(state: LoopState, config: TrainConfig, batches: BatchSource, precisi
         samples_per_second=batches.n * epochs_run / seconds if seconds > 0 else 0.0,
         resumed_from_epoch=state.resumed_from,
         precision=precision,
+        features_cached=features_cached,
         data_placement=batches.placement,
     )
