@@ -27,6 +27,7 @@ from schemas.trial import SweepSummary
 from tasks.common.log import say
 from tasks.common.retry import retry_options
 from tasks.data import prepare_data, probe_workload
+from tasks.nets.vision import weights_data_config
 from tasks.device import select_device
 from tasks.run.outputs import record_device
 from tasks.run.rundir import run_lifecycle
@@ -68,7 +69,8 @@ def sweep_flow(config: SweepConfig, sweep_dir: str | None = None) -> SweepSummar
     if config.selection_warning:
         say(config.selection_warning)
     device = select_device.with_options(**retry_options(base.device.retry))(base.device, probe_workload(base))
-    data = prepare_data.with_options(**retry_options(base.data.retry))(base.data, base.seed)
+    data_config = weights_data_config(base.model, base.data)  # a torchvision model's own preprocessing
+    data = prepare_data.with_options(**retry_options(base.data.retry))(data_config, base.seed)
     config.check_task(data.spec.task)
     workers, threads = plan_threads(config)  # too many workers for the cores fails before the folder exists
     # A setup that fails before the study holds a trial leaves no folder that a rerun would call resumed.

@@ -27,6 +27,7 @@ from tasks.data import prepare_data, probe_workload
 from tasks.device import select_device
 from tasks.evaluate import evaluate_model
 from tasks.model import build_model
+from tasks.nets.vision import weights_data_config
 from tasks.run.artifacts import publish_run_artifacts
 from tasks.run.outputs import HistoryCsv, record_config, record_device, record_outputs, record_results
 from tasks.run.progress import PrefectProgress
@@ -59,7 +60,8 @@ def train_flow(
         )
         record_device(path, device)
         run.tracker = tracker = start_tracking(config, path)
-        data = prepare_data.with_options(**retry_options(config.data.retry))(config.data, config.seed)
+        data_config = weights_data_config(config.model, config.data)  # a torchvision model's own preprocessing
+        data = prepare_data.with_options(**retry_options(config.data.retry))(data_config, config.seed)
         parts = build_model(
             config.model, config.loss, config.optimizer, config.scheduler, data.spec,
             device.torch_device, config.seed, config.train.epochs, config.train.monitor, config.train.finetune,

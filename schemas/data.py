@@ -84,8 +84,9 @@ class ImageFolderSource(StrictModel):
     """A folder of images with one subfolder per class (or train/, val/, test/ holding those).
 
     Images are decoded with Pillow, converted to `mode` and resized to
-    `size`; pixels are normalized with per-channel statistics of the training
-    split.
+    `size` (or, with `resize`, resized on the shorter side and centre-cropped
+    to `size`); pixels are normalized with per-channel statistics of the
+    training split, or with fixed `mean` and `std`.
     """
 
     kind: Literal["image_folder"] = Field("image_folder", description="Data source: builtin, csv, parquet, npz or image_folder.")
@@ -108,6 +109,18 @@ class ImageFolderSource(StrictModel):
         1024.0, ge=0, description="Above this decoded size (float32 MB), the training split streams through a DataLoader."
     )
     workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes for the lazy path (0: in-process).")
+    resize: int | None = Field(
+        None, ge=4, le=8192,
+        description="Resize the shorter side to this (keeping the aspect ratio), then centre-crop to size, as "
+        "torchvision's pre-trained weights expect (default: resize straight to size).",
+    )
+    mean: tuple[float, ...] | None = Field(
+        None, min_length=1, max_length=3,
+        description="Fixed per-channel mean of pixel / 255, e.g. a pre-trained model's (default: the training split's).",
+    )
+    std: tuple[Annotated[float, Field(gt=0)], ...] | None = Field(
+        None, min_length=1, max_length=3, description="Fixed per-channel std of pixel / 255, with mean.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -115,6 +128,19 @@ class ImageFolderSource(StrictModel):
         if isinstance(data, dict) and isinstance(data.get("size"), int):
             data = {**data, "size": (data["size"], data["size"])}
         return data
+
+    @model_validator(mode="after")
+    def _fixed_statistics(self) -> "ImageFolderSource":
+        channels = 3 if self.mode == "rgb" else 1
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("data.source.mean and data.source.std go together: set both or neither")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and len(values) != channels:
+                raise ValueError(f"data.source.{name} needs {channels} value(s) for mode {self.mode}, got {len(values)}")
+        if self.resize is not None and self.resize < max(self.size):
+            raise ValueError(f"data.source.resize = {self.resize} must be at least the crop size {list(self.size)}")
+        return self
 
 
 DataSource = Annotated[
@@ -177,6 +203,7 @@ class ImagePreprocessing(BaseModel):
     mode: Literal["rgb", "grayscale"]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    resize: int | None = None  # shorter side resized to this, then centre-cropped to `size`; None: resized to `size`
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -132,8 +132,34 @@ class CustomModelConfig(PretrainedFields):
         return self
 
 
+class TorchvisionConfig(PretrainedFields):
+    """A torchvision classification network (the optional `vision` extra), with or without its pre-trained weights.
+
+    The last linear layer (the head) is sized for this data's classes; with
+    `weights`, everything else starts from those weights, read from torch's
+    hub cache ($TORCH_HOME/hub/checkpoints), and the image data stage applies
+    the weights' own preprocessing (resize, centre crop, mean and std).
+    """
+
+    kind: Literal["torchvision"] = Field("torchvision", description="Model type: mlp, cnn, tinyvgg, resnet, linear, logistic, torchvision or custom.")
+    name: str = Field(
+        "resnet18", pattern=r"^[a-z][a-z0-9_]*$",
+        description="torchvision model name, e.g. resnet18, mobilenet_v3_small, efficientnet_b0.",
+    )
+    weights: str = Field(
+        "none", pattern=r"^[A-Za-z][A-Za-z0-9_.]*$",
+        description="Pre-trained weights: DEFAULT, a weights enum name (IMAGENET1K_V1 or ResNet18_Weights.IMAGENET1K_V1), or none.",
+    )
+
+    @model_validator(mode="after")
+    def _one_start(self) -> "TorchvisionConfig":
+        if self.weights != "none" and self.init_from is not None:
+            raise ValueError("model.weights and model.init_from both say where the weights start; set one of them")
+        return self
+
+
 ModelConfig = Annotated[
-    Union[MLPConfig, CNNConfig, TinyVGGConfig, ResNetConfig, LinearConfig, CustomModelConfig],
+    Union[MLPConfig, CNNConfig, TinyVGGConfig, ResNetConfig, LinearConfig, TorchvisionConfig, CustomModelConfig],
     Field(discriminator="kind"),
 ]
 

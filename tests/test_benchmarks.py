@@ -164,7 +164,7 @@ def test_finetune_benchmark_compares_with_scratch_and_the_feature_cache(tmp_path
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        sizes = Sizes(per_class_a=10, per_class_b=5, size=16, pretrain_epochs=1, epochs=1, seeds=1, timing_epochs=2)
+        sizes = Sizes(per_class_a=10, per_class_b=8, size=16, pretrain_epochs=1, epochs=1, seeds=1, timing_epochs=2)
         result = run_benchmark(sizes, tmp_path)
     finally:
         torch.set_num_threads(threads)

@@ -79,7 +79,7 @@ class ImageRows(Dataset):
     ) -> None:
         self.files = [str(f) for f in files]
         self.labels = np.asarray(labels, dtype=np.int64)
-        self.size, self.mode = tuple(source.size), source.mode
+        self.size, self.mode, self.resize = tuple(source.size), source.mode, source.resize
         self.pre = pre
 
     def __len__(self) -> int:
@@ -88,12 +88,12 @@ class ImageRows(Dataset):
     def __getitem__(self, i: int):
         if self.pre is None:  # the statistics pass: report bad images instead of raising
             try:
-                return torch.from_numpy(decode_image(Path(self.files[i]), self.size, self.mode)), True
+                return torch.from_numpy(decode_image(Path(self.files[i]), self.size, self.mode, self.resize)), True
             except BadImage:
                 channels = 3 if self.mode == "rgb" else 1
                 return torch.zeros((channels, *self.size), dtype=torch.uint8), False
         try:
-            pixels = decode_image(Path(self.files[i]), self.size, self.mode)
+            pixels = decode_image(Path(self.files[i]), self.size, self.mode, self.resize)
         except BadImage as exc:  # a plain DataError crosses the worker boundary intact
             raise DataError(str(exc)) from None
         return torch.from_numpy(self.pre.normalize(pixels[None], self.files[i])[0]), int(self.labels[i])

@@ -173,8 +173,12 @@ class BadImage(DataError):
         self.reason = reason
 
 
-def decode_image(path: Path, size: tuple[int, int], mode: str) -> np.ndarray:
-    """One image as uint8 C x H x W: EXIF orientation applied, converted to `mode`, resized (bilinear)."""
+def decode_image(path: Path, size: tuple[int, int], mode: str, resize: int | None = None) -> np.ndarray:
+    """One image as uint8 C x H x W: EXIF orientation applied, converted to `mode`, resized (bilinear).
+
+    With `resize`, the shorter side is resized to it (aspect ratio kept), then the centre `size` is cropped,
+    as torchvision's weights transforms do; otherwise the image is resized to `size`.
+    """
     from PIL import Image, ImageOps
 
     try:
@@ -183,7 +187,9 @@ def decode_image(path: Path, size: tuple[int, int], mode: str) -> np.ndarray:
             if img.mode == "P" and "transparency" in img.info:
                 img = img.convert("RGBA")  # converting palette transparency directly warns
             img = img.convert("RGB" if mode == "rgb" else "L")
-            if img.size != (size[1], size[0]):
+            if resize is not None:
+                img = _resize_and_crop(img, resize, size)
+            elif img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             pixels = np.asarray(img, dtype=np.uint8)
     except (MemoryError, KeyboardInterrupt):
@@ -195,8 +201,21 @@ def decode_image(path: Path, size: tuple[int, int], mode: str) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
+def _resize_and_crop(img, resize: int, size: tuple[int, int]):
+    """The shorter side resized to `resize`, then the centre `size` (height, width) cropped."""
+    from PIL import Image
+
+    width, height = img.size
+    scale = resize / min(width, height)
+    new = (max(size[1], round(width * scale)), max(size[0], round(height * scale)))
+    if new != img.size:
+        img = img.resize(new, Image.Resampling.BILINEAR)
+    left, top = (new[0] - size[1]) // 2, (new[1] - size[0]) // 2
+    return img.crop((left, top, left + size[1], top + size[0]))
+
+
 def _decode_all(
-    files: Sequence[Path], size: tuple[int, int], mode: str, threads: int
+    files: Sequence[Path], size: tuple[int, int], mode: str, threads: int, resize: int | None = None
 ) -> tuple[np.ndarray, list[BadImage]]:
     """Decode files in order; bad ones are returned (their slots left zero), not raised."""
     channels = 3 if mode == "rgb" else 1
@@ -205,7 +224,7 @@ def _decode_all(
 
     def one(i: int) -> BadImage | None:
         try:
-            out[i] = decode_image(files[i], size, mode)
+            out[i] = decode_image(files[i], size, mode, resize)
         except BadImage as exc:
             return exc
         return None
@@ -234,6 +253,7 @@ def cache_key(listing: Listing, files: Sequence[Path], source: ImageFolderSource
         "pillow": PIL.__version__,
         "size": list(source.size),
         "mode": source.mode,
+        **({} if source.resize is None else {"resize": source.resize}),  # keys of earlier caches stay as they were
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for path in files:
@@ -291,7 +311,7 @@ def decode_files(
             say(f"images: loaded {plural(len(files), 'decoded image')} from the cache {cache_file} (decoding skipped)")
             return cached
     started = time.perf_counter()
-    images, bad = _decode_all(files, source.size, source.mode, max(1, source.workers))
+    images, bad = _decode_all(files, source.size, source.mode, max(1, source.workers), source.resize)
     if bad and source.on_bad_image == "error":
         raise bad[0]
     ok = np.ones(len(files), dtype=bool)

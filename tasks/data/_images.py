@@ -153,7 +153,13 @@ def channel_sums(images: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.n
 def fit_image_preprocessing(
     source: ImageFolderSource, total: np.ndarray, squares: np.ndarray, count: int
 ) -> ImagePreprocessing:
-    """Per-channel mean and std of pixel / 255 from exact integer sums (so any summing order agrees)."""
+    """Per-channel mean and std of pixel / 255 from exact integer sums (so any summing order agrees).
+
+    Fixed `source.mean` and `source.std` (a pre-trained model's) are used as they are instead.
+    """
+    if source.mean is not None and source.std is not None:
+        return ImagePreprocessing(size=tuple(source.size), mode=source.mode, mean=source.mean, std=source.std,
+                                  resize=source.resize)
     mean = total / count
     var = np.maximum(squares / count - mean * mean, 0.0)
     std = np.sqrt(var) / 255.0
@@ -163,6 +169,7 @@ def fit_image_preprocessing(
         mode=source.mode,
         mean=tuple(float(m) for m in mean / 255.0),
         std=tuple(float(s) for s in std),
+        resize=source.resize,
     )
 
 
@@ -183,7 +190,7 @@ def _lazy_statistics(
         total, squares, count = total + s, squares + q, count + n
     if not ok.all() and source.on_bad_image == "error":
         first = files[int(np.flatnonzero(~ok)[0])]
-        decode_image(first, tuple(source.size), source.mode)  # raises its BadImage with the reason
+        decode_image(first, tuple(source.size), source.mode, source.resize)  # raises its BadImage with the reason
     return total, squares, count, ok
 
 
@@ -331,7 +338,7 @@ def decode_for_prediction(files: Sequence[Path], pre: ImagePreprocessing) -> np.
     pixels = np.empty((len(files), *pre.shape), dtype=np.uint8)
     for i, path in enumerate(files):
         try:
-            pixels[i] = decode_image(path, pre.size, pre.mode)
+            pixels[i] = decode_image(path, pre.size, pre.mode, pre.resize)
         except BadImage as exc:
             raise DataError(f"{path}: cannot decode image ({exc.reason}); fix or remove the file") from None
     return pixels.reshape(len(files), -1)

@@ -15,11 +15,12 @@ from typing import Any
 from torch import nn
 
 from schemas.data import DataSpec
-from schemas.model import InitReport, ModelConfig
+from schemas.model import InitReport, ModelConfig, TorchvisionConfig
 from schemas.train import FinetuneConfig
 from tasks.common.log import say
 from tasks.model._init_from import read_init_source
 from tasks.nets.finetune import FreezePlan, Merged, head_name, merge_weights
+from tasks.nets.vision import pretrained_weights
 
 
 def start_and_freeze(
@@ -28,7 +29,14 @@ def start_and_freeze(
     """Load `config.init_from` into `network` by name, freeze per `config.freeze`; the report, plan and optimizer params."""
     head = head_name(config, network)
     fields: dict[str, Any] = {"head": head}
-    if config.init_from is not None:
+    if isinstance(config, TorchvisionConfig) and config.weights != "none":
+        tensors, file, digest, name = pretrained_weights(config)
+        merged = merge_weights(network, tensors, head, config.init_strict, name)
+        fields.update(
+            source=name, source_kind="torchvision", sha256=digest, loaded=merged.loaded, new=merged.new,
+            ignored=merged.ignored, mismatched=merged.mismatched, head_note=_head_note(head, merged, spec, None),
+        )
+    elif config.init_from is not None:
         source = read_init_source(config.init_from, spec)
         classes_changed = (
             source.classes is not None and spec.task == "classification" and source.classes != spec.class_names
@@ -49,7 +57,7 @@ def start_and_freeze(
         **fields, frozen=plan.prefixes if plan is not None else (), frozen_parameters=frozen,
         trainable_parameters=sum(p.numel() for p in network.parameters()) - frozen,
     )
-    if config.init_from is not None or frozen:
+    if report.source is not None or frozen:
         say(f"model: {report.line()}")
     params = plan.param_groups(network, lr) if plan is not None else network.parameters()
     return report, plan, params

@@ -26,6 +26,7 @@ from schemas.model import (
     ModelConfig,
     ResNetConfig,
     TinyVGGConfig,
+    TorchvisionConfig,
 )
 
 if TYPE_CHECKING:
@@ -222,6 +223,10 @@ def build_network(config: ModelConfig, spec: DataSpec, check_output: bool = True
         model = SmallResNet(config, _image_shape(config, spec), n_out)
     elif isinstance(config, LinearConfig):
         model = nn.Linear(n_in, n_out)
+    elif isinstance(config, TorchvisionConfig):
+        from tasks.nets.vision import build_torchvision  # torchvision is imported only for this kind
+
+        model = build_torchvision(config, _image_shape(config, spec, min_side=8), n_out)
     else:
         factory = _load_factory(config)
         kwargs: dict[str, Any] = dict(config.kwargs)
@@ -244,7 +249,7 @@ def build_network(config: ModelConfig, spec: DataSpec, check_output: bool = True
 # What sizes each built-in network, for the message when it is too big.
 SIZE_KEYS = {
     "mlp": "model.hidden_sizes", "cnn": "model.channels and model.hidden", "tinyvgg": "model.hidden_units",
-    "resnet": "model.channels and model.blocks_per_stage",
+    "resnet": "model.channels and model.blocks_per_stage", "torchvision": "model.name (a smaller network)",
 }
 # Bytes per parameter while training in float32: weights, gradients and Adam's two moments.
 TRAINING_BYTES_PER_PARAMETER = 4 * 4
