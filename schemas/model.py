@@ -43,7 +43,9 @@ class PretrainedFields(StrictModel):
         "module-name prefixes such as [stem, stages.0].",
     )
     train_bn: bool = Field(
-        False, description="Let batch-norm layers inside frozen modules keep updating their statistics."
+        False,
+        description="Batch-norm layers inside frozen modules train anyway (weights and statistics); by default they "
+        "are frozen with them, statistics included.",
     )
 
 

@@ -247,3 +247,14 @@ def test_the_frozen_feature_cache_trains_the_head_as_the_uncached_path_does(sets
     for extra in ("data.source.augment.hflip=true", "train.finetune.unfreeze_at_epoch=2"):
         config = _config(sets[1], *overrides, extra, "train.epochs=1")
         assert not _train(config)[2].features_cached, extra
+
+
+def test_train_bn_leaves_batch_norm_layers_training_inside_a_frozen_backbone(sets, pretrained):
+    config = _config(sets[1], f"model.init_from={pretrained}", "model.freeze=backbone", "model.train_bn=true")
+    data = prepare_data.fn(config.data, config.seed)
+    parts = _build(config, data)
+    bn = parts.model.stem[1]
+    assert bn.weight.requires_grad and not parts.model.stem[0].weight.requires_grad
+    before = bn.running_mean.clone()
+    result = train_model.fn(parts, data, config.train.model_copy(update={"epochs": 1}), CPU, config.seed)
+    assert not result.features_cached and not torch.equal(bn.running_mean, before)

@@ -9,7 +9,9 @@ The head is a network's last (output) layer: what is replaced when the
 output size differs from the loaded weights, and the only part that trains
 under `model.freeze: backbone`. Frozen parameters get `requires_grad=False`
 and stay out of the optimizer; batch-norm layers inside frozen modules run in
-eval mode (statistics frozen too) unless `train_bn`. `FreezePlan.start_epoch`
+eval mode (statistics frozen too), unless `train_bn`: then they are not
+frozen at all (weights and statistics train, as in Lightning's
+`BackboneFinetuning`). `FreezePlan.start_epoch`
 is the loop's per-epoch hook; its `state_dict` goes into the checkpoint, so a
 resumed run has the same parameter groups.
 """
@@ -163,7 +165,11 @@ class FreezePlan:
             prefixes = list(freeze)
         if backbone_lr_scale != 1.0 and head is None:
             raise ConfigError("train.finetune.backbone_lr_scale needs to know the head; set model.head (custom models)")
-        frozen = [(n, p) for n, p in model.named_parameters() if any(under(n, q) for q in prefixes)]
+        # train_bn (as Lightning's BackboneFinetuning): batch-norm layers inside frozen modules still train.
+        bn_params = {f"{m}.{p}" if m else p for m, module in model.named_modules() if isinstance(module, _BN)
+                     for p, _ in module.named_parameters()} if train_bn else set()
+        frozen = [(n, p) for n, p in model.named_parameters()
+                  if any(under(n, q) for q in prefixes) and n not in bn_params]
         names = {n for n, _ in frozen}
         if frozen and len(names) == sum(1 for _ in model.parameters()):
             raise ConfigError(
