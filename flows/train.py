@@ -26,7 +26,7 @@ from tasks.common.retry import retry_options
 from tasks.data import prepare_data, probe_workload
 from tasks.device import select_device
 from tasks.evaluate import evaluate_model
-from tasks.model import build_model
+from tasks.model import build_model, check_model_first
 from tasks.nets.vision import weights_data_config
 from tasks.run.artifacts import publish_run_artifacts
 from tasks.run.outputs import HistoryCsv, record_config, record_device, record_outputs, record_results
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             print(config_to_yaml(config), end="")
             return 0
         check_data_first(config.data)  # answers in seconds, before Prefect's server starts or a run folder is made
+        check_model_first(config.model)  # model.init_from, a torchvision model's extra and names: the same
         with prefect_session(args.debug, TRAINING_IMPORTS):
             summary = train_flow(config=config, run_dir=run_dir, resume=args.resume is not None, force=args.force)
         print(format_summary(summary))

@@ -258,3 +258,14 @@ def test_train_bn_leaves_batch_norm_layers_training_inside_a_frozen_backbone(set
     before = bn.running_mean.clone()
     result = train_model.fn(parts, data, config.train.model_copy(update={"epochs": 1}), CPU, config.seed)
     assert not result.features_cached and not torch.equal(bn.running_mean, before)
+
+
+def test_the_command_line_refuses_a_missing_init_from_before_any_run_folder(tmp_path, monkeypatch, capsys):
+    from flows.train import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["--set", "data.source.name=iris", "--set", "model.init_from=runs/old/model", "--set", "device=cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert "model.init_from = 'runs/old/model': no such file or folder" in err
+    assert not (tmp_path / "runs").exists()

@@ -22,15 +22,26 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.data import DataSpec
 from schemas.errors import ConfigError
-from schemas.model import ModelConfig, TrainingComponents
+from schemas.model import ModelConfig, TorchvisionConfig, TrainingComponents
 from schemas.optim import LossConfig, OptimizerConfig, SchedulerConfig
 from schemas.run import check_task_compatibility
 from schemas.train import FinetuneConfig
+from tasks.model._init_from import locate_init_source
 from tasks.model._pretrained import start_and_freeze
+from tasks.nets.vision import check_torchvision
 from tasks.nets.networks import build_network
 from tasks.nets.optim import build_loss, build_optimizer, build_scheduler, monitor_mode
 
-__all__ = ["build_model"]
+__all__ = ["build_model", "check_model_first"]
+
+
+def check_model_first(model: ModelConfig) -> None:
+    """Where the weights start, checked before any server or run folder: `model.init_from` names something
+    usable, and a torchvision model's extra, name and weights exist (the file itself is read by build_model)."""
+    if model.init_from is not None:
+        locate_init_source(model.init_from)
+    if isinstance(model, TorchvisionConfig):
+        check_torchvision(model)
 
 
 @task(name="build-model", task_run_name="build-model[{model.kind}]", cache_policy=NO_CACHE)

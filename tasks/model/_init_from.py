@@ -51,35 +51,44 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_init_source(value: str, spec: DataSpec) -> InitSource:
-    """The tensors `model.init_from = value` names; a ConfigError naming the path and the fix when it cannot be used."""
+def locate_init_source(value: str) -> tuple[Path, str]:
+    """(the bundle folder or file `value` names, "bundle", "safetensors" or "pickle"), reading no tensors.
+
+    A ConfigError naming the path when there is nothing usable there; cheap enough to run before a run starts.
+    """
     path = Path(value).expanduser()
     if not path.exists():
         raise ConfigError(f"model.init_from = {value!r}: no such file or folder; expected {ACCEPTED}")
     if path.is_dir():
-        return _from_folder(path, value, spec)
+        for bundle in (path, path / "model"):
+            if (bundle / BUNDLE_MANIFEST).is_file():
+                return bundle, "bundle"
+        for checkpoint in (path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt",
+                           path / "best.pt", path / "last.pt"):
+            if checkpoint.is_file():
+                return checkpoint, "pickle"
+        raise ConfigError(
+            f"model.init_from = {value!r}: a folder with no {BUNDLE_MANIFEST} and no checkpoints/best.pt or "
+            f"last.pt; expected {ACCEPTED}"
+        )
     if path.suffix == ".safetensors":
-        return InitSource(path, "state_dict", _safetensors(path, value), sha256_file(path), None)
+        return path, "safetensors"
     if path.suffix in PICKLE_SUFFIXES:
-        return _from_pickle(path, value)
+        return path, "pickle"
     raise ConfigError(
         f"model.init_from = {value!r}: not a bundle, checkpoint or state dict (suffix {path.suffix or 'none'}); "
         f"expected {ACCEPTED}"
     )
 
 
-def _from_folder(path: Path, value: str, spec: DataSpec) -> InitSource:
-    for bundle in (path, path / "model"):
-        if (bundle / BUNDLE_MANIFEST).is_file():
-            return _from_bundle(bundle, value, spec)
-    for checkpoint in (path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt",
-                       path / "best.pt", path / "last.pt"):
-        if checkpoint.is_file():
-            return _from_pickle(checkpoint, value)
-    raise ConfigError(
-        f"model.init_from = {value!r}: a folder with no {BUNDLE_MANIFEST} and no checkpoints/best.pt or last.pt; "
-        f"expected {ACCEPTED}"
-    )
+def read_init_source(value: str, spec: DataSpec) -> InitSource:
+    """The tensors `model.init_from = value` names; a ConfigError naming the path and the fix when it cannot be used."""
+    path, kind = locate_init_source(value)
+    if kind == "bundle":
+        return _from_bundle(path, value, spec)
+    if kind == "safetensors":
+        return InitSource(path, "state_dict", _safetensors(path, value), sha256_file(path), None)
+    return _from_pickle(path, value)
 
 
 def _from_bundle(path: Path, value: str, spec: DataSpec) -> InitSource:

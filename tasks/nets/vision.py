@@ -73,14 +73,22 @@ def _model_names(tv: ModuleType) -> list[str]:
     return sorted(tv.models.list_models(module=tv.models))
 
 
-def build_torchvision(config: TorchvisionConfig, input_shape: tuple[int, int, int], n_out: int) -> TorchvisionNet:
-    """`config.name` with random weights and `n_out` outputs; a ConfigError for an unknown name or non-RGB input."""
+def check_torchvision(config: TorchvisionConfig) -> ModuleType:
+    """torchvision, once the model name (and weights name, if any) are known to it; else a ConfigError."""
     tv = import_torchvision()
     names = _model_names(tv)
     if config.name not in names:
         close = difflib.get_close_matches(config.name, names, n=5, cutoff=0.5)
         hint = f"close matches: {', '.join(close)}" if close else f"e.g. {', '.join(names[:8])}"
         raise ConfigError(f"model.name = {config.name!r} is not a torchvision classification model; {hint}")
+    if config.weights != "none":
+        resolve_weights(config)
+    return tv
+
+
+def build_torchvision(config: TorchvisionConfig, input_shape: tuple[int, int, int], n_out: int) -> TorchvisionNet:
+    """`config.name` with random weights and `n_out` outputs; a ConfigError for an unknown name or non-RGB input."""
+    tv = check_torchvision(config)
     if input_shape[0] != 3:
         raise ConfigError(
             f"model.kind = 'torchvision' ({config.name}) takes RGB images; the data has {input_shape[0]} channel(s) "
