@@ -164,12 +164,13 @@ def test_finetune_benchmark_compares_with_scratch_and_the_feature_cache(tmp_path
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        sizes = Sizes(per_class_a=10, per_class_b=8, size=16, pretrain_epochs=1, epochs=1, seeds=1, timing_epochs=2)
+        sizes = Sizes(per_class_a=10, per_class_b=8, test_per_class_b=3, size=16, pretrain_epochs=1, epochs=1, seeds=1,
+                      timing_epochs=2)
         result = run_benchmark(sizes, tmp_path)
     finally:
         torch.set_num_threads(threads)
-    assert len(result["fine"]) == len(result["scratch"]) == 1
-    assert all(0 <= value <= 1 for value in result["fine"] + result["scratch"])
+    assert len(result["fine"]) == len(result["full"]) == len(result["scratch"]) == 1
+    assert all(0 <= value <= 1 for value in result["fine"] + result["full"] + result["scratch"])
     assert result["timing"][True]["cached"] and not result["timing"][False]["cached"]
     assert all(t["epoch"] > 0 for t in result["timing"].values())
     assert "epoch-time ratio off/on" in format_report(result)
