@@ -217,6 +217,12 @@ def prepare_image_folder(config: DataConfig, seed: int) -> PreparedData:
         f"images: {plural(len(listing.files), 'image')} in {len(listing.class_names)} classes under "
         f"{listing.root}{describe_ignored(listing)}"
     )
+    if source.resize is not None or source.mean is not None:
+        say(
+            f"images: {'shorter side to ' + str(source.resize) + ', centre crop' if source.resize else 'resized to'} "
+            f"{source.size[0]}x{source.size[1]}"
+            + (f"; fixed mean {list(source.mean)}, std {list(source.std)}" if source.mean is not None else "")
+        )
     megabytes = decoded_megabytes(len(listing.files), source)
     if megabytes > source.lazy_above_mb:
         say(

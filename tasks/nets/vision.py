@@ -32,7 +32,6 @@ from torch import nn
 from schemas.data import DataConfig, ImageFolderSource
 from schemas.errors import ConfigError, first_line
 from schemas.model import ModelConfig, TorchvisionConfig
-from tasks.common.log import say
 from tasks.nets.weights import load_tensors_file
 
 INSTALL = "pip install 'pytorch-workflow[vision]'"
@@ -172,9 +171,6 @@ def weights_data_config(model: ModelConfig, data: DataConfig) -> DataConfig:
         return data
     source = data.source.model_copy(update={"size": pre["crop"], "resize": pre["resize"], "mode": "rgb",
                                             "mean": pre["mean"], "std": pre["std"]})
-    if source != data.source:
-        say(f"images: {model.name} weights' preprocessing: shorter side to {pre['resize']}, centre crop "
-            f"{pre['crop'][0]}x{pre['crop'][1]}, mean {list(pre['mean'])}, std {list(pre['std'])}")
     return data.model_copy(update={"source": source})
 
 
