@@ -269,3 +269,41 @@ def test_the_command_line_refuses_a_missing_init_from_before_any_run_folder(tmp_
     assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
     assert "model.init_from = 'runs/old/model': no such file or folder" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_custom_model_names_its_head(tmp_path, monkeypatch):
+    import sys
+    import textwrap
+
+    (tmp_path / "ft_models.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self, in_features, out_features):
+                super().__init__()
+                self.body = nn.Sequential(nn.Linear(in_features, 8), nn.ReLU())
+                self.classifier = nn.Sequential(nn.Dropout(0.0), nn.Linear(8, out_features))
+
+            def forward(self, x):
+                return self.classifier(self.body(x))
+
+        def make(in_features, out_features):
+            return Net(in_features, out_features)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        from ft_models import make
+
+        safetensors.torch.save_file(make(4, 2).state_dict(), str(tmp_path / "two.safetensors"))
+        sets = ["data.source.name=iris", "device=cpu", "model.kind=custom", "model.target=ft_models:make",
+                f"model.init_from={tmp_path / 'two.safetensors'}", "model.freeze=backbone"]
+        config = load_config(None, [*sets, "model.head=classifier.1"])
+        parts = _build(config, prepare_data.fn(config.data, 0))
+        assert parts.init.source_kind == "state_dict"
+        assert parts.init.head_note == "head classifier.1 re-initialised because 2 classes became 3"
+        assert parts.init.frozen == ("body",)
+        config = load_config(None, [*sets, "model.head=classifier.2"])
+        with pytest.raises(ConfigError, match="model.head = 'classifier.2'.*top-level modules are: body, classifier"):
+            _build(config, prepare_data.fn(config.data, 0))
+    finally:
+        sys.modules.pop("ft_models", None)
