@@ -27,8 +27,8 @@ from schemas.trial import SweepSummary
 from tasks.common.log import say
 from tasks.common.retry import retry_options
 from tasks.data import prepare_data, probe_workload
-from tasks.nets.vision import weights_data_config
 from tasks.device import select_device
+from tasks.nets.vision import weights_data_config
 from tasks.run.outputs import record_device
 from tasks.run.rundir import run_lifecycle
 from tasks.run.tracking import check_tracking

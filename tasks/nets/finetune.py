@@ -101,7 +101,7 @@ def merge_weights(
     new, mismatched = [], []
     for name, tensor in own.items():
         other = loaded.get(name)
-        if name in in_head and replace or other is None:
+        if (name in in_head and replace) or other is None:
             new.append(name)
         elif tuple(other.shape) != tuple(tensor.shape):
             mismatched.append(f"{name} {tuple(other.shape)} vs {tuple(tensor.shape)}")
