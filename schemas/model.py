@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from schemas.base import StrictModel
 
@@ -47,6 +47,14 @@ class PretrainedFields(StrictModel):
         description="Batch-norm layers inside frozen modules train anyway (weights and statistics); by default they "
         "are frozen with them, statistics included.",
     )
+
+    @model_serializer(mode="wrap")
+    def _kind_first(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # These shared fields come first in the class; a dump (config.yaml, --print-config) shows kind and the
+        # kind's own fields first, then these.
+        data = handler(self)
+        shared = [k for k in PretrainedFields.model_fields if k in data]
+        return {**{k: v for k, v in data.items() if k not in shared}, **{k: data[k] for k in shared}}
 
 
 class MLPConfig(PretrainedFields):
