@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.fields import FieldInfo
+
+TAG_FIELDS = ("kind", "name")  # the discriminators of the tagged unions
+
+# A flow parameter that may be left out: one text box in the UI's form (empty, or null, for none).
+OptionalText = Annotated[str | None, WithJsonSchema({"type": "string"})]  # give it the default ""
 
 
 def union_discriminator(field: FieldInfo) -> str | None:
@@ -19,6 +25,50 @@ def union_discriminator(field: FieldInfo) -> str | None:
     return None
 
 
+def union_tag(cls: type[BaseModel]) -> tuple[str, tuple[str, ...]] | None:
+    """A union member's tag field and values (`kind` or `name` as a Literal of at most two), else None."""
+    for name in TAG_FIELDS:
+        field = cls.model_fields.get(name)
+        if field is not None and get_origin(field.annotation) is Literal and len(get_args(field.annotation)) <= 2:
+            return name, tuple(str(value) for value in get_args(field.annotation))
+    return None
+
+
+def form_title(cls: type[BaseModel]) -> str:
+    """The title the Prefect UI shows for a section: a union member's tag (`mlp`, `adam`), else its name in words."""
+    tag = union_tag(cls)
+    if tag is not None:
+        return " / ".join(tag[1])
+    words = re.sub(r"(Config|Policy)$", "", cls.__name__)
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", words).capitalize()
+
+
+def form_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    """The JSON schema of a section, made into a form Prefect's UI can show field by field.
+
+    A section is titled in words (not `DeviceConfig`), a union member by its
+    tag, so the UI's tabs read `mlp | cnn | ...`; the tag is a one-choice
+    drop-down; an optional value (`threads: int | None = None`) is its plain
+    type without a default, so the form shows one input (left empty for
+    none) instead of a type switch: Prefect's server accepts null for a
+    property that has a type and no default.
+    """
+    schema["title"] = form_title(cls)
+    tag = union_tag(cls)
+    for name, prop in schema.get("properties", {}).items():
+        if tag is not None and name == tag[0]:
+            prop.pop("const", None)
+            prop["enum"] = list(tag[1])
+        options = prop.get("anyOf")
+        if prop.get("default", ...) is None and isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+            (kept,) = [option for option in options if option != {"type": "null"}]
+            if "type" in kept:
+                del prop["anyOf"], prop["default"]
+                prop.update(kept)
+                if "enum" in prop:  # the server lets the type be null, not the choices: null is one of them
+                    prop["enum"] = [*prop["enum"], None]
+
+
 class StrictModel(BaseModel):
     """Frozen, `extra="forbid"`, and friendly to sparse YAML.
 
@@ -28,7 +78,7 @@ class StrictModel(BaseModel):
     `--set optimizer.lr=0.01` works without also naming `optimizer.name`.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, json_schema_extra=form_schema)
 
     @model_validator(mode="before")
     @classmethod
