@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validat
 from pydantic.fields import FieldInfo
 
 TAG_FIELDS = ("kind", "name")  # the discriminators of the tagged unions
+# Keywords that bound a value; in a union member they apply only once its tag matches (see form_schema).
+BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern")
 
 # A flow parameter that may be left out: one text box in the UI's form (empty, or null, for none).
 OptionalText = Annotated[str | None, WithJsonSchema({"type": "string"})]  # give it the default ""
@@ -55,10 +57,13 @@ def form_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
     """
     schema["title"] = form_title(cls)
     tag = union_tag(cls)
+    bounds: dict[str, dict[str, Any]] = {}
     for name, prop in schema.get("properties", {}).items():
         if tag is not None and name == tag[0]:
             prop.pop("const", None)
             prop["enum"] = list(tag[1])
+        elif tag is not None and any(key in prop for key in BOUNDS):
+            bounds[name] = {key: prop.pop(key) for key in BOUNDS if key in prop}
         options = prop.get("anyOf")
         if prop.get("default", ...) is None and isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
             (kept,) = [option for option in options if option != {"type": "null"}]
@@ -67,6 +72,12 @@ def form_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
                 prop.update(kept)
                 if "enum" in prop:  # the server lets the type be null, not the choices: null is one of them
                     prop["enum"] = [*prop["enum"], None]
+    if bounds:
+        # Bounds checked only in the member the tag picks: the other members then fail on the tag alone,
+        # so the server's message names the field and the bound (`config.optimizer.lr: -1 is less than
+        # or equal to the minimum of 0`), not "not valid under any of the given schemas".
+        schema["if"] = {"properties": {tag[0]: {"enum": list(tag[1])}}}
+        schema["then"] = {"properties": bounds}
 
 
 class StrictModel(BaseModel):

@@ -231,6 +231,7 @@ def test_invalid_parameters_fail_at_once_with_the_schemas_message(served):
     for bad, message in (
         ({"train": {"epochs": 0}}, "config.train.epochs"),
         ({"trian": {"epochs": 3}}, "'trian' was unexpected"),
+        ({"optimizer": {"name": "adam", "lr": -1}}, "field 'config.optimizer.lr'. Failure reason: -1 is less than"),
     ):
         with pytest.raises(PrefectHTTPStatusError, match=message):
             run_deployment("train/digits-mlp", parameters={"config": bad}, timeout=0)
@@ -363,8 +364,11 @@ def test_the_form_shows_the_default_model_optimizer_and_scheduler_as_fields():
         "mlp", "cnn", "tinyvgg", "resnet", "linear / logistic", "custom",
     ]
     assert _definition(schema, run["data"])["title"] == "Data"  # not the class name DataConfig
-    lr = _definition(schema, run["optimizer"]["oneOf"][0])["properties"]["lr"]
-    assert (lr["type"], lr["exclusiveMinimum"]) == ("number", 0)  # the range the form can check
+    adam = _definition(schema, run["optimizer"]["oneOf"][0])
+    assert adam["properties"]["lr"]["type"] == "number"
+    # The bound applies once the tag picked this member, so a refusal names the field (next test).
+    assert adam["if"] == {"properties": {"name": {"enum": ["adam"]}}}
+    assert adam["then"]["properties"]["lr"] == {"exclusiveMinimum": 0, "maximum": 10}
     # No scheduler is a tab of its own, not a null switch; optional numbers are plain inputs.
     assert [o.get("title") or _definition(schema, o)["title"] for o in run["scheduler"]["oneOf"]] == [
         "none", "step", "cosine", "plateau",
@@ -394,6 +398,13 @@ def test_the_form_values_validate_the_way_the_server_checks_them():
     for config in ok:
         assert validate({"config": config}, schema) == []
     assert validate({"config": {**values, "train": {**values["train"], "epochs": 0}}}, schema)
+    # A bound inside a tagged union: the server's message names the field and the bound.
+    negative = {**values, "optimizer": {**values["optimizer"], "lr": -1}}
+    with pytest.raises(Exception, match=r"field 'config.optimizer.lr'. Failure reason: -1 is less than or equal to the minimum of 0"):
+        validate({"config": negative}, schema, raise_on_error=True)
+    wide = {**values, "model": {"kind": "cnn", "kernel_size": 99}}
+    with pytest.raises(Exception, match=r"field 'config.model.kernel_size'. Failure reason: 99 is greater than the maximum of 11"):
+        validate({"config": wide}, schema, raise_on_error=True)
     # The form's "none" scheduler is no scheduler.
     assert RunConfig.model_validate(values).scheduler is None
     assert RunConfig.model_validate({"scheduler": {"name": "none"}}) == RunConfig()
