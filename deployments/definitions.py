@@ -34,7 +34,7 @@ class DeploymentSpec:
 
     def parameters(self) -> dict[str, Any]:
         """The flow's parameters: the preset, resolved and validated, as JSON in the shape of the UI's form."""
-        from schemas.run import form_values
+        from schemas.run import form_values, without_nulls
 
         if self.flow == "train":
             from schemas.loading import load_config
@@ -43,7 +43,7 @@ class DeploymentSpec:
         from schemas.sweep import load_sweep_config
 
         sweep = load_sweep_config(ROOT / self.config, list(self.overrides))
-        return {"config": {**sweep.model_dump(mode="json"), "base": form_values(sweep.base)}}
+        return {"config": {**without_nulls(sweep.model_dump(mode="json")), "base": form_values(sweep.base)}}
 
     def schedule(self) -> dict[str, Any]:
         if self.cron:

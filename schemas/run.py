@@ -48,11 +48,25 @@ def _run_form_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
     prop["oneOf"] = [_NO_SCHEDULER_SCHEMA, *union["oneOf"]]
 
 
+def without_nulls(value: Any) -> Any:
+    """`value` with every mapping's null entries left out (list items are kept as they are)."""
+    if isinstance(value, dict):
+        return {key: without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [without_nulls(item) for item in value]
+    return value
+
+
 def form_values(config: "RunConfig") -> dict[str, Any]:
-    """The config as the parameters of a deployment: JSON, with no scheduler as the form's `{"name": "none"}`."""
-    values = config.model_dump(mode="json")
-    if values["scheduler"] is None:
-        values["scheduler"] = dict(NO_SCHEDULER)
+    """The config as the parameters of a deployment, in the shape of the UI's form.
+
+    JSON without null entries (an optional value left out takes its default,
+    null; the server checks a deployment's parameters against the schema as
+    it is, where an optional number is a number), and no scheduler as the
+    form's `{"name": "none"}`.
+    """
+    values = without_nulls(config.model_dump(mode="json"))
+    values.setdefault("scheduler", dict(NO_SCHEDULER))
     return values
 
 

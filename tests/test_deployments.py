@@ -291,15 +291,28 @@ def test_a_local_mlflow_store_is_linked_through_the_mlflow_ui_url():
 
 @pytest.mark.parametrize("name", [spec.name for spec in DEPLOYMENTS])
 def test_every_deployment_builds_and_its_parameters_fit_the_flows_schema(name):
+    import jsonschema
     from prefect.utilities.callables import parameter_schema
     from prefect.utilities.schema_tools.validation import validate
 
     from deployments.serve import _flow, build
+    from schemas.run import RunConfig
 
     deployment = build(find(name))
     assert deployment.name == name and deployment.tags == list(find(name).tags)
-    # What the server checks a run's parameters against, as the server checks them.
-    validate(deployment.parameters, parameter_schema(_flow(find(name))).model_dump_for_openapi(), raise_on_error=True)
+    # What the server checks against: a new deployment's parameters as the schema stands (no null for an
+    # optional number), a run's parameters with Prefect's fixes for null. Both must pass.
+    schema = parameter_schema(_flow(find(name))).model_dump_for_openapi()
+    jsonschema.validate(deployment.parameters, schema)
+    validate(deployment.parameters, schema, raise_on_error=True)
+    # The form's values are the preset: nothing lost by leaving out nulls or by the "none" scheduler.
+    config = deployment.parameters["config"]
+    if find(name).flow == "train":
+        assert RunConfig.model_validate(config) == load_config(ROOT / find(name).config, list(find(name).overrides))
+    else:
+        from schemas.sweep import SweepConfig, load_sweep_config
+
+        assert SweepConfig.model_validate(config) == load_sweep_config(ROOT / find(name).config)
     schedules = [s.schedule for s in deployment.schedules]
     spec = find(name)
     if spec.cron:
