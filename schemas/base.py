@@ -12,8 +12,9 @@ TAG_FIELDS = ("kind", "name")  # the discriminators of the tagged unions
 # Keywords that bound a value; in a union member they apply only once its tag matches (see form_schema).
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern")
 
-# A flow parameter that may be left out: one text box in the UI's form (empty, or null, for none).
-OptionalText = Annotated[str | None, WithJsonSchema({"type": "string"})]  # give it the default ""
+# A flow parameter that may be left out: one text box in the UI's form. Give it the default "" (not
+# None: the server refuses null for a property with a type and a default) and read "" as none.
+OptionalText = Annotated[str | None, WithJsonSchema({"type": "string"})]
 
 
 def union_discriminator(field: FieldInfo) -> str | None:
@@ -52,8 +53,10 @@ def form_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
     tag, so the UI's tabs read `mlp | cnn | ...`; the tag is a one-choice
     drop-down; an optional value (`threads: int | None = None`) is its plain
     type without a default, so the form shows one input (left empty for
-    none) instead of a type switch: Prefect's server accepts null for a
-    property that has a type and no default.
+    none) instead of a type switch. Prefect's server accepts null for such a
+    property when it checks a run's parameters; a deployment's parameters are
+    checked as the schema stands, so they leave nulls out
+    (`schemas.run.form_values`).
     """
     schema["title"] = form_title(cls)
     tag = union_tag(cls)
