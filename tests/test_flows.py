@@ -433,3 +433,22 @@ def test_the_retry_condition_reads_the_error_without_raising_it_and_says_why_it_
     assert len(traceback.extract_tb(error.__traceback__)) == frames_before
     assert retry.retry_if_transient(None, None, Failed(data=ConnectionResetError("share hiccup"))) is True
     assert len(lines) == 1
+
+
+def test_a_run_started_by_hand_from_a_deployment_keeps_its_name(monkeypatch, tiny_config):
+    """The form's Run Name is kept; scheduled and command-line runs are named after config.name."""
+    from types import SimpleNamespace
+
+    import prefect.context
+
+    from flows.train import run_name
+
+    def named(deployment_id, auto_scheduled):
+        run = SimpleNamespace(name="typed-in-the-form", deployment_id=deployment_id, auto_scheduled=auto_scheduled)
+        context = SimpleNamespace(flow_run=run, parameters={"config": tiny_config})
+        monkeypatch.setattr(prefect.context.FlowRunContext, "get", classmethod(lambda cls: context))
+        return run_name()
+
+    assert named("a-deployment", auto_scheduled=False) == "typed-in-the-form"
+    assert named("a-deployment", auto_scheduled=True) == "iris-test"
+    assert named(None, auto_scheduled=False) == "iris-test"
