@@ -33,14 +33,17 @@ class DeploymentSpec:
         return {"train": "flows/train.py:train_flow", "sweep": "flows/sweep.py:sweep_flow"}[self.flow]
 
     def parameters(self) -> dict[str, Any]:
-        """The flow's parameters: the preset, resolved and validated, as JSON."""
+        """The flow's parameters: the preset, resolved and validated, as JSON in the shape of the UI's form."""
+        from schemas.run import form_values, without_nulls
+
         if self.flow == "train":
             from schemas.loading import load_config
 
-            return {"config": load_config(ROOT / self.config, list(self.overrides)).model_dump(mode="json")}
+            return {"config": form_values(load_config(ROOT / self.config, list(self.overrides)))}
         from schemas.sweep import load_sweep_config
 
-        return {"config": load_sweep_config(ROOT / self.config, list(self.overrides)).model_dump(mode="json")}
+        sweep = load_sweep_config(ROOT / self.config, list(self.overrides))
+        return {"config": {**without_nulls(sweep.model_dump(mode="json")), "base": form_values(sweep.base)}}
 
     def schedule(self) -> dict[str, Any]:
         if self.cron:

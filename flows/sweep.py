@@ -22,6 +22,7 @@ from prefect import flow
 from flows._cli import (
     TRAINING_IMPORTS, check_data_first, command_line, exit_quickly, prefect_session, run_command, shown_path,
 )
+from schemas.base import OptionalText
 from schemas.sweep import SweepConfig, load_sweep_config, sweep_to_yaml
 from schemas.trial import SweepSummary
 from tasks.common.log import say
@@ -53,8 +54,12 @@ from tasks.sweep import (
 
 
 @flow(name="sweep", flow_run_name="sweep-{config.name}", validate_parameters=True)
-def sweep_flow(config: SweepConfig, sweep_dir: str | None = None) -> SweepSummary:
+def sweep_flow(config: SweepConfig, sweep_dir: OptionalText = "") -> SweepSummary:
     """Run (or resume) the sweep described by `config` in `sweep_dir` (default sweeps/<name>/).
+
+    Args:
+        config: The sweep: the base run, the search space, sampler, pruner, metric and trials.
+        sweep_dir: Folder of the sweep, on the machine that runs the flow. Empty: sweeps/(name)/ under the directory the flow runs in; a rerun continues the study there.
 
     Writes sweep.yaml, device.json, study.journal, trials/<n>/, leaderboard.csv,
     best_config.yaml, best_model/ (a bundle, as flows.train saves),
@@ -74,7 +79,7 @@ def sweep_flow(config: SweepConfig, sweep_dir: str | None = None) -> SweepSummar
     config.check_task(data.spec.task)
     workers, threads = plan_threads(config)  # too many workers for the cores fails before the folder exists
     # A setup that fails before the study holds a trial leaves no folder that a rerun would call resumed.
-    with sweep_folder(sweep_dir, config, data.spec, journal_holds_trials) as (path, _), run_lifecycle(path) as run:
+    with sweep_folder(sweep_dir or None, config, data.spec, journal_holds_trials) as (path, _), run_lifecycle(path) as run:
         record_device(path, device)
         run.tracker = tracking = SweepTracking.start(config, path)
         study = open_study(path, config)

@@ -14,21 +14,23 @@ import argparse
 from pathlib import Path
 
 from prefect import flow
+from prefect.states import Failed
 
 from flows._cli import (
     TRAINING_IMPORTS, check_data_first, command_line, exit_quickly, prefect_session, run_command, shown_path,
 )
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, PipelineError
 from schemas.loading import config_to_yaml, load_config, resume_config
+from schemas.base import OptionalText
 from schemas.run import RunConfig, RunSummary
 from tasks.bundle import save_model
 from tasks.common.retry import retry_options
 from tasks.data import prepare_data, probe_workload
-from tasks.device import select_device
+from tasks.device import check_device_present, select_device
 from tasks.evaluate import evaluate_model
 from tasks.model import build_model, check_model_first
 from tasks.nets.vision import weights_data_config
-from tasks.run.artifacts import publish_run_artifacts
+from tasks.run.artifacts import artifact_key, publish_run_artifacts
 from tasks.run.outputs import HistoryCsv, record_config, record_device, record_outputs, record_results
 from tasks.run.progress import PrefectProgress
 from tasks.run.rundir import create_run_dir, open_run_dir_for_resume, read_run_state, run_lifecycle
@@ -36,21 +38,53 @@ from tasks.run.tracking import check_tracking, start_tracking
 from tasks.train import train_model
 
 
-@flow(name="train", flow_run_name="{config.name}", validate_parameters=True)
+def run_name() -> str:
+    """The flow run's name: `config.name`, except for a run started by hand from a deployment.
+
+    Such a run (the UI's form, `prefect deployment run`, `run_deployment`)
+    keeps the name it was created with, the form's Run Name; scheduled and
+    command-line runs are named after the config.
+    """
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    if run is not None and run.deployment_id is not None and not run.auto_scheduled:
+        return run.name
+    config = (context.parameters if context is not None else {}).get("config")
+    return getattr(config, "name", None) or RunConfig().name
+
+
+@flow(name="train", flow_run_name=run_name, validate_parameters=True)
 def train_flow(
-    config: RunConfig = RunConfig(), run_dir: str | None = None, resume: bool = False, force: bool = False
+    config: RunConfig = RunConfig(), run_dir: OptionalText = "", resume: bool = False, force: bool = False
 ) -> RunSummary:
     """Train, evaluate and save one model as described by `config`.
 
     Writes config.yaml, run.json, metrics.json, history.csv, checkpoints/,
-    plots/, report.md and the model bundle into `run_dir` (default:
-    runs/<timestamp>-<name>/); `config.tracking` adds TensorBoard and MLflow.
-    With `resume`, `run_dir` is an unfinished run that continues from its
-    last checkpoint; `force` resumes it even when run.json names a live
-    process as running it (with a warning).
+    plots/, report.md and the model bundle into `run_dir`; `config.tracking`
+    adds TensorBoard and MLflow.
+
+    Args:
+        config: The run: device, data, model, optimizer, training, evaluation, bundle, tracking.
+        run_dir: Folder for the run's outputs, on the machine that runs the flow. Empty: runs/(time)-(name)/ under the directory the flow runs in.
+        resume: Continue the unfinished run in run_dir from its last checkpoint.
+        force: With resume: continue even when run.json names a live process as running it (with a warning).
+
+    A pipeline error (config, data, training, bundle) fails the run with its
+    message as the state's message, once, without a traceback; the caller
+    still gets the exception.
     """
-    check_tracking(config.tracking)  # a missing extra fails before any work
-    path = _open_run_dir(config, run_dir, resume, force)
+    try:
+        check_device_present(config.device)  # a missing device fails before any task
+        check_tracking(config.tracking)  # a missing extra fails before any work
+        return _train(config, _open_run_dir(config, run_dir or None, resume, force))
+    except PipelineError as exc:
+        return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)
+
+
+def _train(config: RunConfig, path: Path) -> RunSummary:
+    """The stages, in order, writing into the run directory `path`."""
     # Without checkpoints a retry would restart on half-trained weights: don't retry then.
     train_retry = retry_options(config.train.retry) if config.train.checkpoint.enabled else {"retries": 0}
     record_config(path, config)  # before run.json says "running": a run that --resume can find has its config
@@ -66,7 +100,7 @@ def train_flow(
             config.model, config.loss, config.optimizer, config.scheduler, data.spec,
             device.torch_device, config.seed, config.train.epochs, config.train.monitor, config.train.finetune,
         )
-        progress = PrefectProgress(config.train.epochs)
+        progress = PrefectProgress(config.train.epochs, key=artifact_key(config.name, "progress"))
         result = train_model.with_options(**train_retry)(
             parts, data, config.train, device, config.seed, path / "checkpoints",
             callbacks=[HistoryCsv(path), progress, tracker],

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.fields import FieldInfo
+
+TAG_FIELDS = ("kind", "name")  # the discriminators of the tagged unions
+# Keywords that bound a value; in a union member they apply only once its tag matches (see form_schema).
+BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern")
+
+# A flow parameter that may be left out: one text box in the UI's form. Give it the default "" (not
+# None: the server refuses null for a property with a type and a default) and read "" as none.
+OptionalText = Annotated[str | None, WithJsonSchema({"type": "string"})]
 
 
 def union_discriminator(field: FieldInfo) -> str | None:
@@ -19,6 +28,61 @@ def union_discriminator(field: FieldInfo) -> str | None:
     return None
 
 
+def union_tag(cls: type[BaseModel]) -> tuple[str, tuple[str, ...]] | None:
+    """A union member's tag field and values (`kind` or `name` as a Literal of at most two), else None."""
+    for name in TAG_FIELDS:
+        field = cls.model_fields.get(name)
+        if field is not None and get_origin(field.annotation) is Literal and len(get_args(field.annotation)) <= 2:
+            return name, tuple(str(value) for value in get_args(field.annotation))
+    return None
+
+
+def form_title(cls: type[BaseModel]) -> str:
+    """The title the Prefect UI shows for a section: a union member's tag (`mlp`, `adam`), else its name in words."""
+    tag = union_tag(cls)
+    if tag is not None:
+        return " / ".join(tag[1])
+    words = re.sub(r"(Config|Policy)$", "", cls.__name__)
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", words).capitalize()
+
+
+def form_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    """The JSON schema of a section, made into a form Prefect's UI can show field by field.
+
+    A section is titled in words (not `DeviceConfig`), a union member by its
+    tag, so the UI's tabs read `mlp | cnn | ...`; the tag is a one-choice
+    drop-down; an optional value (`threads: int | None = None`) is its plain
+    type without a default, so the form shows one input (left empty for
+    none) instead of a type switch. Prefect's server accepts null for such a
+    property when it checks a run's parameters; a deployment's parameters are
+    checked as the schema stands, so they leave nulls out
+    (`schemas.run.form_values`).
+    """
+    schema["title"] = form_title(cls)
+    tag = union_tag(cls)
+    bounds: dict[str, dict[str, Any]] = {}
+    for name, prop in schema.get("properties", {}).items():
+        if tag is not None and name == tag[0]:
+            prop.pop("const", None)
+            prop["enum"] = list(tag[1])
+        elif tag is not None and any(key in prop for key in BOUNDS):
+            bounds[name] = {key: prop.pop(key) for key in BOUNDS if key in prop}
+        options = prop.get("anyOf")
+        if prop.get("default", ...) is None and isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+            (kept,) = [option for option in options if option != {"type": "null"}]
+            if "type" in kept:
+                del prop["anyOf"], prop["default"]
+                prop.update(kept)
+                if "enum" in prop:  # the server lets the type be null, not the choices: null is one of them
+                    prop["enum"] = [*prop["enum"], None]
+    if bounds:
+        # Bounds checked only in the member the tag picks: the other members then fail on the tag alone,
+        # so the server's message names the field and the bound (`config.optimizer.lr: -1 is less than
+        # or equal to the minimum of 0`), not "not valid under any of the given schemas".
+        schema["if"] = {"properties": {tag[0]: {"enum": list(tag[1])}}}
+        schema["then"] = {"properties": bounds}
+
+
 class StrictModel(BaseModel):
     """Frozen, `extra="forbid"`, and friendly to sparse YAML.
 
@@ -28,7 +92,7 @@ class StrictModel(BaseModel):
     `--set optimizer.lr=0.01` works without also naming `optimizer.name`.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, json_schema_extra=form_schema)
 
     @model_validator(mode="before")
     @classmethod

@@ -54,19 +54,19 @@ OptimizerConfig = Annotated[
 
 
 class StepLRConfig(StrictModel):
-    name: Literal["step"] = Field("step", description="Schedule: step, cosine or plateau.")
+    name: Literal["step"] = Field("step", description="Schedule: none, step, cosine or plateau.")
     step_size: int = Field(10, ge=1, description="Epochs between decays.")
     gamma: float = Field(0.1, gt=0, le=1, description="Factor applied to the learning rate at each decay.")
 
 
 class CosineLRConfig(StrictModel):
-    name: Literal["cosine"] = Field("cosine", description="Schedule: step, cosine or plateau.")
+    name: Literal["cosine"] = Field("cosine", description="Schedule: none, step, cosine or plateau.")
     t_max: int | None = Field(None, ge=1, description="Epochs per cosine cycle; default train.epochs.")
     eta_min: float = Field(0.0, ge=0, description="Lowest learning rate of the cycle.")
 
 
 class PlateauLRConfig(StrictModel):
-    name: Literal["plateau"] = Field("plateau", description="Schedule: step, cosine or plateau.")
+    name: Literal["plateau"] = Field("plateau", description="Schedule: none, step, cosine or plateau.")
     factor: float = Field(0.1, gt=0, lt=1, description="Factor applied to the learning rate on a plateau.")
     patience: int = Field(3, ge=0, description="Epochs without improvement of train.monitor.")
     min_lr: float = Field(0.0, ge=0, description="Lower bound on the learning rate.")

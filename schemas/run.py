@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.base import StrictModel
+from schemas.base import StrictModel, form_schema
 from schemas.data import DataConfig
 from schemas.device import DeviceConfig
 from schemas.evaluate import EvaluateConfig, SaveConfig
@@ -23,12 +23,61 @@ from schemas.tracking import TrackingConfig
 from schemas.train import TrainConfig
 
 
+# The form's choice for "no scheduler": the UI cannot offer null beside the scheduler tabs without noise.
+NO_SCHEDULER = {"name": "none"}
+_NO_SCHEDULER_SCHEMA = {
+    "type": "object",
+    "title": "none",
+    "description": "No schedule: the learning rate stays at optimizer.lr.",
+    "properties": {
+        "name": {
+            "type": "string", "enum": ["none"], "default": "none", "title": "Name",
+            "description": "Schedule: none, step, cosine or plateau.",
+        },
+    },
+    "additionalProperties": False,
+}
+
+
+def _run_form_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    """form_schema, and `scheduler` as tabs none | step | cosine | plateau instead of a value-or-null switch."""
+    form_schema(schema, cls)
+    prop = schema["properties"]["scheduler"]
+    (union,) = [option for option in prop.pop("anyOf") if option != {"type": "null"}]
+    prop.pop("default", None)
+    prop["oneOf"] = [_NO_SCHEDULER_SCHEMA, *union["oneOf"]]
+
+
+def without_nulls(value: Any) -> Any:
+    """`value` with every mapping's null entries left out (list items are kept as they are)."""
+    if isinstance(value, dict):
+        return {key: without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [without_nulls(item) for item in value]
+    return value
+
+
+def form_values(config: "RunConfig") -> dict[str, Any]:
+    """The config as the parameters of a deployment, in the shape of the UI's form.
+
+    JSON without null entries (an optional value left out takes its default,
+    null; the server checks a deployment's parameters against the schema as
+    it is, where an optional number is a number), and no scheduler as the
+    form's `{"name": "none"}`.
+    """
+    values = without_nulls(config.model_dump(mode="json"))
+    values.setdefault("scheduler", dict(NO_SCHEDULER))
+    return values
+
+
 class RunConfig(StrictModel):
     """One training run, from device to saved bundle.
 
     This is the single source of truth for the CLI (`--set key=value`), YAML
     presets in `configs/`, and the Prefect flow parameters.
     """
+
+    model_config = ConfigDict(json_schema_extra=_run_form_schema)  # merged with StrictModel's
 
     name: str = Field(
         "digits-mlp",
@@ -41,7 +90,9 @@ class RunConfig(StrictModel):
     model: ModelConfig = Field(default_factory=MLPConfig, description="Stage 3: the network; its kind picks the fields.")
     loss: LossConfig = Field(default_factory=LossConfig, description="The training loss.")
     optimizer: OptimizerConfig = Field(default_factory=AdamConfig, description="The optimizer; its name picks the fields.")
-    scheduler: SchedulerConfig | None = Field(None, description="Optional LR schedule.")
+    scheduler: SchedulerConfig | None = Field(
+        None, description="Learning-rate schedule: none (null, or {name: none}) keeps optimizer.lr constant."
+    )
     train: TrainConfig = Field(default_factory=TrainConfig, description="Stage 4: the training loop.")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Stage 5: test-split evaluation.")
     save: SaveConfig = Field(default_factory=SaveConfig, description="Stage 6: the model bundle.")
@@ -53,6 +104,9 @@ class RunConfig(StrictModel):
         # `device: cpu` in YAML is shorthand for `device: {name: cpu}`.
         if isinstance(data, dict) and isinstance(data.get("device"), str):
             data = {**data, "device": {"name": data["device"]}}
+        # The form's "none" tab is the same as no scheduler.
+        if isinstance(data, dict) and data.get("scheduler") == NO_SCHEDULER:
+            data = {**data, "scheduler": None}
         return data
 
     @model_validator(mode="after")

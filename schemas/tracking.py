@@ -28,10 +28,16 @@ class TrackingConfig(StrictModel):
         description="MLflow tracking URI, e.g. http://127.0.0.1:5000. Default: $MLFLOW_TRACKING_URI, "
         f"else the local store {DEFAULT_MLFLOW_URI} (relative to the working directory).",
     )
+    mlflow_ui_url: str | None = Field(
+        None,
+        pattern=r"^https?://\S+$",
+        description="Address of an MLflow UI that shows this tracking store, e.g. http://127.0.0.1:5000 from "
+        "'mlflow ui'; the Prefect run page then links to the MLflow run. An http(s) mlflow_uri is linked anyway.",
+    )
     experiment: str = Field("pytorch-workflow", min_length=1, max_length=256, description="MLflow experiment name.")
     plots: bool = Field(True, description="Write PNG plots to <run dir>/plots/ (matplotlib).")
 
-    @field_validator("tensorboard_dir", "mlflow_uri")
+    @field_validator("tensorboard_dir", "mlflow_uri", "mlflow_ui_url")
     @classmethod
     def _not_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
@@ -49,7 +55,7 @@ class TrackingResult(BaseModel):
     mlflow_experiment_id: str | None = None
     mlflow_run_id: str | None = None
     mlflow_parent_run_id: str | None = None
-    mlflow_run_url: str | None = None  # only for an http(s) tracking server
+    mlflow_run_url: str | None = None  # an http(s) tracking server, or tracking.mlflow_ui_url
     mlflow_artifact_uri: str | None = None
     plots: dict[str, str] = {}
     report: str | None = None

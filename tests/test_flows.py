@@ -411,3 +411,44 @@ def test_ctrl_c_in_a_sweep_prints_the_same_command(prefect_api, tmp_path, monkey
         "interrupted\nthe sweep in sweeps/s resumes when you run the same command again: "
         "python -m flows.sweep --config s.yaml --set n_trials=2\n"
     )
+
+
+def test_the_retry_condition_reads_the_error_without_raising_it_and_says_why_it_did_not_retry(monkeypatch):
+    """A deterministic error is not retried: one line says so, and the error's traceback gains no frames here."""
+    import traceback
+
+    from prefect.states import Failed
+
+    import tasks.common.retry as retry
+
+    lines = []
+    monkeypatch.setattr(retry, "log_to_prefect", lambda line, level: lines.append((line, level)))
+    try:
+        raise DataError("data file not found: t.csv")
+    except DataError as exc:
+        error = exc
+    frames_before = len(traceback.extract_tb(error.__traceback__))
+    assert retry.retry_if_transient(None, None, Failed(data=error)) is False
+    assert lines == [("DataError: data file not found: t.csv (not retried: not transient)", 40)]
+    assert len(traceback.extract_tb(error.__traceback__)) == frames_before
+    assert retry.retry_if_transient(None, None, Failed(data=ConnectionResetError("share hiccup"))) is True
+    assert len(lines) == 1
+
+
+def test_a_run_started_by_hand_from_a_deployment_keeps_its_name(monkeypatch, tiny_config):
+    """The form's Run Name is kept; scheduled and command-line runs are named after config.name."""
+    from types import SimpleNamespace
+
+    import prefect.context
+
+    from flows.train import run_name
+
+    def named(deployment_id, auto_scheduled):
+        run = SimpleNamespace(name="typed-in-the-form", deployment_id=deployment_id, auto_scheduled=auto_scheduled)
+        context = SimpleNamespace(flow_run=run, parameters={"config": tiny_config})
+        monkeypatch.setattr(prefect.context.FlowRunContext, "get", classmethod(lambda cls: context))
+        return run_name()
+
+    assert named("a-deployment", auto_scheduled=False) == "typed-in-the-form"
+    assert named("a-deployment", auto_scheduled=True) == "iris-test"
+    assert named(None, auto_scheduled=False) == "iris-test"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 
@@ -12,13 +13,13 @@ def in_prefect_run() -> bool:
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
-def log_to_prefect(line: str) -> None:
+def log_to_prefect(line: str, level: int = logging.INFO) -> None:
     """Send the line to the Prefect run's log (the UI) when running inside Prefect."""
     from prefect.exceptions import MissingContextError
     from prefect.logging import get_run_logger
 
     try:
-        get_run_logger().info(line)
+        get_run_logger().log(level, line)
     except MissingContextError:
         pass
 

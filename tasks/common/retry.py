@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import logging
 from typing import Any
 
 from schemas.base import RetryPolicy
 from schemas.errors import PipelineError
+from tasks.common.log import log_to_prefect
 
 TRANSIENT = (OSError, TimeoutError, ConnectionError)
 NEVER = (PipelineError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
@@ -28,11 +30,18 @@ def is_transient_error(exc: BaseException) -> bool:
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect `retry_condition_fn`: retry only when the failure was transient."""
-    try:
-        state.result()
-    except Exception as exc:  # the task's exception is re-raised by result()
-        return is_transient_error(exc)
+    """Prefect `retry_condition_fn`: retry only when the failure was transient.
+
+    The exception is read from the state, not re-raised, so its traceback does
+    not grow frames of this function; a failure not retried says why on the
+    task run's log, in one line.
+    """
+    exc = state.result(raise_on_failure=False)
+    if not isinstance(exc, BaseException):
+        return False
+    if is_transient_error(exc):
+        return True
+    log_to_prefect(f"{type(exc).__name__}: {exc} (not retried: not transient)", logging.ERROR)
     return False
 
 

@@ -27,7 +27,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.device import DeviceConfig, DeviceInfo, ProbeWorkload
-from tasks.device._decide import available_devices, choose, decide_device
+from tasks.device._decide import available_devices, check_available, check_precision, choose, decide_device
 from tasks.device._probe import probe_device, warm_process
 from tasks.device._threads import available_cores, resolve_threads, threads_per_worker
 
@@ -35,6 +35,7 @@ __all__ = [
     "apply_backend_flags",
     "available_cores",
     "available_devices",
+    "check_device_present",
     "choose",
     "decide_device",
     "probe_device",
@@ -67,6 +68,16 @@ def _publish(info: DeviceInfo) -> None:
         key="device-selection",
         description=f"Device selection: **{info.device}**. {info.reason}",
     )
+
+
+def check_device_present(config: DeviceConfig) -> None:
+    """A ConfigError naming the devices present when an explicit `config.name` is not one; no measuring.
+
+    Flows call it before their first task, so a run asking for a missing GPU
+    fails in a second with one line instead of inside the device stage.
+    """
+    if config.name != "auto":
+        check_precision(config.precision, check_available(config.name, available_devices()))
 
 
 @task(name="select-device", cache_policy=NO_CACHE)

@@ -1,17 +1,22 @@
-"""What a flow run shows in the Prefect UI once it has finished: its report, history and links.
+"""What a flow run shows in the Prefect UI once it has finished: report, plots, history, model, links.
 
     publish_run_artifacts(config, summary, result.history, tracked)    # after the run
 
-`<name>-report`: the markdown of report.md, with links instead of plots;
-`<name>-history`: the per-epoch table; one link artifact per address (the
-bundle, the MLflow run, the TensorBoard log directory). Published only inside
-a Prefect run; called elsewhere (tests calling `.fn`, the library) it does
-nothing. Keys derive from the run name, so the UI's Artifacts page keeps one
-versioned entry per preset. Training progress is tasks.run.progress.
+Every artifact is keyed by the run name, so the UI's Artifacts page keeps one
+versioned entry per preset: `<name>-report` (the markdown of report.md, with
+the places the run wrote to as text), `<name>-plots` (the PNG plots embedded
+as data URIs: Prefect's image artifact needs an http(s) URL, which local
+files have not), `<name>-history` (the per-epoch table), `<name>-model` (the
+bundle's path and the command that predicts with it) and, only where there is
+an http(s) address to open, `<name>-mlflow` (a link to the MLflow run). Paths
+are shown as text, never as file:// links a browser will not open. Published
+only inside a Prefect run; called elsewhere (tests calling `.fn`, the
+library) it does nothing. Training progress is tasks.run.progress.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,28 +46,56 @@ def history_table(history: Sequence[EpochRecord]) -> list[dict[str, Any]]:
     ]
 
 
-def run_links(summary: Any, tracking: Any | None = None) -> dict[str, str]:
-    """Label -> URL: the bundle, and the tracking run where it has an address."""
-    links: dict[str, str] = {}
+def run_links(tracking: Any | None = None) -> dict[str, str]:
+    """Label -> http(s) URL: the MLflow run, where an MLflow UI or tracking server has an address."""
+    if tracking is not None and tracking.mlflow_run_url:
+        return {"MLflow run": tracking.mlflow_run_url}
+    return {}
+
+
+def run_places(summary: Any, tracking: Any | None = None) -> dict[str, str]:
+    """Label -> where the run wrote something that has no web address: paths, and a local MLflow store."""
+    places: dict[str, str] = {}
     if summary.bundle:
-        links["model bundle"] = Path(summary.bundle).resolve().as_uri()
+        places["model bundle"] = str(Path(summary.bundle).resolve())
     if tracking is not None:
-        if tracking.mlflow_run_url:
-            links["MLflow run"] = tracking.mlflow_run_url
-        elif tracking.mlflow_run_id:
-            links["MLflow run"] = f"{tracking.mlflow_tracking_uri}#run={tracking.mlflow_run_id}"
+        if tracking.mlflow_run_id and not tracking.mlflow_run_url:
+            places["MLflow run"] = f"{tracking.mlflow_run_id} in {tracking.mlflow_tracking_uri}"
         if tracking.tensorboard_dir:
-            links["TensorBoard log dir"] = Path(tracking.tensorboard_dir).resolve().as_uri()
-    return links
+            places["TensorBoard log dir"] = str(Path(tracking.tensorboard_dir).resolve())
+    return places
+
+
+def shown_links(summary: Any, tracking: Any | None = None) -> dict[str, str]:
+    """The report's Links section: URLs as links, paths as code text."""
+    shown = {label: f"[{url}]({url})" for label, url in run_links(tracking).items()}
+    shown.update({label: f"`{place}`" for label, place in run_places(summary, tracking).items()})
+    return shown
+
+
+def plots_markdown(title: str, plots: dict[str, str]) -> str | None:
+    """The plots as markdown images with the PNG bytes inline (data URIs); None when there are none."""
+    images = []
+    for name, path in plots.items():
+        try:
+            data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        except OSError:
+            continue
+        images += [f"### {name}", "", f"![{name}](data:image/png;base64,{data})", ""]
+    return "\n".join([f"# Plots of `{title}`", "", *images]) if images else None
+
+
+def model_markdown(summary: Any) -> str:
+    bundle = Path(summary.bundle).resolve()
+    return (
+        f"# Model bundle\n\n`{bundle}`\n\non the machine that ran the flow. Predict with it:\n\n"
+        f"```\npython -m flows.predict --model {bundle} --input new_rows.csv --output predictions.csv\n```\n"
+    )
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
 def publish_run_artifacts(config: Any, summary: Any, history: Sequence[EpochRecord], tracking: Any | None = None) -> None:
-    """The report (markdown), per-epoch history (table) and link artifacts on the current flow run.
-
-    The report is `tasks.run.report_md.markdown_report`, as in the run
-    directory's report.md, without the plots (local files the UI cannot show).
-    """
+    """The report, plots, history, model and link artifacts on the current flow run (module docstring)."""
     if not in_prefect_run():
         return
     from prefect.artifacts import (
@@ -71,16 +104,23 @@ def publish_run_artifacts(config: Any, summary: Any, history: Sequence[EpochReco
         create_table_artifact,
     )
 
-    links = run_links(summary, tracking)
+    name = config.name
     create_markdown_artifact(
-        markdown=markdown_report(config, summary, links=links),
-        key=artifact_key(config.name, "report"),
-        description=f"{config.name}: test metrics against the baseline, device, bundle",
+        markdown=markdown_report(config, summary, links=shown_links(summary, tracking)),
+        key=artifact_key(name, "report"),
+        description=f"{name}: test metrics against the baseline, device, where the outputs are",
     )
+    plots = plots_markdown(name, dict(tracking.plots)) if tracking is not None else None
+    if plots:
+        create_markdown_artifact(markdown=plots, key=artifact_key(name, "plots"), description=f"{name}: plots")
     create_table_artifact(
-        table=history_table(history),
-        key=artifact_key(config.name, "history"),
-        description=f"{config.name}: per-epoch history",
+        table=history_table(history), key=artifact_key(name, "history"), description=f"{name}: per-epoch history"
     )
-    for label, url in links.items():
-        create_link_artifact(link=url, link_text=label, description=f"{config.name}: {label}")
+    if summary.bundle:
+        create_markdown_artifact(
+            markdown=model_markdown(summary), key=artifact_key(name, "model"), description=f"{name}: model bundle"
+        )
+    for label, url in run_links(tracking).items():
+        create_link_artifact(
+            link=url, link_text=label, key=artifact_key(name, label.split()[0]), description=f"{name}: {label}"
+        )

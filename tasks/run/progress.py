@@ -1,6 +1,6 @@
 """Training progress in the Prefect UI: a progress artifact on the flow run, at epochs done / planned.
 
-    progress = PrefectProgress(total_epochs=config.train.epochs)
+    progress = PrefectProgress(config.train.epochs, key=artifact_key(config.name, "progress"))
     train_model(..., callbacks=[progress])      # updated every epoch
     progress.finish()                           # 100% once training ends, early stopping included
 
@@ -17,13 +17,15 @@ from tasks.common.log import in_prefect_run
 class PrefectProgress:
     """A `train_model` callback that keeps a Prefect progress artifact at epochs done / epochs planned."""
 
-    def __init__(self, total_epochs: int, description: str = "Training progress (epochs)") -> None:
+    def __init__(
+        self, total_epochs: int, description: str = "Training progress (epochs)", key: str | None = None
+    ) -> None:
         self.total = total_epochs
         self.artifact_id = None
         if in_prefect_run():
             from prefect.artifacts import create_progress_artifact
 
-            self.artifact_id = create_progress_artifact(progress=0.0, description=description)
+            self.artifact_id = create_progress_artifact(progress=0.0, key=key, description=description)
 
     def __call__(self, record: EpochRecord) -> None:
         if self.artifact_id is None:

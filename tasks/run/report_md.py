@@ -55,7 +55,7 @@ def markdown_report(
     lines = [
         f"# Run `{config.name}`",
         "",
-        "| | |",
+        "| setting | value |",
         "|---|---|",
         f"| run directory | `{summary.run_dir}` |",
         f"| data | {summary.source}: {summary.task}, {rows['train']}/{rows['val']}/{rows['test']} rows (train/val/test) |",

@@ -171,8 +171,10 @@ class Tracker:
     def result(self, plots: dict[str, Path] | None = None, report_md: Path | None = None) -> TrackingResult:
         run_id = self.mlflow_run_id
         url = None
-        if run_id is not None and self._uri is not None and self._uri.startswith(("http://", "https://")):
-            url = f"{self._uri.rstrip('/')}/#/experiments/{self._experiment_id}/runs/{run_id}"
+        ui = self._uri if self._uri is not None and self._uri.startswith(("http://", "https://")) else None
+        ui = ui or self.config.mlflow_ui_url  # a local store shown by `mlflow ui` at that address
+        if run_id is not None and ui:
+            url = f"{ui.rstrip('/')}/#/experiments/{self._experiment_id}/runs/{run_id}"
         return TrackingResult(
             tensorboard_dir=None if self.tensorboard_dir is None else str(self.tensorboard_dir),
             mlflow_tracking_uri=self._uri,
