@@ -244,7 +244,7 @@ def test_bundle_files_and_manifest(runs, saved):
 
     manifest = json.loads((path / "bundle.json").read_text())
     assert manifest["format"] == FORMAT
-    assert manifest["format_version"] == FORMAT_VERSION == 1
+    assert manifest["format_version"] == FORMAT_VERSION == 2
     assert manifest["versions"]["python"] == platform.python_version()
     assert manifest["versions"]["torch"] == torch.__version__
     for name in ("weights.safetensors", "config.yaml"):
@@ -490,9 +490,9 @@ def test_hand_edited_config_fails_the_hash(iris_copy):
 def test_unsupported_format_version(iris_copy):
     file = iris_copy / "bundle.json"
     manifest = json.loads(file.read_text())
-    manifest["format_version"] = 2
+    manifest["format_version"] = 3
     file.write_text(json.dumps(manifest))
-    _raises(iris_copy, str(file), "format version 2 is not supported", "reads version 1")
+    _raises(iris_copy, str(file), "format version 3 is not supported", "reads versions 1, 2")
 
 
 def test_manifest_that_is_not_json(iris_copy):

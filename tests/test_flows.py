@@ -77,11 +77,11 @@ def test_transient_io_error_is_retried(prefect_api, tmp_path, monkeypatch):
     real = tasks.data.load_raw
     calls = []
 
-    def flaky(source):
+    def flaky(source, *config):
         calls.append(source)
         if len(calls) == 1:
             raise ConnectionResetError("network share hiccup")
-        return real(source)
+        return real(source, *config)
 
     monkeypatch.setattr(tasks.data, "load_raw", flaky)
     config = load_config(None, tiny_overrides(**{"data.retry.delay_seconds": "0"}))
@@ -94,7 +94,7 @@ def test_data_error_fails_at_once_and_marks_the_run_failed(prefect_api, tmp_path
     pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [1, 0, 1]}).to_csv(csv_path, index=False)
     real = tasks.data.load_raw
     calls = []
-    monkeypatch.setattr(tasks.data, "load_raw", lambda s: calls.append(s) or real(s))
+    monkeypatch.setattr(tasks.data, "load_raw", lambda s, *c: calls.append(s) or real(s, *c))
     config = load_config(
         None,
         tiny_overrides(**{"data.source": f"{{kind: csv, path: {csv_path}, target: label}}", "data.retry.retries": "3",

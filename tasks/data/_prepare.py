@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -18,6 +19,8 @@ from schemas.data import (
     describe_nonfinite,
 )
 from schemas.errors import DataError, first_line
+from schemas.table import TableSpec
+from tasks.common.encoding import encode_table
 from tasks.data._raw import (
     RawData,
     data_hash,
@@ -68,8 +71,20 @@ def _check_classes(codes: np.ndarray, names: tuple[str, ...], split: SplitConfig
         )
 
 
+def encode_raw_table(raw: RawData, train_idx: np.ndarray, config: DataConfig) -> tuple[RawData, TableSpec | None]:
+    """For a table: fit the column encodings on the training rows and encode every row into `X`."""
+    if raw.table is None or raw.plan is None:
+        return raw, None
+    from tasks.data._columns import fit_table
+
+    spec = fit_table(raw.plan, raw.table.iloc[train_idx], config)
+    encoded = encode_table(spec, raw.table, raw.source, raw.row_numbers)
+    return replace(raw, X=encoded.X, feature_names=spec.feature_names, input_shape=(encoded.X.shape[1],)), spec
+
+
 def fit_preprocessing(
-    X_train: np.ndarray, raw: RawData, config: DataConfig, y_train: np.ndarray | None
+    X_train: np.ndarray, raw: RawData, config: DataConfig, y_train: np.ndarray | None,
+    table: TableSpec | None = None,
 ) -> Preprocessing:
     """Fit imputer, scaler and target scaler on the training rows only."""
     # scikit-learn is imported where it is used: its import is slow, and peeking or
@@ -92,6 +107,10 @@ def fit_preprocessing(
         scaler = MinMaxScaler().fit(X_fit)
         rng = np.where(scaler.data_range_ == 0, 1.0, scaler.data_range_)
         center, scale = scaler.data_min_, rng
+    if table is not None and center is not None and scale is not None:
+        # One-hot and indicator columns and embedding codes pass through unscaled.
+        scaled = np.asarray(table.scaled, dtype=bool)
+        center, scale = np.where(scaled, center, 0.0), np.where(scaled, scale, 1.0)
     t_center = t_scale = None
     if y_train is not None and config.scale_target:
         std = float(np.std(y_train))
@@ -105,30 +124,21 @@ def fit_preprocessing(
         scale=None if scale is None else tuple(float(v) for v in scale),
         target_center=t_center,
         target_scale=t_scale,
+        table=table,
     )
 
 
-def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
-    """Validate, split, fit preprocessing on train, and build tensors."""
-    from sklearn.model_selection import train_test_split
-
-    task = infer_task(raw, config.task)
+def _check_features(raw: RawData, config: DataConfig) -> None:
     if config.impute == "none":
         bad = ~np.isfinite(raw.X)
         if bad.any():
             raise DataError(f"{raw.source}: {describe_nonfinite(bad, raw.feature_names)}")
-    check_magnitude(raw.X, raw.feature_names, raw.source)
-    _check_split(len(raw.X), config.split, raw.source)
+    check_magnitude(raw.X, raw.feature_names, raw.source, raw.row_numbers)
 
-    class_names: tuple[str, ...] | None = None
-    if task == "classification":
-        y, class_names = encode_labels(raw)
-        stratify = config.split.stratify
-        if stratify:
-            _check_classes(y, class_names, config.split, raw.source)
-    else:
-        y = regression_target(raw)
-        stratify = False
+
+def _split(y: np.ndarray, stratify: bool, config: DataConfig, seed: int, source: str) -> tuple[np.ndarray, ...]:
+    """Sorted (train, val, test) row indices: seeded, stratified by class when asked."""
+    from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))
     try:
@@ -143,17 +153,41 @@ def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
         )
     except ValueError as exc:  # scikit-learn's own check of what a stratified split can hold
         raise DataError(
-            f"{raw.source}: cannot split with data.split val={config.split.val:g}, test={config.split.test:g}: "
+            f"{source}: cannot split with data.split val={config.split.val:g}, test={config.split.test:g}: "
             f"{first_line(exc)}. Change the split fractions, add rows, or set data.split.stratify=false"
         ) from None
-    train_idx, val_idx, test_idx = np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)
+    return np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)
+
+
+def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
+    """Validate, split, fit preprocessing on train, and build tensors."""
+    task = infer_task(raw, config.task)
+    if raw.table is None:
+        _check_features(raw, config)
+    _check_split(len(raw.y), config.split, raw.source)
+
+    class_names: tuple[str, ...] | None = None
+    if task == "classification":
+        y, class_names = encode_labels(raw)
+        stratify = config.split.stratify
+        if stratify:
+            _check_classes(y, class_names, config.split, raw.source)
+    else:
+        y = regression_target(raw)
+        stratify = False
+    train_idx, val_idx, test_idx = _split(y, stratify, config, seed, raw.source)
+    hashed = data_hash(raw)
+    raw, table = encode_raw_table(raw, train_idx, config)
+    if table is not None:
+        _check_features(raw, config)
 
     pre = fit_preprocessing(
-        raw.X[train_idx], raw, config, y[train_idx] if task == "regression" else None
+        raw.X[train_idx], raw, config, y[train_idx] if task == "regression" else None, table
     )
+    rows_in_file = raw.row_numbers if raw.row_numbers is not None else np.arange(len(y))
 
     def features(rows: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(pre.transform(raw.X[rows], raw.source, rows))
+        return torch.from_numpy(pre.transform(raw.X[rows], raw.source, rows_in_file[rows]))
 
     def targets(rows: np.ndarray) -> torch.Tensor:
         if task == "classification":
@@ -168,7 +202,7 @@ def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
         input_shape=raw.input_shape,
         n_outputs=len(class_names) if class_names else 1,
         preprocessing=pre,
-        data_hash=data_hash(raw),
+        data_hash=hashed,
         n_train=len(train_idx),
         n_val=len(val_idx),
         n_test=len(test_idx),
