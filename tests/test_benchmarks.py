@@ -154,3 +154,16 @@ def test_orchestration_report_and_per_task_overhead(prefect_api, monkeypatch):
     report = orchestration.format_report(result)
     assert "**60.5%** (NOT met" in report and "per-task overhead" in report and "| torch |" in report
     assert math.isclose(result.running_share, (10.0 - 5.9) / 12.0) and "**34.2%** (NOT met)" in report
+
+
+def test_raw_tables_benchmark_runs_ours_and_the_references_on_the_same_rows(tmp_path):
+    from benchmarks.raw_tables import format_report, penguins_like, run_benchmark, sales_like, split_rows
+
+    small = [penguins_like(120), sales_like(120)]
+    frame, train, test = split_rows(small[1])
+    assert len(frame) == 119 and not set(train) & set(test)  # the empty-target row is dropped first
+    rows = run_benchmark(small, tmp_path, ("train.epochs=1", "model.hidden_sizes=[8]"))
+    text = format_report(rows, None, "python -m benchmarks.raw_tables --quick")
+    assert "| penguins-like" in text and "HistGradientBoosting" in text and "one-hot + median + ridge" in text
+    for row in rows:
+        assert math.isfinite(row["ours"][0]) and all(math.isfinite(v[0]) for v in row["references"].values())
