@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from schemas import DataError
-from schemas.data import CsvSource, DataConfig, ParquetSource
+from schemas.data import CsvSource, DataConfig
 from schemas.loading import load_config
 from tasks.bundle import Predictor, load_model, write_bundle
 from tasks.bundle._verify import spec_hash

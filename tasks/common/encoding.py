@@ -67,13 +67,13 @@ def _plain_keys(series: pd.Series) -> np.ndarray:
 
 
 def _number_key(value: float, whole: bool) -> str | None:
-    if value != value:
+    if np.isnan(value):
         return None
     return str(int(value)) if whole else repr(float(value))
 
 
 def _scalar_key(value: object) -> str | None:
-    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
         return None
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))

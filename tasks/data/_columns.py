@@ -2,7 +2,7 @@
 
     from tasks.data._columns import plan_table, fit_table
     plan = plan_table(frame, config.source, config, "t.csv")      # DataError naming every bad column
-    spec = fit_table(plan, frame.iloc[train_rows], config)        # vocabularies from the training rows only
+    spec = fit_table(plan, frame, train_rows, config)              # vocabularies from the training rows only
 
 `plan_table` is what the command line runs before Prefect's server starts
 (through `peek_shape`) and what the data stage runs again when it reads the
@@ -20,7 +20,13 @@ from schemas.data import CsvSource, DataConfig, ParquetSource
 from schemas.errors import DataError
 from schemas.limits import MAX_ABS_FEATURE, clip_text
 from schemas.table import ColumnSpec, TableSpec, shown_count
-from tasks.common.encoding import category_keys, dates, looks_like_dates, numbers, row_label
+from tasks.common.encoding import (
+    category_keys,
+    dates,
+    looks_like_dates,
+    numbers,
+    row_label,
+)
 
 # A text column the user did not pick whose values are nearly all distinct is free text (names,
 # comments): left out with a warning.
@@ -172,11 +178,11 @@ def _categorical_column(name: str, series: pd.Series, config: DataConfig) -> Col
     )
 
 
-def fit_table(plan: TablePlan, train: pd.DataFrame, config: DataConfig) -> TableSpec:
-    """The `TableSpec` fitted on the training rows: vocabularies, which columns had gaps."""
+def fit_table(plan: TablePlan, table: pd.DataFrame, train_idx: np.ndarray, config: DataConfig) -> TableSpec:
+    """The `TableSpec` fitted on the training rows of `table`: vocabularies, which columns had gaps."""
     columns = []
     for name, kind in plan.features:
-        series = train[name]
+        series = table[name].iloc[train_idx]  # one column at a time: no copy of the whole training split
         if kind == "categorical":
             columns.append(_categorical_column(name, series, config))
             continue

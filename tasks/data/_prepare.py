@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -19,8 +18,6 @@ from schemas.data import (
     describe_nonfinite,
 )
 from schemas.errors import DataError, first_line
-from schemas.table import TableSpec
-from tasks.common.encoding import encode_table
 from tasks.data._raw import (
     RawData,
     data_hash,
@@ -28,6 +25,8 @@ from tasks.data._raw import (
     infer_task,
     regression_target,
 )
+from tasks.data._scaling import as_floats, fit_statistics, target_statistics
+from tasks.data._table_splits import table_features, table_preprocessing
 
 
 def split_sizes(n: int, split: SplitConfig) -> tuple[int, int, int]:
@@ -71,60 +70,21 @@ def _check_classes(codes: np.ndarray, names: tuple[str, ...], split: SplitConfig
         )
 
 
-def encode_raw_table(raw: RawData, train_idx: np.ndarray, config: DataConfig) -> tuple[RawData, TableSpec | None]:
-    """For a table: fit the column encodings on the training rows and encode every row into `X`."""
-    if raw.table is None or raw.plan is None:
-        return raw, None
-    from tasks.data._columns import fit_table
-
-    spec = fit_table(raw.plan, raw.table.iloc[train_idx], config)
-    encoded = encode_table(spec, raw.table, raw.source, raw.row_numbers)
-    return replace(raw, X=encoded.X, feature_names=spec.feature_names, input_shape=(encoded.X.shape[1],)), spec
-
-
 def fit_preprocessing(
-    X_train: np.ndarray, raw: RawData, config: DataConfig, y_train: np.ndarray | None,
-    table: TableSpec | None = None,
+    X_train: np.ndarray, raw: RawData, config: DataConfig, y_train: np.ndarray | None
 ) -> Preprocessing:
     """Fit imputer, scaler and target scaler on the training rows only."""
-    # scikit-learn is imported where it is used: its import is slow, and peeking or
-    # loading a bundle never needs it.
-    from sklearn.impute import SimpleImputer
-    from sklearn.preprocessing import MinMaxScaler, StandardScaler
-
-    fill = None
-    X_fit = X_train
-    if config.impute != "none":
-        X_fit = np.where(np.isfinite(X_train), X_train, np.nan)
-        imputer = SimpleImputer(strategy=config.impute, keep_empty_features=True).fit(X_fit)
-        fill = tuple(float(v) for v in imputer.statistics_)
-        X_fit = imputer.transform(X_fit)
-    center = scale = None
-    if config.scaling == "standard":
-        scaler = StandardScaler().fit(X_fit)
-        center, scale = scaler.mean_, scaler.scale_
-    elif config.scaling == "minmax":
-        scaler = MinMaxScaler().fit(X_fit)
-        rng = np.where(scaler.data_range_ == 0, 1.0, scaler.data_range_)
-        center, scale = scaler.data_min_, rng
-    if table is not None and center is not None and scale is not None:
-        # One-hot and indicator columns and embedding codes pass through unscaled.
-        scaled = np.asarray(table.scaled, dtype=bool)
-        center, scale = np.where(scaled, center, 0.0), np.where(scaled, scale, 1.0)
-    t_center = t_scale = None
-    if y_train is not None and config.scale_target:
-        std = float(np.std(y_train))
-        t_center, t_scale = float(np.mean(y_train)), (std if std > 0 else 1.0)
+    fill, center, scale = fit_statistics(X_train, config)
+    t_center, t_scale = target_statistics(y_train, config)
     return Preprocessing(
         feature_names=raw.feature_names,
         input_shape=raw.input_shape,
-        fill_values=fill,
+        fill_values=as_floats(fill),
         scaling=config.scaling,
-        center=None if center is None else tuple(float(v) for v in center),
-        scale=None if scale is None else tuple(float(v) for v in scale),
+        center=as_floats(center),
+        scale=as_floats(scale),
         target_center=t_center,
         target_scale=t_scale,
-        table=table,
     )
 
 
@@ -176,18 +136,17 @@ def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
         y = regression_target(raw)
         stratify = False
     train_idx, val_idx, test_idx = _split(y, stratify, config, seed, raw.source)
-    hashed = data_hash(raw)
-    raw, table = encode_raw_table(raw, train_idx, config)
-    if table is not None:
-        _check_features(raw, config)
+    y_fit = y[train_idx] if task == "regression" else None
+    if raw.table is not None:
+        pre = table_preprocessing(raw, train_idx, config, y_fit)
 
-    pre = fit_preprocessing(
-        raw.X[train_idx], raw, config, y[train_idx] if task == "regression" else None, table
-    )
-    rows_in_file = raw.row_numbers if raw.row_numbers is not None else np.arange(len(y))
+        def features(rows: np.ndarray) -> torch.Tensor:
+            return table_features(raw, pre, rows)
+    else:
+        pre = fit_preprocessing(raw.X[train_idx], raw, config, y_fit)
 
-    def features(rows: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(pre.transform(raw.X[rows], raw.source, rows_in_file[rows]))
+        def features(rows: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(pre.transform(raw.X[rows], raw.source, rows))
 
     def targets(rows: np.ndarray) -> torch.Tensor:
         if task == "classification":
@@ -199,10 +158,10 @@ def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
         source=raw.source,
         target=raw.target,
         class_names=class_names,
-        input_shape=raw.input_shape,
+        input_shape=pre.input_shape,
         n_outputs=len(class_names) if class_names else 1,
         preprocessing=pre,
-        data_hash=hashed,
+        data_hash=data_hash(raw),
         n_train=len(train_idx),
         n_val=len(val_idx),
         n_test=len(test_idx),

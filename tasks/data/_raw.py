@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from schemas.data import BuiltinSource, CsvSource, DataConfig, NpzSource, ParquetSource, Task
+from schemas.data import (
+    BuiltinSource,
+    CsvSource,
+    DataConfig,
+    NpzSource,
+    ParquetSource,
+    Task,
+)
 from schemas.errors import DataError
 from tasks.common.log import say
 from tasks.common.tables import read_npz_arrays, read_table
@@ -60,7 +67,9 @@ def load_table(frame: pd.DataFrame, source: CsvSource | ParquetSource, config: D
         say(f"data: {label}: {note}")
     rows = np.flatnonzero(plan.keep)
     names = tuple(name for name, _ in plan.features)
-    table = frame.iloc[rows].set_axis([str(c) for c in frame.columns], axis=1)[list(names)].reset_index(drop=True)
+    table = frame.set_axis([str(c) for c in frame.columns], axis=1)[list(names)]
+    if len(rows) < len(frame):  # copy only when rows were dropped
+        table = table.iloc[rows].reset_index(drop=True)
     y = frame[source.target].to_numpy()[rows]
     return RawData(np.empty((len(rows), 0)), y, names, (len(names),), source.target, label,
                    table=table, plan=plan, row_numbers=rows)
