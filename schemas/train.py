@@ -16,7 +16,7 @@ class EarlyStoppingConfig(StrictModel):
     patience: int = Field(5, ge=1, description="Epochs without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
     min_steps: int = Field(
-        500, ge=0, le=100_000_000,
+        400, ge=0, le=100_000_000,
         description="Never stop early before this many optimizer steps (small tables take many epochs to converge).",
     )
 
