@@ -66,8 +66,10 @@ def _numeric_problem(name: str, values: np.ndarray, config: DataConfig) -> str |
     finite = np.isfinite(values)
     huge = np.flatnonzero(finite & (np.abs(np.where(finite, values, 0)) > MAX_ABS_FEATURE))
     if len(huge):
-        return (f"column {name!r}: value(s) beyond +-{MAX_ABS_FEATURE:g} in row(s) {_rows(huge)}; "
-                "fix them (check their units) or drop these rows")
+        shown = "; ".join(f"row {int(r) + 1} = {values[r]:.6g}" for r in huge[:5])
+        more = f" (and {len(huge) - 5} more)" if len(huge) > 5 else ""
+        return (f"column {name!r}: value(s) beyond +-{MAX_ABS_FEATURE:g}, more than a float32 model can use: "
+                f"{shown}{more}; fix them (check their units) or drop these rows")
     if config.impute == "none" and not finite.all():
         bad = np.flatnonzero(~finite)
         return (f"column {name!r}: empty, NaN or inf in {shown_count(len(bad), 'row')}: {_rows(bad)}; "
