@@ -294,3 +294,22 @@ def saved_iris(tmp_path):
     bundle = write_bundle(parts.model, config, data.spec, None, tmp_path / "model")
     rows = load_iris().data[:5]
     return bundle, rows, Predictor(parts.model, data.spec).predict_proba(rows)
+
+
+def test_same_table_and_seed_give_the_same_tensors_and_spec(tmp_path):
+    config = _data_config(_csv(tmp_path, _frame()), id_columns=["pid"], categorical=[])
+    a, b = prepare_data.fn(config, seed=3), prepare_data.fn(config, seed=3)
+    assert a.spec == b.spec
+    for x, y in ((a.X_train, b.X_train), (a.X_val, b.X_val), (a.X_test, b.X_test), (a.y_train, b.y_train)):
+        assert torch.equal(x, y)
+
+
+def test_an_image_model_on_embedded_columns_is_a_config_error(tmp_path):
+    from schemas import ConfigError
+
+    frame = _frame()
+    frame["city"] = [f"c{i % 30}" for i in range(len(frame))]
+    data = prepare_data.fn(_data_config(_csv(tmp_path, frame), exclude=["pid"]), seed=0)
+    config = load_config(None, ["model.kind=tinyvgg", "device=cpu"])
+    with pytest.raises(ConfigError, match="cannot take embedded category columns; use model.kind=mlp or linear"):
+        build_model.fn(config.model, config.loss, config.optimizer, config.scheduler, data.spec, CPU, 0, 1, "val_loss")
