@@ -207,7 +207,7 @@ def encode_table(
         if unseen:
             notes.append(
                 f"{source}: column {column.name!r}: {unseen} of {len(series)} row(s) hold categories not seen "
-                "in training; they were predicted as the 'other' category"
+                "in training; they were treated as an unknown category ('__other__')"
             )
     if problems:
         raise DataError(f"{source}: {'; '.join(problems)}")
