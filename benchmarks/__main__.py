@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # Registry: module names under benchmarks/, run in this order. Each has main(argv) and accepts --quick and --output.
-MODULES = ("train_throughput", "orchestration", "bundle_io", "device_selection", "sweep_scaling", "finetune")
+MODULES = ("train_throughput", "orchestration", "bundle_io", "device_selection", "sweep_scaling", "finetune", "raw_tables")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.md"
 
 

@@ -246,11 +246,14 @@ def shown_path(path: Path) -> str:
 
 
 def check_data_first(data: "DataConfig") -> None:
-    """Raise the data stage's own DataError for what the data's headers show, before any server or run folder.
+    """Raise the data stage's own DataError for what the data shows, before any server or run folder.
 
     A missing or unreadable file, a missing target column, a table the
-    reader refuses: errors that would otherwise come only after Prefect's
-    temporary server had started. Anything else is left to the data stage.
+    reader refuses, and for a table every column problem at once (mixed
+    numbers and text, gaps with data.impute none, unknown column names,
+    empty targets that may not be dropped): errors that would otherwise come
+    only after Prefect's temporary server had started. Splitting and class
+    counts are left to the data stage.
     """
     from tasks.data import peek_shape
 

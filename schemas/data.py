@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from schemas.base import RetryPolicy, StrictModel
 from schemas.errors import DataError
 from schemas.limits import MAX_ABS_FEATURE, MAX_SCALED_FEATURE, clip_text
+from schemas.table import CategoricalConfig, TableSpec
 
 if TYPE_CHECKING:
     import torch
@@ -37,7 +38,37 @@ class BuiltinSource(StrictModel):
     name: BuiltinName = Field("digits", description="digits, iris, wine, breast_cancer or diabetes.")
 
 
-class CsvSource(StrictModel):
+class TableColumns(StrictModel):
+    """Which columns of a table are features, ids, or categories (shared by CSV and Parquet sources)."""
+
+    features: list[str] | None = Field(
+        None, description="Feature columns (default: every column but the target, ids and exclude)."
+    )
+    exclude: list[str] = Field(default_factory=list, description="Columns never used as features.")
+    id_columns: list[str] = Field(
+        default_factory=list, description="Row ids: never features, copied into the prediction output."
+    )
+    categorical: list[str] = Field(
+        default_factory=list, description="Numeric columns to treat as categories (strings and booleans always are)."
+    )
+
+    @model_validator(mode="after")
+    def _roles_do_not_overlap(self) -> "TableColumns":
+        target = getattr(self, "target", None)
+        for key in ("features", "exclude", "id_columns", "categorical"):
+            names = getattr(self, key) or []
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise ValueError(f"{key} lists {', '.join(map(repr, repeated))} more than once")
+            if target in names and key != "exclude":
+                raise ValueError(f"{key} lists the target column {target!r}; the target is never a feature or an id")
+        both = sorted(set(self.id_columns) & set(self.features or ()))
+        if both:
+            raise ValueError(f"{', '.join(map(repr, both))} is listed in both features and id_columns; pick one")
+        return self
+
+
+class CsvSource(TableColumns):
     """A CSV file with a header row and a named target column."""
 
     kind: Literal["csv"] = Field("csv", description="Data source: builtin, csv, parquet, npz or image_folder.")
@@ -45,7 +76,7 @@ class CsvSource(StrictModel):
     target: str = Field(min_length=1, description="Name of the target column.")
 
 
-class ParquetSource(StrictModel):
+class ParquetSource(TableColumns):
     """A Parquet file with a named target column."""
 
     kind: Literal["parquet"] = Field("parquet", description="Data source: builtin, csv, parquet, npz or image_folder.")
@@ -180,7 +211,20 @@ class DataConfig(StrictModel):
         True, description="Standardize a regression target (predictions are mapped back)."
     )
     impute: Literal["none", "mean", "median"] = Field(
-        "none", description="Fill NaN features from training statistics; none makes NaN an error."
+        "median", description="Fill numeric gaps (NaN) from training statistics; none makes a gap an error."
+    )
+    missing_indicator: bool = Field(
+        False, description="Add a 0/1 '<column>__missing' input for each numeric or date column with gaps in training."
+    )
+    drop_empty_target: bool = Field(
+        True, description="Drop rows whose target is empty, with a count; false makes them an error."
+    )
+    categorical: CategoricalConfig = Field(
+        default_factory=CategoricalConfig, description="How category columns of a table are encoded."
+    )
+    dates: Literal["parts", "epoch", "exclude"] = Field(
+        "parts",
+        description="ISO date columns: parts (year, month, day_of_week, day_of_year), epoch (seconds since 1970), or exclude.",
     )
     retry: RetryPolicy = Field(
         default_factory=lambda: RetryPolicy(retries=2, delay_seconds=1.0), description="Retries of this stage."
@@ -245,6 +289,7 @@ class Preprocessing(BaseModel):
     target_center: float | None = None
     target_scale: float | None = None
     image: ImagePreprocessing | None = None
+    table: TableSpec | None = None  # a table's column roles and encodings, applied to raw rows first
 
     def transform(self, X: np.ndarray, source: str = "input", row_numbers: np.ndarray | None = None) -> np.ndarray:
         """Raw features (rows x features, in `feature_names` order) to model input.
@@ -315,6 +360,12 @@ class DataSpec(BaseModel):
     @property
     def feature_names(self) -> tuple[str, ...]:
         return self.preprocessing.feature_names
+
+    @property
+    def embeddings(self) -> tuple[tuple[int, int], ...]:
+        """(rows, width) of each embedded category column; their codes are the last input columns."""
+        table = self.preprocessing.table
+        return () if table is None else table.embeddings
 
     @property
     def n_features(self) -> int:

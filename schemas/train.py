@@ -15,6 +15,10 @@ class EarlyStoppingConfig(StrictModel):
     enabled: bool = Field(True, description="Stop when train.monitor stops improving.")
     patience: int = Field(5, ge=1, description="Epochs without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
+    min_steps: int = Field(
+        400, ge=0, le=100_000_000,
+        description="Never stop early before this many optimizer steps (small tables take many epochs to converge).",
+    )
 
 
 class CheckpointConfig(StrictModel):
@@ -46,7 +50,9 @@ class FinetuneConfig(StrictModel):
 class TrainConfig(StrictModel):
     """The plain loop: forward, loss, zero_grad, backward, step; validate each epoch."""
 
-    epochs: int = Field(30, ge=1, le=100_000, description="Passes over the training split, at most.")
+    epochs: int = Field(
+        200, ge=1, le=100_000, description="Passes over the training split, at most (early stopping usually ends sooner)."
+    )
     batch_size: int = Field(64, ge=1, le=1_000_000, description="Rows per training step.")
     monitor: Literal["val_loss", "val_accuracy", "val_mae", "val_r2"] = Field(
         "val_loss", description="Validation metric for early stopping, best weights and plateau LR."

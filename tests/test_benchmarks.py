@@ -174,3 +174,16 @@ def test_finetune_benchmark_compares_with_scratch_and_the_feature_cache(tmp_path
     assert result["timing"][True]["cached"] and not result["timing"][False]["cached"]
     assert all(t["epoch"] > 0 for t in result["timing"].values())
     assert "epoch-time ratio off/on" in format_report(result)
+
+
+def test_raw_tables_benchmark_runs_ours_and_the_references_on_the_same_rows(tmp_path):
+    from benchmarks.raw_tables import format_report, penguins_like, run_benchmark, sales_like, split_rows
+
+    small = [penguins_like(120), sales_like(120)]
+    frame, train, test = split_rows(small[1])
+    assert len(frame) == 119 and not set(train) & set(test)  # the empty-target row is dropped first
+    rows = run_benchmark(small, tmp_path, ("train.epochs=1", "model.hidden_sizes=[8]"))
+    text = format_report(rows, None, "python -m benchmarks.raw_tables --quick")
+    assert "| penguins-like" in text and "HistGradientBoosting" in text and "one-hot + median + ridge" in text
+    for row in rows:
+        assert math.isfinite(row["ours"][0]) and all(math.isfinite(v[0]) for v in row["references"].values())

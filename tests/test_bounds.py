@@ -168,7 +168,7 @@ def test_training_refuses_an_extreme_feature_naming_column_and_row(tmp_path):
     config = DataConfig(source=CsvSource(path=path, target="target"))
     code, err = _run_stage(lambda: prepare_data.fn(config, 0))
     assert code == 3
-    _assert_one_line(err, str(path), "row 7, column petal width (cm) = 1e+300", "beyond +-1e+30")
+    _assert_one_line(err, str(path), "column 'petal width (cm)'", "row 7 = 1e+300", "beyond +-1e+30")
     assert path.read_bytes() == before
 
 

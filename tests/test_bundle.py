@@ -214,15 +214,14 @@ def test_predict_frame_non_numeric_column_is_named(saved):
         loaded.predict_frame(frame, source="new.csv")
 
 
-def test_predict_frame_nan_is_named(saved):
-    loaded = load_model(saved("iris"))
+def test_predict_frame_fills_gaps_with_the_training_medians(saved):
+    loaded = load_model(saved("iris"))  # trained with the default data.impute: median
     frame = pd.DataFrame(np.ones((4, 4)), columns=list(loaded.spec.feature_names))
     frame.loc[[1, 3], "petal length (cm)"] = np.nan
-    with pytest.raises(DataError) as info:
-        loaded.predict_frame(frame, source="new.csv")
-    message = str(info.value)
-    assert message.startswith("new.csv: NaN or inf values in column(s) petal length (cm) (2 rows);")
-    assert "2 row(s) affected" in message
+    proba = loaded.predict_frame(frame, source="new.csv").filter(like="proba_").to_numpy()
+    assert np.isfinite(proba).all()
+    filled = frame.fillna({"petal length (cm)": loaded.spec.preprocessing.fill_values[2]})
+    np.testing.assert_array_equal(proba, loaded.predict_frame(filled).filter(like="proba_").to_numpy())
 
 
 def test_predicting_zero_rows_gives_an_empty_result(saved):
@@ -244,7 +243,7 @@ def test_bundle_files_and_manifest(runs, saved):
 
     manifest = json.loads((path / "bundle.json").read_text())
     assert manifest["format"] == FORMAT
-    assert manifest["format_version"] == FORMAT_VERSION == 1
+    assert manifest["format_version"] == FORMAT_VERSION == 2
     assert manifest["versions"]["python"] == platform.python_version()
     assert manifest["versions"]["torch"] == torch.__version__
     for name in ("weights.safetensors", "config.yaml"):
@@ -490,9 +489,9 @@ def test_hand_edited_config_fails_the_hash(iris_copy):
 def test_unsupported_format_version(iris_copy):
     file = iris_copy / "bundle.json"
     manifest = json.loads(file.read_text())
-    manifest["format_version"] = 2
+    manifest["format_version"] = 3
     file.write_text(json.dumps(manifest))
-    _raises(iris_copy, str(file), "format version 2 is not supported", "reads version 1")
+    _raises(iris_copy, str(file), "format version 3 is not supported", "reads versions 1, 2")
 
 
 def test_manifest_that_is_not_json(iris_copy):

@@ -409,13 +409,18 @@ def test_impute_then_scale_uses_the_filled_training_rows(tmp_path):
 def test_nan_features_without_impute_name_columns_and_rows(tmp_path):
     path = _csv(tmp_path, _frame_with_gaps())
     with pytest.raises(DataError) as info:
-        _prepare(_csv_config(path))
+        _prepare(_csv_config(path, impute="none"))
     message = str(info.value)
-    assert str(path) in message
-    assert "a (4 rows)" in message
-    assert "b (1 row)" in message
-    assert "4 row(s) affected" in message
+    assert message.startswith(f"{path}: 2 problems: ")
+    assert "column 'a': empty, NaN or inf in 4 rows: 3, 6, 12, 21" in message
+    assert "column 'b': empty, NaN or inf in 1 row: 6" in message
     assert "data.impute" in message
+
+
+def test_gaps_are_filled_with_training_medians_by_default(tmp_path):
+    data = _prepare(_csv_config(_csv(tmp_path, _frame_with_gaps())))
+    assert data.spec.preprocessing.fill_values is not None
+    assert torch.isfinite(data.X_train).all() and torch.isfinite(data.X_test).all()
 
 
 # --------------------------------------------------------------------------- error catalogue
@@ -461,20 +466,22 @@ def test_missing_target_column_lists_the_columns(tmp_path):
     _raises(_csv_config(path, target="label"), str(path), "'label' not found", "columns are: id, a, b, y")
 
 
-def test_non_numeric_feature_column_is_named(tmp_path):
+def test_string_feature_column_becomes_categories(tmp_path):
     frame = _labelled_frame(30)
     frame["colour"] = ["red", "green", "blue"] * 10
-    path = _csv(tmp_path, frame)
-    message = _raises(_csv_config(path), str(path), "non-numeric feature column(s): colour")
-    assert "'a'" not in message and " a (" not in message
+    data = _prepare(_csv_config(_csv(tmp_path, frame)))
+    assert set(data.spec.feature_names[-3:]) == {"colour=blue", "colour=green", "colour=red"}
 
 
-def test_nan_in_target_names_the_row(tmp_path):
+def test_empty_target_rows_are_dropped_or_refused(tmp_path, capsys):
     frame = _labelled_frame(30)
     frame.loc[4, "y"] = None
     path = _csv(tmp_path, frame)
+    data = _prepare(_csv_config(path))
+    assert data.spec.n_train + data.spec.n_val + data.spec.n_test == 29
+    assert "dropped 1 of 30 rows with an empty target 'y'" in capsys.readouterr().err
     # Rows are counted from 1 over the data rows.
-    _raises(_csv_config(path), str(path), "target column 'y' is empty in 1 row(s): 5")
+    _raises(_csv_config(path, drop_empty_target=False), str(path), "target column 'y' is empty in 1 row(s): 5")
 
 
 def test_nan_in_regression_npz_target_names_the_row(tmp_path):

@@ -52,6 +52,10 @@ DATA_CASES = {
     "directory": lambda t: ((t / "d.csv").mkdir(), "data.source={kind: csv, path: d.csv, target: y}")[1],
     "target-missing": lambda t: _csv(t, target="species"),
     "empty-file": lambda t: ((t / "e.csv").write_text(""), "data.source={kind: csv, path: e.csv, target: y}")[1],
+    "every-column-problem-at-once": lambda t: (
+        (t / "m.csv").write_text("a,b,label\n1,x,0\n2,2,1\n3,3,\n?,4,1\n5,5,0\n"),
+        "data.source={kind: csv, path: m.csv, target: label, exclude: [zz]}",
+    )[1],
 }
 
 
@@ -86,7 +90,7 @@ def test_the_early_check_passes_good_data_and_leaves_the_rest_to_the_stage(tmp_p
 
     check_data_first(load_config(None, tiny_overrides()).data)
     check_data_first(load_config(None, [_csv(tmp_path)]).data)
-    frame = pd.DataFrame({"a": ["x", "y"] * 10, "label": [0, 1] * 10})  # a non-numeric feature: the stage's to find
+    frame = pd.DataFrame({"a": ["x", "y"] * 10, "label": [0, 1] * 10})  # a string feature: encoded as categories
     frame.to_csv(tmp_path / "t.csv", index=False)
     check_data_first(load_config(None, [f"data.source={{kind: csv, path: {tmp_path / 't.csv'}, target: label}}"]).data)
 

@@ -77,11 +77,11 @@ def test_transient_io_error_is_retried(prefect_api, tmp_path, monkeypatch):
     real = tasks.data.load_raw
     calls = []
 
-    def flaky(source):
+    def flaky(source, *config):
         calls.append(source)
         if len(calls) == 1:
             raise ConnectionResetError("network share hiccup")
-        return real(source)
+        return real(source, *config)
 
     monkeypatch.setattr(tasks.data, "load_raw", flaky)
     config = load_config(None, tiny_overrides(**{"data.retry.delay_seconds": "0"}))
@@ -94,7 +94,7 @@ def test_data_error_fails_at_once_and_marks_the_run_failed(prefect_api, tmp_path
     pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [1, 0, 1]}).to_csv(csv_path, index=False)
     real = tasks.data.load_raw
     calls = []
-    monkeypatch.setattr(tasks.data, "load_raw", lambda s: calls.append(s) or real(s))
+    monkeypatch.setattr(tasks.data, "load_raw", lambda s, *c: calls.append(s) or real(s, *c))
     config = load_config(
         None,
         tiny_overrides(**{"data.source": f"{{kind: csv, path: {csv_path}, target: label}}", "data.retry.retries": "3",
@@ -180,11 +180,12 @@ def test_cli_bad_config_in_a_real_process(run_cli, tmp_path):
 
 def test_cli_bad_data_names_the_column_and_debug_shows_traceback(run_cli, capsys, tmp_path, monkeypatch):
     csv_path = tmp_path / "t.csv"
-    pd.DataFrame({"a": ["x", "y", "z"] * 4, "b": [1.0] * 12, "label": [0, 1, 2] * 4}).to_csv(csv_path, index=False)
+    # One class only: a data error of the stage's (the early check judges columns, not splits).
+    pd.DataFrame({"a": ["x", "y", "z"] * 4, "b": [1.0] * 12, "label": [0] * 12}).to_csv(csv_path, index=False)
     args = ["--set", f"data.source={{kind: csv, path: {csv_path}, target: label}}", "--run-dir"]
     result = run_cli("flows.train", *args, "run")
     assert result.returncode == 3
-    assert "non-numeric feature column(s): a (" in result.stderr
+    assert "target 'label' has a single class '0'" in result.stderr
     assert "Traceback" not in result.stderr
     assert read_run_state(tmp_path / "run")["state"] == "failed"
     assert not (tmp_path / "run" / "model").exists()

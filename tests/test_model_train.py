@@ -123,7 +123,8 @@ def test_same_seed_gives_identical_results_and_a_new_seed_does_not():
 
 def test_early_stopping_restores_the_best_weights():
     config, data, parts, result = _train(
-        "train.epochs=60", "optimizer.lr=0.2", "train.early_stopping.patience=2", "model.hidden_sizes=[64]"
+        "train.epochs=60", "optimizer.lr=0.2", "train.early_stopping.patience=2", "model.hidden_sizes=[64]",
+        "train.early_stopping.min_steps=0",
     )
     assert result.stopped_early and result.epochs_run < 60
     best = min(r.val_loss for r in result.history)

@@ -19,7 +19,9 @@ import torch
 from schemas.errors import BundleError
 
 FORMAT = "pytorch-workflow-bundle"
-FORMAT_VERSION = 1
+# 2: the data spec may carry a table's column roles and encodings (`Preprocessing.table`).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # a version-1 bundle's spec has no table: it loads as it always did
 WEIGHTS = "weights.safetensors"
 CONFIG = "config.yaml"
 MANIFEST = "bundle.json"
@@ -53,10 +55,10 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{file}: not a {FORMAT} manifest")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise BundleError(
             f"{file}: bundle format version {version!r} is not supported; "
-            f"this version of pytorch-workflow reads version {FORMAT_VERSION}"
+            f"this version of pytorch-workflow reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
     if not isinstance(manifest.get("files"), dict):
         raise BundleError(f"{file}: has no 'files' table of hashes")

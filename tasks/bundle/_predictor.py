@@ -19,6 +19,8 @@ from torch import nn
 from schemas.data import DataSpec
 from schemas.errors import DataError
 from schemas.run import RunConfig
+from tasks.common.encoding import encode_table
+from tasks.common.log import say
 from tasks.common.tables import frame_to_features
 from tasks.nets.steps import model_outputs
 
@@ -47,8 +49,18 @@ class Predictor:
         return self._decode(self.outputs(X, source))
 
     def predict_frame(self, frame: pd.DataFrame, source: str = "input") -> pd.DataFrame:
-        """Predict rows of a frame whose columns are matched to the features by name."""
-        return self.predict_array(self.features_from_frame(frame, source), source)
+        """Predict raw rows of a frame whose columns are matched to the features by name.
+
+        For a model trained on a table, the rows are as published (strings,
+        gaps, dates) and the output starts with the id columns the input has.
+        """
+        result = self.predict_array(self.features_from_frame(frame, source), source)
+        table = self.spec.preprocessing.table
+        if table is not None:
+            frame = frame.rename(columns=str)
+            for i, name in enumerate(c for c in table.id_columns if c in frame.columns):
+                result.insert(i, name, frame[name].to_numpy())
+        return result
 
     def predict_array(self, X: np.ndarray, source: str = "input") -> pd.DataFrame:
         """One row per input row: `prediction`, plus `proba_<class>` columns for classification."""
@@ -62,7 +74,17 @@ class Predictor:
         return result
 
     def features_from_frame(self, frame: pd.DataFrame, source: str = "input") -> np.ndarray:
-        """Select the training feature columns by name, in any order; extra columns are ignored."""
+        """Select the training feature columns by name, in any order; extra columns are ignored.
+
+        A table's columns are encoded as in training; a category unseen
+        there is counted in a warning and goes to the 'other' bucket.
+        """
+        table = self.spec.preprocessing.table
+        if table is not None:
+            encoded = encode_table(table, frame, source)
+            for note in encoded.notes:
+                say(f"warning: {note}")
+            return encoded.X
         names = list(self.spec.feature_names)
         frame = frame.rename(columns=str)
         missing = [n for n in names if n not in frame.columns]

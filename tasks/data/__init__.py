@@ -51,7 +51,7 @@ def prepare_data(config: DataConfig, seed: int) -> PreparedData:
     """Load `config.source`, validate it, split with `seed`, scale, and return tensors."""
     if isinstance(config.source, ImageFolderSource):
         return prepare_image_folder(config, seed)
-    return prepare_arrays(load_raw(config.source), config, seed)
+    return prepare_arrays(load_raw(config.source, config), config, seed)
 
 
 # --------------------------------------------------------------------------- peeking

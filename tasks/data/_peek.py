@@ -9,13 +9,9 @@ import pandas as pd
 
 from schemas.data import BuiltinSource, DataConfig, ImageFolderSource, NpzSource, Task
 from schemas.device import InputShape
-from tasks.common.tables import (
-    check_readable,
-    parquet_columns,
-    read_npz_arrays,
-    read_table_column,
-)
-from tasks.data._raw import RawData, encode_labels, infer_task, load_npz, load_raw
+from tasks.common.tables import check_readable, read_npz_arrays, read_table
+from tasks.data._columns import TablePlan, plan_table
+from tasks.data._raw import RawData, infer_task, load_npz
 
 _BUILTIN_SHAPES: dict[str, tuple[tuple[int, ...], int, Task]] = {
     "digits": ((1, 8, 8), 10, "classification"),
@@ -29,9 +25,12 @@ _BUILTIN_SHAPES: dict[str, tuple[tuple[int, ...], int, Task]] = {
 def peek_shape(config: DataConfig) -> "InputShape":
     """Input shape, output count and task without preparing the data (for device measuring).
 
-    Reads headers and the target column only; the number of classes of a
-    table is counted from its target column. An unreadable source raises the
-    same DataError the data stage would.
+    Reads headers (NPZ) or the whole table (CSV, Parquet), whose every column
+    is judged as the data stage will (`plan_table`): one DataError names all
+    the problems found. The number of classes is counted from the target
+    column; a table's input width is estimated from the whole table's
+    category counts (the data stage fits them on the training split). An
+    unreadable source raises the same DataError the data stage would.
     """
     from schemas.device import InputShape
 
@@ -59,24 +58,26 @@ def peek_shape(config: DataConfig) -> "InputShape":
         features: tuple[int, ...] = tuple(int(d) for d in x_shape[1:])
         sample = RawData(np.empty((len(y), 0)), y, (), features, "y", str(path))
     else:
-        check_readable(path)
-        try:
-            header = pd.read_csv(path, nrows=0) if source.kind == "csv" else parquet_columns(path)
-            columns = [str(c) for c in header.columns]
-            target = read_table_column(path, source.kind, source.target)
-        except Exception:
-            return _peek_by_loading(config)  # the full reader names what is wrong
-        features = (len(columns) - 1,)
+        frame = read_table(path, source.kind)  # the whole table: every column's problems are reported now
+        plan = plan_table(frame, source, config, str(path))
+        target = frame[source.target].to_numpy()[plan.keep]
+        features = (_encoded_width(frame, plan, config),)
         sample = RawData(np.empty((len(target), 0)), target, (), features, source.target, str(path))
     task = infer_task(sample, config.task)
     n_out = len(np.unique(sample.y[~pd.isna(sample.y)])) if task == "classification" else 1
     return InputShape(features, int(n_out), task, sample.source)
 
 
-def _peek_by_loading(config: DataConfig) -> "InputShape":
-    from schemas.device import InputShape
-
-    raw = load_raw(config.source)  # raises the data stage's own error
-    task = infer_task(raw, config.task)
-    n_out = len(encode_labels(raw)[1]) if task == "classification" else 1
-    return InputShape(raw.input_shape, n_out, task, raw.source)
+def _encoded_width(frame: pd.DataFrame, plan: TablePlan, config: DataConfig) -> int:
+    """About how many input columns the table's features become (one-hot widths counted on the whole table)."""
+    width = 0
+    cat = config.categorical
+    for name, kind in plan.features:
+        if kind == "categorical":
+            n = min(int(frame[name].nunique()), cat.max_categories)
+            onehot = cat.columns.get(name, cat.encoding) == "onehot" or (
+                cat.columns.get(name, cat.encoding) == "auto" and n <= cat.onehot_max)
+            width += n if onehot else 1
+        else:
+            width += 4 if kind == "date" and config.dates == "parts" else 1
+    return max(width, 1)

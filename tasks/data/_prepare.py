@@ -25,6 +25,8 @@ from tasks.data._raw import (
     infer_task,
     regression_target,
 )
+from tasks.data._scaling import as_floats, fit_statistics, target_statistics
+from tasks.data._table_splits import table_features, table_preprocessing
 
 
 def split_sizes(n: int, split: SplitConfig) -> tuple[int, int, int]:
@@ -72,63 +74,31 @@ def fit_preprocessing(
     X_train: np.ndarray, raw: RawData, config: DataConfig, y_train: np.ndarray | None
 ) -> Preprocessing:
     """Fit imputer, scaler and target scaler on the training rows only."""
-    # scikit-learn is imported where it is used: its import is slow, and peeking or
-    # loading a bundle never needs it.
-    from sklearn.impute import SimpleImputer
-    from sklearn.preprocessing import MinMaxScaler, StandardScaler
-
-    fill = None
-    X_fit = X_train
-    if config.impute != "none":
-        X_fit = np.where(np.isfinite(X_train), X_train, np.nan)
-        imputer = SimpleImputer(strategy=config.impute, keep_empty_features=True).fit(X_fit)
-        fill = tuple(float(v) for v in imputer.statistics_)
-        X_fit = imputer.transform(X_fit)
-    center = scale = None
-    if config.scaling == "standard":
-        scaler = StandardScaler().fit(X_fit)
-        center, scale = scaler.mean_, scaler.scale_
-    elif config.scaling == "minmax":
-        scaler = MinMaxScaler().fit(X_fit)
-        rng = np.where(scaler.data_range_ == 0, 1.0, scaler.data_range_)
-        center, scale = scaler.data_min_, rng
-    t_center = t_scale = None
-    if y_train is not None and config.scale_target:
-        std = float(np.std(y_train))
-        t_center, t_scale = float(np.mean(y_train)), (std if std > 0 else 1.0)
+    fill, center, scale = fit_statistics(X_train, config)
+    t_center, t_scale = target_statistics(y_train, config)
     return Preprocessing(
         feature_names=raw.feature_names,
         input_shape=raw.input_shape,
-        fill_values=fill,
+        fill_values=as_floats(fill),
         scaling=config.scaling,
-        center=None if center is None else tuple(float(v) for v in center),
-        scale=None if scale is None else tuple(float(v) for v in scale),
+        center=as_floats(center),
+        scale=as_floats(scale),
         target_center=t_center,
         target_scale=t_scale,
     )
 
 
-def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
-    """Validate, split, fit preprocessing on train, and build tensors."""
-    from sklearn.model_selection import train_test_split
-
-    task = infer_task(raw, config.task)
+def _check_features(raw: RawData, config: DataConfig) -> None:
     if config.impute == "none":
         bad = ~np.isfinite(raw.X)
         if bad.any():
             raise DataError(f"{raw.source}: {describe_nonfinite(bad, raw.feature_names)}")
-    check_magnitude(raw.X, raw.feature_names, raw.source)
-    _check_split(len(raw.X), config.split, raw.source)
+    check_magnitude(raw.X, raw.feature_names, raw.source, raw.row_numbers)
 
-    class_names: tuple[str, ...] | None = None
-    if task == "classification":
-        y, class_names = encode_labels(raw)
-        stratify = config.split.stratify
-        if stratify:
-            _check_classes(y, class_names, config.split, raw.source)
-    else:
-        y = regression_target(raw)
-        stratify = False
+
+def _split(y: np.ndarray, stratify: bool, config: DataConfig, seed: int, source: str) -> tuple[np.ndarray, ...]:
+    """Sorted (train, val, test) row indices: seeded, stratified by class when asked."""
+    from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))
     try:
@@ -143,17 +113,40 @@ def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
         )
     except ValueError as exc:  # scikit-learn's own check of what a stratified split can hold
         raise DataError(
-            f"{raw.source}: cannot split with data.split val={config.split.val:g}, test={config.split.test:g}: "
+            f"{source}: cannot split with data.split val={config.split.val:g}, test={config.split.test:g}: "
             f"{first_line(exc)}. Change the split fractions, add rows, or set data.split.stratify=false"
         ) from None
-    train_idx, val_idx, test_idx = np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)
+    return np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)
 
-    pre = fit_preprocessing(
-        raw.X[train_idx], raw, config, y[train_idx] if task == "regression" else None
-    )
 
-    def features(rows: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(pre.transform(raw.X[rows], raw.source, rows))
+def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
+    """Validate, split, fit preprocessing on train, and build tensors."""
+    task = infer_task(raw, config.task)
+    if raw.table is None:
+        _check_features(raw, config)
+    _check_split(len(raw.y), config.split, raw.source)
+
+    class_names: tuple[str, ...] | None = None
+    if task == "classification":
+        y, class_names = encode_labels(raw)
+        stratify = config.split.stratify
+        if stratify:
+            _check_classes(y, class_names, config.split, raw.source)
+    else:
+        y = regression_target(raw)
+        stratify = False
+    train_idx, val_idx, test_idx = _split(y, stratify, config, seed, raw.source)
+    y_fit = y[train_idx] if task == "regression" else None
+    if raw.table is not None:
+        pre = table_preprocessing(raw, train_idx, config, y_fit)
+
+        def features(rows: np.ndarray) -> torch.Tensor:
+            return table_features(raw, pre, rows)
+    else:
+        pre = fit_preprocessing(raw.X[train_idx], raw, config, y_fit)
+
+        def features(rows: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(pre.transform(raw.X[rows], raw.source, rows))
 
     def targets(rows: np.ndarray) -> torch.Tensor:
         if task == "classification":
@@ -165,7 +158,7 @@ def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
         source=raw.source,
         target=raw.target,
         class_names=class_names,
-        input_shape=raw.input_shape,
+        input_shape=pre.input_shape,
         n_outputs=len(class_names) if class_names else 1,
         preprocessing=pre,
         data_hash=data_hash(raw),

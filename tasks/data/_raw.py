@@ -6,13 +6,25 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from schemas.data import BuiltinSource, CsvSource, NpzSource, ParquetSource, Task
+from schemas.data import (
+    BuiltinSource,
+    CsvSource,
+    DataConfig,
+    NpzSource,
+    ParquetSource,
+    Task,
+)
 from schemas.errors import DataError
-from tasks.common.tables import frame_to_features, read_npz_arrays, read_table
+from tasks.common.log import say
+from tasks.common.tables import read_npz_arrays, read_table
+
+if TYPE_CHECKING:
+    from tasks.data._columns import TablePlan
 
 # An integer-valued target with at most this many distinct values is taken as
 # class labels when data.task is auto.
@@ -31,16 +43,36 @@ class RawData:
     source: str
     class_names: tuple[str, ...] | None = None  # known label names for integer targets
     task_hint: Task | None = None
+    table: pd.DataFrame | None = None  # a table's feature columns as read; X is filled after the split
+    plan: TablePlan | None = None  # the table's column roles
+    row_numbers: np.ndarray | None = None  # 0-based file rows of the rows kept, for messages
 
 
-def load_raw(source: BuiltinSource | CsvSource | ParquetSource | NpzSource) -> RawData:
-    """Read a source into arrays; no splitting, no scaling."""
+def load_raw(source: BuiltinSource | CsvSource | ParquetSource | NpzSource, config: DataConfig | None = None) -> RawData:
+    """Read a source into arrays; no splitting, no scaling. A table's columns are judged by `config`."""
     if isinstance(source, BuiltinSource):
         return _load_builtin(source.name)
     if isinstance(source, NpzSource):
         return load_npz(Path(source.path))
     frame = read_table(Path(source.path), source.kind)
-    return _from_frame(frame, source.target, str(source.path))
+    return load_table(frame, source, config or DataConfig(source=source), str(source.path))
+
+
+def load_table(frame: pd.DataFrame, source: CsvSource | ParquetSource, config: DataConfig, label: str) -> RawData:
+    """A table's feature columns, target and column roles; rows with an empty target dropped (with a note)."""
+    from tasks.data._columns import plan_table
+
+    plan = plan_table(frame, source, config, label)
+    for note in plan.notes:
+        say(f"data: {label}: {note}")
+    rows = np.flatnonzero(plan.keep)
+    names = tuple(name for name, _ in plan.features)
+    table = frame.set_axis([str(c) for c in frame.columns], axis=1)[list(names)]
+    if len(rows) < len(frame):  # copy only when rows were dropped
+        table = table.iloc[rows].reset_index(drop=True)
+    y = frame[source.target].to_numpy()[rows]
+    return RawData(np.empty((len(rows), 0)), y, names, (len(names),), source.target, label,
+                   table=table, plan=plan, row_numbers=rows)
 
 
 def _load_builtin(name: str) -> RawData:
@@ -62,24 +94,6 @@ def _load_builtin(name: str) -> RawData:
         classes = tuple(str(c) for c in bunch.target_names)
     shape = (1, 8, 8) if name == "digits" else (X.shape[1],)
     return RawData(X, np.asarray(bunch.target), names, shape, "target", f"builtin:{name}", classes, task)
-
-
-def _from_frame(frame: pd.DataFrame, target: str, source: str) -> RawData:
-    if frame.shape[0] == 0:
-        raise DataError(f"{source}: has a header but no data rows")
-    columns = [str(c) for c in frame.columns]
-    if target not in columns:
-        raise DataError(f"{source}: target column {target!r} not found; columns are: {', '.join(columns)}")
-    features = frame.drop(columns=[target])
-    if features.shape[1] == 0:
-        raise DataError(f"{source}: no feature columns besides the target {target!r}")
-    X = frame_to_features(features, source)
-    y = frame[target].to_numpy()
-    missing = pd.isna(frame[target]).to_numpy()
-    if missing.any():
-        rows = _row_list(np.flatnonzero(missing))
-        raise DataError(f"{source}: target column {target!r} is empty in {int(missing.sum())} row(s): {rows}")
-    return RawData(X, y, tuple(str(c) for c in features.columns), (X.shape[1],), target, source)
 
 
 def load_npz(path: Path) -> RawData:
@@ -158,7 +172,10 @@ def encode_labels(raw: RawData) -> tuple[np.ndarray, tuple[str, ...]]:
 def data_hash(raw: RawData) -> str:
     digest = hashlib.sha256()
     digest.update("\x1f".join(raw.feature_names).encode())
-    digest.update(np.ascontiguousarray(raw.X).tobytes())
+    if raw.table is not None:
+        digest.update(pd.util.hash_pandas_object(raw.table, index=False).to_numpy().tobytes())
+    else:
+        digest.update(np.ascontiguousarray(raw.X).tobytes())
     digest.update(np.asarray(raw.y).astype(str).tobytes())
     return digest.hexdigest()
 

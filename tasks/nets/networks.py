@@ -61,6 +61,25 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class CategoryEmbeddings(nn.Module):
+    """Entity embeddings in front of a network: the last input columns are category codes, each looked up
+    in its own table and concatenated to the dense columns before `body`.
+
+    Built only when the data spec has embedded columns (`DataSpec.embeddings`).
+    """
+
+    def __init__(self, n_dense: int, embeddings: tuple[tuple[int, int], ...], body: nn.Module) -> None:
+        super().__init__()
+        self.n_dense = n_dense
+        self.embeddings = nn.ModuleList(nn.Embedding(rows, width) for rows, width in embeddings)
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        codes = x[:, self.n_dense:].long()
+        looked_up = [table(codes[:, i]) for i, table in enumerate(self.embeddings)]
+        return self.body(torch.cat([x[:, : self.n_dense], *looked_up], dim=1))
+
+
 class SmallCNN(nn.Module):
     """Conv blocks (conv, activation, 2x2 max-pool while the map is big enough), then a dense head.
 
@@ -207,6 +226,14 @@ def build_network(config: ModelConfig, spec: DataSpec, check_output: bool = True
     if check_size and not isinstance(config, CustomModelConfig):
         _check_memory(config, spec)
     n_in, n_out = spec.n_features, spec.n_outputs
+    embeddings = tuple(getattr(spec, "embeddings", ()))
+    if embeddings:
+        if not isinstance(config, (MLPConfig, LinearConfig)):
+            raise ConfigError(
+                f"model.kind = {config.kind!r} cannot take embedded category columns; use model.kind=mlp or linear, "
+                "or set data.categorical.encoding=onehot"
+            )
+        n_in = n_in - len(embeddings) + sum(width for _, width in embeddings)
     if isinstance(config, MLPConfig):
         model: nn.Module = MLP(n_in, n_out, config.hidden_sizes, config.activation, config.dropout)
     elif isinstance(config, CNNConfig):
@@ -241,6 +268,8 @@ def build_network(config: ModelConfig, spec: DataSpec, check_output: bool = True
             raise ConfigError(
                 f"model.target = {config.target!r}: returned {type(model).__name__}, expected a torch.nn.Module"
             )
+    if embeddings:
+        model = CategoryEmbeddings(spec.n_features - len(embeddings), embeddings, model)
     if check_output:
         _check_output_shape(model, config, spec)
     return model

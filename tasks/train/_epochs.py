@@ -132,7 +132,10 @@ class EpochLoop:
                 scheduler.step(score)
             else:
                 scheduler.step()
-        stop_early = config.early_stopping.enabled and state.stale >= config.early_stopping.patience
+        # Steps so far (at the current batch size): small data gets at least min_steps before stopping early.
+        steps = record.epoch * math.ceil(self.batches.n / state.batch_size)
+        stop_early = (config.early_stopping.enabled and state.stale >= config.early_stopping.patience
+                      and steps >= config.early_stopping.min_steps)
         state.end_epoch(record.epoch, finished=record.epoch >= config.epochs or stop_early)
         self._save(best=improved)
 
