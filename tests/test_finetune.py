@@ -307,3 +307,14 @@ def test_a_custom_model_names_its_head(tmp_path, monkeypatch):
             _build(config, prepare_data.fn(config.data, 0))
     finally:
         sys.modules.pop("ft_models", None)
+
+
+def test_a_table_model_with_embedded_columns_has_the_mlp_head_inside_its_front_end():
+    from tasks.nets.finetune import head_name
+    from tasks.nets.networks import MLP, CategoryEmbeddings
+
+    config = load_config(None, ["model.hidden_sizes=[8]"]).model
+    body = MLP(6, 3, (8,), "relu", 0.0)
+    net = CategoryEmbeddings(4, ((5, 2),), body)
+    assert head_name(config, net) == "body.net.2"
+    assert dict(net.named_modules())["body.net.2"] is body.net[2]

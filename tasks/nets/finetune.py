@@ -26,7 +26,7 @@ from torch import nn
 
 from schemas.errors import ConfigError
 from schemas.model import CustomModelConfig, ModelConfig
-from tasks.nets.networks import MLP, SmallCNN, SmallResNet, TinyVGG
+from tasks.nets.networks import MLP, CategoryEmbeddings, SmallCNN, SmallResNet, TinyVGG
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -37,6 +37,9 @@ def head_name(config: ModelConfig, model: nn.Module) -> str | None:
         if config.head is not None:
             _check_module(model, config.head, "model.head")
         return config.head
+    if isinstance(model, CategoryEmbeddings):  # a table's embedding front-end: the head is the body's
+        inner = head_name(config, model.body)
+        return None if inner is None else "body" + (f".{inner}" if inner else "")
     if isinstance(model, MLP):
         return f"net.{len(model.net) - 1}"
     if isinstance(model, SmallCNN):
