@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from schemas.base import RetryPolicy, StrictModel
+from schemas.distributed import DistributedConfig
 
 
 class EarlyStoppingConfig(StrictModel):
@@ -45,6 +46,10 @@ class TrainConfig(StrictModel):
     oom_smaller_batch: bool = Field(
         False,
         description="On a CUDA out-of-memory error, let the retry continue from the last epoch with half the batch size.",
+    )
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig,
+        description="Data-parallel ranks (DistributedDataParallel) through torch's elastic launcher; batch_size is global.",
     )
     retry: RetryPolicy = Field(
         default_factory=lambda: RetryPolicy(retries=1, delay_seconds=2.0),
@@ -105,4 +110,5 @@ class TrainResult(BaseModel):
     samples_per_second: float
     resumed_from_epoch: int | None = None
     precision: str = "fp32"
+    ranks: int = 1  # data-parallel processes that trained (train.distributed)
     data_placement: str = "device"  # "device": moved once; "host": each batch copied from (pinned) host memory;
