@@ -128,7 +128,8 @@ def format_summary(summary: RunSummary) -> str:
             for row in summary.device_table
         ),
         f"data      {summary.source}: {summary.task}, {rows['train']}/{rows['val']}/{rows['test']} rows (train/val/test)",
-        f"training  {summary.epochs_run} epochs in {summary.train_seconds:.1f}s ({stop}best epoch "
+        f"training  {summary.epochs_run} epochs in {summary.train_seconds:.1f}s"
+        f"{f' on {summary.ranks} ranks' if summary.ranks > 1 else ''} ({stop}best epoch "
         f"{summary.best_epoch}, {summary.monitor} {summary.best_score:.4f})",
         f"test      {'metric':<16} {'model':>10} {'baseline':>10}   (baseline: {summary.baseline_kind})",
     ]
