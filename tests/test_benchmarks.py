@@ -154,3 +154,21 @@ def test_orchestration_report_and_per_task_overhead(prefect_api, monkeypatch):
     report = orchestration.format_report(result)
     assert "**60.5%** (NOT met" in report and "per-task overhead" in report and "| torch |" in report
     assert math.isclose(result.running_share, (10.0 - 5.9) / 12.0) and "**34.2%** (NOT met)" in report
+
+
+@pytest.mark.slow
+def test_distributed_training_benchmark_compares_ranks_with_one_process(monkeypatch):
+    from benchmarks import distributed_training as bench
+
+    monkeypatch.setitem(bench.WORKLOADS, "iris", ("data.source.name=iris", "model.hidden_sizes=[8]"))
+    rows = bench.cpu_rows(epochs=1, rounds=1, names=["iris"])
+    assert [row.split(" | ")[1] for row in rows] == ["1 process x 2 threads", "2 ranks x 1 thread (gloo)", "**R/P**"]
+    assert all(float(row.split(" | ")[2].split(" ")[0].replace(",", "")) > 0 for row in rows[:2])
+    if torch_cuda_devices() < 2:
+        assert "Not measured" in "\n".join(bench.gpu_section(epochs=1))
+
+
+def torch_cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count()

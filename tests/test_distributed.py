@@ -99,6 +99,54 @@ def test_a_failed_rank_is_retried():
     assert is_transient_error(RankFailed("rank 1 of 2 was killed by SIGKILL"))
 
 
+def test_several_gpus_are_counted_and_auto_proposes_one_rank_each():
+    from schemas.device import DeviceConfig
+    from schemas.distributed import DistributedConfig
+    from tasks.device._decide import decide_device
+    from tasks.train._distributed import processes_per_node
+
+    info = decide_device(DeviceConfig(name="cuda"), None, ("cpu", "cuda:0", "cuda:1", "cuda:2"), threads=2)
+    assert info.device == "cuda:0" and info.gpus == 3
+    assert "train.distributed.nproc_per_node=auto trains on all 3" in info.proposal()
+    assert processes_per_node(DistributedConfig(nproc_per_node="auto"), info) == 3
+    cpu = decide_device(DeviceConfig(name="cpu"), None, ("cpu",), threads=2)
+    assert cpu.proposal() is None
+    assert processes_per_node(DistributedConfig(nproc_per_node="auto"), cpu) == max(1, min(4, (os.cpu_count() or 1) // 2))
+
+
+SWEEP_BASE = {
+    "data": {"source": {"kind": "builtin", "name": "iris"}},
+    "train": {"epochs": 2, "distributed": {"nproc_per_node": 2}},
+    "device": "cpu",
+}
+
+
+@pytest.mark.parametrize(
+    "settings, words",
+    [
+        ({"parallelism": 2}, "executor 'local' with parallelism=2 cannot give it"),
+        ({"executor": "dask"}, "executor 'dask' with parallelism=1 cannot give it"),
+        ({"space": {"train.distributed.nproc_per_node": [1, 2]}}, "space.train.distributed.nproc_per_node: cannot"),
+    ],
+)
+def test_a_sweep_refuses_distributed_trials_it_cannot_give_processes(settings, words):
+    from schemas.sweep import validate_sweep
+
+    data = {"base": SWEEP_BASE, "space": {"optimizer.lr": [0.01, 0.1]}, "n_trials": 2, "trials_per_round": 2}
+    with pytest.raises(ConfigError, match=words):
+        validate_sweep({**data, **settings})
+    assert validate_sweep(data).base.train.distributed.nproc_per_node == 2  # one trial at a time, here: allowed
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_two_gpus_train_on_nccl():  # pragma: no cover - no GPU on the machines this was written on
+    cfg = config(**{"device": "cuda", "train.distributed.nproc_per_node": "auto"})
+    data, parts = fresh(cfg)
+    result = train_model.fn(parts, data, cfg.train, torch.device("cuda"), cfg.seed)
+    assert result.ranks == torch.cuda.device_count()
+
+
 # --------------------------------------------------------------------------- 2 ranks
 
 

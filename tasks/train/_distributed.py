@@ -70,7 +70,7 @@ def processes_per_node(config: DistributedConfig, device: torch.device | DeviceI
     if config.nproc_per_node != "auto":
         return config.nproc_per_node
     if kind == "cuda":
-        return max(torch.cuda.device_count(), 1)
+        return max(device.gpus if isinstance(device, DeviceInfo) else torch.cuda.device_count(), 1)
     return max(1, min(4, (os.cpu_count() or 1) // 2))
 
 
