@@ -43,12 +43,13 @@ import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.elastic.rendezvous.api import RendezvousError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from schemas.data import PreparedData
 from schemas.device import DeviceInfo
 from schemas.distributed import DistributedConfig
-from schemas.errors import BundleError, ConfigError, DataError, PipelineError, TrainingError
+from schemas.errors import BundleError, ConfigError, DataError, PipelineError, TrainingError, first_line
 from schemas.model import TrainingComponents
 from schemas.train import EpochRecord, TrainConfig, TrainResult
 from tasks.common.retry import RankFailed, RetryWithSmallerBatch
@@ -140,8 +141,15 @@ def train_distributed(
     except SignalException as exc:
         signal.raise_signal(exc.sigval)  # the flow's own handler, restored by now, turns it into its exception
         raise
-    except Exception as exc:  # the rendezvous: an endpoint nobody answers, a port in use
+    except (dist.DistError, RendezvousError, TimeoutError, ConnectionError) as exc:  # nobody at the endpoint...
         raise _launch_error(exc, settings, launch.rdzv_endpoint) from None
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        if "pickle" not in str(exc):
+            raise
+        raise ConfigError(
+            f"train.distributed: the model, optimizer or data cannot be sent to the ranks ({first_line(exc)}); "
+            "use train.distributed.nproc_per_node=1 for this model"
+        ) from None
     finally:
         relay.stop()
         server.join()
@@ -246,7 +254,7 @@ def _rank_error(exc: ChildFailedError, world: int) -> BaseException:
 
 
 def _launch_error(exc: Exception, settings: DistributedConfig, endpoint: str) -> PipelineError:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc)
     if re.search(r"timed? ?out|timeout", text, re.IGNORECASE) and settings.node_rank > 0:
         return TrainingError(
             f"no node 0 answered at train.distributed.rdzv_endpoint={endpoint} within "
