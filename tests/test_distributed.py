@@ -252,3 +252,11 @@ def test_the_command_trains_on_two_ranks_and_writes_one_run(tmp_path):
     assert len((run_dir / "history.csv").read_text().strip().splitlines()) == 1 + 3
     assert (run_dir / "model" / "manifest.json").is_file() or any((run_dir / "model").iterdir())
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "prefect") == ["run"]
+
+
+def test_resume_may_change_the_number_of_ranks_without_force():
+    from schemas.keys import resume_safe
+    from schemas.loading import RESUME_SAFE
+
+    assert resume_safe("train.distributed.nproc_per_node", RESUME_SAFE)
+    assert not resume_safe("train.batch_size", RESUME_SAFE)
