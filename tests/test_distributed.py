@@ -260,3 +260,30 @@ def test_resume_may_change_the_number_of_ranks_without_force():
 
     assert resume_safe("train.distributed.nproc_per_node", RESUME_SAFE)
     assert not resume_safe("train.batch_size", RESUME_SAFE)
+
+
+@pytest.mark.parametrize("source", ["device", "host", "batches"])
+@pytest.mark.parametrize("batch_size", [25, 52])  # 52: the last batch has 1 row, and rank 1 none of it
+def test_every_batch_source_gives_each_rank_its_part_of_each_batch(source, batch_size):
+    import dataclasses
+
+    from tasks.train._batches import DeviceBatches, HostBatches, StreamedBatches
+
+    data, _ = fresh(config())
+
+    def stream(order, epoch, start_batch, size):
+        for start in range(start_batch * size, len(order), size):
+            rows = order[start : start + size]
+            yield data.X_train[rows], data.y_train[rows]
+
+    kind = {"device": DeviceBatches, "host": HostBatches, "batches": StreamedBatches}[source]
+    if source == "batches":
+        data = dataclasses.replace(data, train_batches=stream)
+    order = torch.randperm(len(data.X_train), generator=torch.Generator().manual_seed(1))
+    whole = list(kind(data, CPU).epoch(order, 1, 1, batch_size))
+    ranks = [list(kind(data, CPU, Shard(rank, 2)).epoch(order, 1, 1, batch_size)) for rank in range(2)]
+    assert [len(r) for r in ranks] == [len(whole)] * 2  # every rank takes every step, from batch 1 on
+    for i, (batch, xb, yb) in enumerate(whole):
+        assert [r[i][0] for r in ranks] == [batch, batch]
+        assert torch.equal(torch.cat([r[i][1] for r in ranks]), xb)
+        assert torch.equal(torch.cat([r[i][2] for r in ranks]), yb)
