@@ -7,13 +7,15 @@
 Cases, on the same config, seed and global batch (early stopping off, no checkpoints), through
 `tasks.train.train_model.fn`:
 
-  P  one process, 2 torch threads (`train.distributed.nproc_per_node=1`).
-  R  2 ranks of 1 thread each (`nproc_per_node=2`, gloo), started by torch's elastic launcher.
+  P   one process, 2 torch threads (`train.distributed.nproc_per_node=1`).
+  P1  one process, 1 torch thread: tells the ranks' parallelism apart from 2 threads' oversubscription on
+      a busy machine.
+  R   2 ranks of 1 thread each (`nproc_per_node=2`, gloo), started by torch's elastic launcher.
 
 Two rates per case: **loop** samples/s, the training loop's own (train rows x epochs over the loop's
 time, validation included; for R, rank 0's loop, after the ranks have started), and **wall**
 samples/s, over the whole call (for R: spawning 2 processes, importing torch and the pipeline in
-each, the rendezvous, then the loop). R/P compares them. The two cases alternate first.
+each, the rendezvous, then the loop). R/P and R/P1 compare them. The order of the cases rotates.
 
 GPU section: with 2 or more CUDA devices, the digits CNN and a larger ResNet on 1 GPU against all
 GPUs (one rank each, nccl): samples/s and scaling efficiency (rate on N GPUs / (N x rate on 1)).
@@ -68,22 +70,26 @@ def run_case(overrides: tuple[str, ...], epochs: int, nproc: str, device: str = 
 def cpu_rows(epochs: int, rounds: int, names: list[str]) -> list[str]:
     rows = []
     for name in names:
-        runs: dict[str, list[Run]] = {"P": [], "R": []}
+        cases = ["P", "P1", "R"]
+        runs: dict[str, list[Run]] = {c: [] for c in cases}
         for round_ in range(rounds):
-            for case in ("PR" if round_ % 2 == 0 else "RP"):
-                runs[case].append(run_case(WORKLOADS[name], epochs, "1" if case == "P" else "2"))
+            for case in cases[round_ % 3:] + cases[: round_ % 3]:
+                nproc, threads = ("2", 2) if case == "R" else ("1", 2 if case == "P" else 1)
+                runs[case].append(run_case(WORKLOADS[name], epochs, nproc, threads=threads))
         loop = {c: [r.loop_rate for r in runs[c]] for c in runs}
         wall = {c: [r.wall_rate for r in runs[c]] for c in runs}
-        for case, label in (("P", "1 process x 2 threads"), ("R", "2 ranks x 1 thread (gloo)")):
+        labels = (("P", "1 process x 2 threads"), ("P1", "1 process x 1 thread"), ("R", "2 ranks x 1 thread (gloo)"))
+        for case, label in labels:
             rows.append(
                 f"| {name} | {label} | {statistics.median(loop[case]):,.0f} ({span(loop[case], '{:,.0f}')}) "
                 f"| {statistics.median(wall[case]):,.0f} ({span(wall[case], '{:,.0f}')}) "
                 f"| {runs[case][-1].val_loss:.4f} |"
             )
-        rows.append(
-            f"| {name} | **R/P** | **{statistics.median(loop['R']) / statistics.median(loop['P']):.2f}x** "
-            f"| **{statistics.median(wall['R']) / statistics.median(wall['P']):.2f}x** | |"
-        )
+        for base in ("P", "P1"):
+            rows.append(
+                f"| {name} | **R/{base}** | **{statistics.median(loop['R']) / statistics.median(loop[base]):.2f}x** "
+                f"| **{statistics.median(wall['R']) / statistics.median(wall[base]):.2f}x** | |"
+            )
     return rows
 
 
@@ -111,7 +117,7 @@ def main(argv: list[str] | None = None) -> str:
     epochs = args.epochs or (3 if args.quick else 10)
     names = ["digits-mlp"] if args.quick else list(WORKLOADS)
     report = "\n".join([
-        f"## Distributed training (2 CPU processes, gloo; {epochs} epochs, {rounds} round(s), cases alternating first)",
+        f"## Distributed training (2 CPU processes, gloo; {epochs} epochs, {rounds} round(s), case order rotating)",
         "",
         "Median samples/s (min-max). Loop: inside the training loop (rank 0's for the ranks). Wall: the whole "
         "call, for the ranks spawning and importing included.",

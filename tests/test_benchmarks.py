@@ -162,8 +162,10 @@ def test_distributed_training_benchmark_compares_ranks_with_one_process(monkeypa
 
     monkeypatch.setitem(bench.WORKLOADS, "iris", ("data.source.name=iris", "model.hidden_sizes=[8]"))
     rows = bench.cpu_rows(epochs=1, rounds=1, names=["iris"])
-    assert [row.split(" | ")[1] for row in rows] == ["1 process x 2 threads", "2 ranks x 1 thread (gloo)", "**R/P**"]
-    assert all(float(row.split(" | ")[2].split(" ")[0].replace(",", "")) > 0 for row in rows[:2])
+    assert [row.split(" | ")[1] for row in rows] == [
+        "1 process x 2 threads", "1 process x 1 thread", "2 ranks x 1 thread (gloo)", "**R/P**", "**R/P1**",
+    ]
+    assert all(float(row.split(" | ")[2].split(" ")[0].replace(",", "")) > 0 for row in rows[:3])
     if torch_cuda_devices() < 2:
         assert "Not measured" in "\n".join(bench.gpu_section(epochs=1))
 
