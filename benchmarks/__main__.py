@@ -20,7 +20,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # Registry: module names under benchmarks/, run in this order. Each has main(argv) and accepts --quick and --output.
-MODULES = ("train_throughput", "orchestration", "bundle_io", "device_selection", "sweep_scaling", "finetune", "raw_tables")
+MODULES = (
+    "train_throughput", "orchestration", "bundle_io", "device_selection", "sweep_scaling", "finetune", "raw_tables",
+    "distributed_training",
+)
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.md"
 
 

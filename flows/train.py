@@ -165,7 +165,8 @@ def format_summary(summary: RunSummary) -> str:
         ),
         f"data      {summary.source}: {summary.task}, {rows['train']}/{rows['val']}/{rows['test']} rows (train/val/test)",
         *([f"model     {summary.init.line()}"] if summary.init and (summary.init.source or summary.init.frozen) else []),
-        f"training  {summary.epochs_run} epochs in {summary.train_seconds:.1f}s ({stop}best epoch "
+        f"training  {summary.epochs_run} epochs in {summary.train_seconds:.1f}s"
+        f"{f' on {summary.ranks} ranks' if summary.ranks > 1 else ''} ({stop}best epoch "
         f"{summary.best_epoch}, {summary.monitor} {summary.best_score:.4f})",
         f"test      {'metric':<16} {'model':>10} {'baseline':>10}   (baseline: {summary.baseline_kind})",
     ]

@@ -112,6 +112,16 @@ class DeviceInfo(BaseModel):
     from_cache: bool = False  # the candidates were measured by an earlier run with the same key
     probe_seconds: float = 0.0  # spent measuring in this run (0 when cached or not measured)
     cache_file: str | None = None
+    gpus: int = 0  # CUDA devices present; train.distributed.nproc_per_node=auto starts one rank on each
+
+    def proposal(self) -> str | None:
+        """With several GPUs and training on one: the setting that trains on all of them."""
+        if self.gpus < 2 or not self.device.startswith("cuda"):
+            return None
+        return (
+            f"{self.gpus} GPUs here, measured on one: train.distributed.nproc_per_node=auto trains on all "
+            f"{self.gpus} (one data-parallel rank each)"
+        )
 
     @property
     def torch_device(self) -> torch.device:

@@ -171,6 +171,7 @@ class RunSummary(BaseModel):
     best_score: float
     stopped_early: bool
     train_seconds: float
+    ranks: int = 1  # data-parallel processes that trained (train.distributed)
     test: dict[str, float]
     baseline: dict[str, float]
     baseline_kind: str

@@ -281,6 +281,31 @@ _SHORTHAND = {"sampler": "name", "pruner": "name", "executor": "kind"}
 # --------------------------------------------------------------------------- the sweep
 
 
+def _check_distributed_trials(sweep: "SweepConfig") -> None:
+    """A distributed trial launches its own ranks: only a trial run in the sweep's own process can."""
+    searched = sorted(k for k in sweep.space if k.startswith("train.distributed"))
+    if searched:
+        raise ValueError(
+            f"space.{searched[0]}: cannot be searched: the number of ranks changes how a trial runs, not "
+            "what it learns; set it in base.train.distributed"
+        )
+    distributed = sweep.base.train.distributed
+    if not distributed.enabled:
+        return
+    if distributed.nnodes > 1:
+        raise ValueError(
+            f"base.train.distributed.nnodes={distributed.nnodes}: a sweep runs its trials on this machine; "
+            "leave nnodes at 1"
+        )
+    if sweep.executor.kind != "local" or sweep.parallelism > 1:
+        raise ValueError(
+            f"base.train.distributed.nproc_per_node={distributed.nproc_per_node}: a distributed trial starts its "
+            f"own processes, which executor {sweep.executor.kind!r} with parallelism={sweep.parallelism} cannot "
+            "give it; use executor: local with parallelism: 1 (trials one after another, each on all ranks), "
+            "or train each trial in one process (nproc_per_node: 1)"
+        )
+
+
 class SweepConfig(StrictModel):
     """A search over run configs. See configs/sweep_digits.yaml for a commented example."""
 
@@ -364,6 +389,7 @@ class SweepConfig(StrictModel):
                 "asked in rounds, so no more than trials_per_round run at once; raise trials_per_round"
             )
         check_space(self.base, self.space, grid=isinstance(self.sampler, GridSamplerConfig))
+        _check_distributed_trials(self)
         return self
 
     @property

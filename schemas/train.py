@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from schemas.base import RetryPolicy, StrictModel
+from schemas.distributed import DistributedConfig
 
 
 class EarlyStoppingConfig(StrictModel):
@@ -72,6 +73,10 @@ class TrainConfig(StrictModel):
     finetune: FinetuneConfig = Field(
         default_factory=FinetuneConfig, description="Unfreezing a frozen backbone, and its learning rate."
     )
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig,
+        description="Data-parallel ranks (DistributedDataParallel) through torch's elastic launcher; batch_size is global.",
+    )
     retry: RetryPolicy = Field(
         default_factory=lambda: RetryPolicy(retries=1, delay_seconds=2.0),
         description="Retries of this stage; a retry resumes from the last checkpoint.",
@@ -132,4 +137,5 @@ class TrainResult(BaseModel):
     resumed_from_epoch: int | None = None
     precision: str = "fp32"
     features_cached: bool = False  # the head trained on the frozen backbone's features, computed once
+    ranks: int = 1  # data-parallel processes that trained (train.distributed)
     data_placement: str = "device"  # "device": moved once; "host": each batch copied from (pinned) host memory;

@@ -187,3 +187,23 @@ def test_raw_tables_benchmark_runs_ours_and_the_references_on_the_same_rows(tmp_
     assert "| penguins-like" in text and "HistGradientBoosting" in text and "one-hot + median + ridge" in text
     for row in rows:
         assert math.isfinite(row["ours"][0]) and all(math.isfinite(v[0]) for v in row["references"].values())
+
+
+@pytest.mark.slow
+def test_distributed_training_benchmark_compares_ranks_with_one_process(monkeypatch):
+    from benchmarks import distributed_training as bench
+
+    monkeypatch.setitem(bench.WORKLOADS, "iris", ("data.source.name=iris", "model.hidden_sizes=[8]"))
+    rows = bench.cpu_rows(epochs=1, rounds=1, names=["iris"])
+    assert [row.split(" | ")[1] for row in rows] == [
+        "1 process x 2 threads", "1 process x 1 thread", "2 ranks x 1 thread (gloo)", "**R/P**", "**R/P1**",
+    ]
+    assert all(float(row.split(" | ")[2].split(" ")[0].replace(",", "")) > 0 for row in rows[:3])
+    if torch_cuda_devices() < 2:
+        assert "Not measured" in "\n".join(bench.gpu_section(epochs=1))
+
+
+def torch_cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count()

@@ -20,9 +20,13 @@ class RetryWithSmallerBatch(RuntimeError):
     """CUDA ran out of memory; the retry continues with a smaller batch (train.oom_smaller_batch)."""
 
 
+class RankFailed(RuntimeError):
+    """A rank of data-parallel training died or raised an unexpected error; the retry resumes from the checkpoint."""
+
+
 def is_transient_error(exc: BaseException) -> bool:
     """True for I/O-like errors worth another try; config, data and shape errors are not."""
-    if isinstance(exc, RetryWithSmallerBatch):
+    if isinstance(exc, (RetryWithSmallerBatch, RankFailed)):
         return True
     if isinstance(exc, OSError) and exc.errno in NEVER_ERRNO:
         return False

@@ -102,5 +102,7 @@ def select_device(config: DeviceConfig, workload: ProbeWorkload | None = None) -
             + f" -> {info.device}",
             file=sys.stderr,
         )
+    if info.proposal() is not None:
+        print(f"device: {info.proposal()}", file=sys.stderr)
     _publish(info)
     return info

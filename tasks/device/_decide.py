@@ -169,6 +169,7 @@ def decide_device(
         requested=config.name, available=available, threads=threads, torch_version=torch.__version__,
         precision=config.precision, data_on_device=config.data_on_device,
         cudnn_benchmark=config.cudnn_benchmark, tf32=config.tf32,
+        gpus=sum(1 for d in available if d.startswith("cuda:")),
     )
     if config.name != "auto":
         device = check_available(config.name, available)

@@ -15,6 +15,8 @@ validation in `_validate.py`, the loop's state and its checkpoint keys in
 `_state.py`, checkpoint files in `_checkpoint.py`, running out of memory in
 `_oom.py`, the terminal display in `_console.py`, the frozen-feature cache
 (a frozen backbone run once, only the head trained) in `_features.py`.
+Data-parallel training (`train.distributed`): launching the ranks in
+`_distributed.py`, each rank's share of the work in `_shard.py`.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from tasks.nets.steps import grad_scaler
 from tasks.train._batches import BatchSource, batch_source
 from tasks.train._checkpoint import start_or_resume
 from tasks.train._console import ConsoleProgress
+from tasks.train._distributed import is_distributed, train_distributed
 from tasks.train._epochs import EpochLoop, TimeLimitReached, training_layout
 from tasks.train._features import frozen_feature_cache
 from tasks.train._oom import batch_size_for, out_of_memory
+from tasks.train._shard import SINGLE, Shard
 from tasks.train._state import LoopState
 from tasks.train._validate import EVAL_CHUNK
 
@@ -70,7 +74,28 @@ def train_model(
     precision (bf16/fp16 autocast, GradScaler for fp16) and data placement
     (whole dataset on the device once, or each batch copied from pinned host
     memory with non_blocking) then apply.
+
+    With `config.distributed` asking for more than one process, the loop runs
+    in that many DistributedDataParallel ranks started by torch's elastic
+    launcher (see `_distributed.py`), and this process waits for them; the
+    callbacks still run here, and `parts.model` ends with rank 0's weights.
     """
+    if is_distributed(config.distributed, device):
+        return train_distributed(train_on_rank, parts, data, config, device, seed, checkpoint_dir, callbacks)
+    return train_on_rank(parts, data, config, device, seed, checkpoint_dir, callbacks)
+
+
+def train_on_rank(
+    parts: TrainingComponents,
+    data: PreparedData,
+    config: TrainConfig,
+    device: torch.device | DeviceInfo,
+    seed: int,
+    checkpoint_dir: Path | None = None,
+    callbacks: Sequence[Callable[[EpochRecord], None]] = (),
+    shard: Shard = SINGLE,
+) -> TrainResult:
+    """The loop of `train_model`, in this process; with a data-parallel `shard`, as one of its ranks."""
     plan = device if isinstance(device, DeviceInfo) else None
     device = plan.torch_device if plan is not None else torch.device(device)
     precision = plan.precision if plan is not None else "fp32"
@@ -78,15 +103,15 @@ def train_model(
     cached = frozen_feature_cache(parts, data, config, device)
     if cached is not None:  # the backbone is frozen throughout: train the head on its features, computed once
         parts, data = cached
-    batches = batch_source(data, device, plan.data_on_device if plan is not None else "auto")
+    batches = batch_source(data, device, plan.data_on_device if plan is not None else "auto", shard)
     directory = checkpoint_dir if checkpoint_dir is not None and config.checkpoint.enabled else None
     state = LoopState(parts, device, seed, data.spec.data_hash, batch_size_for(config, directory),
                       scaler=grad_scaler(device, precision))
-    torch.manual_seed(seed)  # dropout and any other sampling inside the model
-    start_or_resume(state, directory)
+    torch.manual_seed(shard.seed(seed))  # dropout and any other sampling inside the model
+    start_or_resume(state, directory, shard)
     progress = ConsoleProgress(config.epochs) if config.progress else None
     observers = [*([progress] if progress is not None else []), *callbacks]
-    loop = EpochLoop(parts, batches, config, state, directory, precision, data.spec, observers)
+    loop = EpochLoop(parts, batches, config, state, directory, precision, data.spec, observers, shard)
     try:
         with training_layout(parts.model, parts.optimizer, device):
             loop.run()
@@ -95,7 +120,9 @@ def train_model(
     finally:
         if progress is not None:
             progress.close()
-    return _result(state, config, batches, precision, features_cached=cached is not None)
+    return _result(state, config, batches, precision, features_cached=cached is not None).model_copy(
+        update={"ranks": shard.world_size}
+    )
 
 
 def _check_monitor(spec: DataSpec, monitor: str) -> None:

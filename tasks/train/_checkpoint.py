@@ -29,6 +29,7 @@ from schemas.errors import ConfigError
 from tasks.common.files import atomic_write, atomic_write_bytes, atomic_write_text
 from tasks.common.log import say
 from tasks.nets.weights import load_tensors_file
+from tasks.train._shard import SINGLE, Shard
 from tasks.train._state import LoopState, origin_mismatch
 
 FORMAT_VERSION = 1
@@ -69,21 +70,26 @@ def load_checkpoint(directory: Path, seed: int, data_hash: str) -> dict[str, Any
     return state
 
 
-def start_or_resume(state: LoopState, directory: Path | None) -> None:
+def start_or_resume(state: LoopState, directory: Path | None, shard: Shard = SINGLE) -> None:
     """Continue `state` from the checkpoint in `directory`, if there is one; otherwise write the first one there.
 
     With `directory` None (checkpoints off) there is nothing to read or write. Either way, the attempt's clock
-    starts now.
+    starts now. Data-parallel ranks all continue from what rank 0 read; only rank 0 reads and writes.
     """
-    saved = load_checkpoint(directory, state.seed, state.data_hash) if directory is not None else None
+    saved = load_checkpoint(directory, state.seed, state.data_hash) if directory is not None and shard.writes else None
+    saved = shard.from_rank0(saved)
     if saved is not None:
         assert directory is not None
         state.load_state_dict(saved, directory / LAST)
+        shard.resumed(state, saved)
         where = f"epoch {state.epoch}" + (f", batch {state.batch}" if state.batch else "")
-        say(f"resumed from {where} (checkpoint {directory / LAST})")
+        if shard.writes:
+            say(f"resumed from {where} (checkpoint {directory / LAST})")
     state.started = time.perf_counter()
     if saved is None and directory is not None:
-        save_checkpoint(directory, state.state_dict())  # a retry before the first epoch ends starts from here
+        first = shard.checkpoint(state)  # a retry before the first epoch ends starts from here
+        if first is not None:
+            save_checkpoint(directory, first)
 
 
 def write_reduced_batch_size(directory: Path, batch_size: int) -> None:

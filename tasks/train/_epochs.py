@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -28,6 +28,7 @@ from tasks.nets.optim import match_state_layout
 from tasks.nets.steps import train_step, training_memory_format
 from tasks.train._batches import BatchSource
 from tasks.train._checkpoint import save_checkpoint
+from tasks.train._shard import SINGLE, Shard
 from tasks.train._state import LoopState
 from tasks.train._validate import validate
 
@@ -57,6 +58,9 @@ class EpochLoop:
 
     Each of `observers` is called with every new EpochRecord, after the epoch is validated and before it is
     checkpointed; an exception raised by one ends training with it.
+
+    With a data-parallel `shard`, steps are taken through DistributedDataParallel on this rank's rows of
+    each batch, losses and metrics are summed over the ranks, and only rank 0 writes checkpoints.
     """
 
     parts: TrainingComponents
@@ -67,16 +71,19 @@ class EpochLoop:
     precision: str
     spec: DataSpec
     observers: Sequence[Callable[[EpochRecord], None]] = ()
+    shard: Shard = SINGLE
+    net: torch.nn.Module | None = field(default=None, init=False, repr=False)  # what takes the steps
 
     def run(self) -> None:
         state, config = self.state, self.config
+        self.net = self.shard.wrap(self.parts.model, state.device)  # inside training_layout: DDP sees the layout
         while not state.finished and state.epoch < config.epochs:
             epoch = state.epoch + 1
             epoch_start = time.perf_counter()
             lr = self.parts.optimizer.param_groups[0]["lr"]
             train_loss = self._train(epoch, lr)
             metrics = validate(self.parts, self.batches.X_val, self.batches.y_val, self.spec.task,
-                               self.spec.preprocessing.target_scale or 1.0, self.batches.val_device)
+                               self.spec.preprocessing.target_scale or 1.0, self.batches.val_device, self.shard)
             record = EpochRecord(
                 epoch=epoch, train_loss=train_loss, lr=lr, seconds=time.perf_counter() - epoch_start, **metrics
             )
@@ -96,10 +103,12 @@ class EpochLoop:
         order = state.epoch_order(n)
         if state.batch == 0:
             state.epoch_losses = []
+        shard, net = self.shard, self.net or parts.model
         for batch, xb, yb in self.batches.epoch(order, epoch, state.batch, batch_size):
-            loss = train_step(parts.model, parts.loss_fn, parts.optimizer, xb, yb, device, self.precision,
-                              state.scaler, config.grad_clip_norm)
-            state.epoch_losses.append(loss.detach().float())
+            batch_rows = min(batch_size, n - batch * batch_size)
+            loss = train_step(net, shard.loss_fn(parts.loss_fn, len(xb), batch_rows), parts.optimizer, xb, yb,
+                              device, self.precision, state.scaler, config.grad_clip_norm)
+            state.epoch_losses.append(shard.loss_share(loss) if shard.distributed else loss.detach().float())
             state.batch = batch + 1
             if state.batch < n_batches:
                 every_n = config.checkpoint.every_n_batches
@@ -111,7 +120,7 @@ class EpochLoop:
         # Batches are equal-sized but the last; weight it by its size.
         sizes = torch.full((n_batches,), float(batch_size), device=device)
         sizes[-1] = n - batch_size * (n_batches - 1)
-        train_loss = float(torch.stack(state.epoch_losses) @ sizes) / n
+        train_loss = float(shard.total(torch.stack(state.epoch_losses) @ sizes)) / n
         if not math.isfinite(train_loss):
             raise TrainingError(
                 f"training loss became {train_loss} in epoch {epoch}; lower optimizer.lr (now {lr:g}), "
@@ -141,11 +150,13 @@ class EpochLoop:
 
     def _save(self, best: bool = False) -> None:
         if self.checkpoint_dir is not None:
-            save_checkpoint(self.checkpoint_dir, self.state.state_dict(), best=best)
+            saved = self.shard.checkpoint(self.state)  # None on ranks other than 0
+            if saved is not None:
+                save_checkpoint(self.checkpoint_dir, saved, best=best)
 
     def _out_of_time(self) -> bool:  # the limit applies to each attempt, so a resumed run gets it afresh
         limit = self.config.time_limit_seconds
-        return limit is not None and time.perf_counter() - self.state.started >= limit
+        return limit is not None and self.shard.any(time.perf_counter() - self.state.started >= limit)
 
     def _time_limit_message(self, epoch: int) -> str:
         directory = self.checkpoint_dir

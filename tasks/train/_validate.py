@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from schemas.model import TrainingComponents
+from tasks.train._shard import SINGLE, Shard
 
 EVAL_CHUNK = 8192  # rows per forward pass when validating
 
@@ -21,20 +22,24 @@ def validate(
     task: str,
     target_scale: float,
     device: torch.device | None = None,
+    shard: Shard = SINGLE,
 ) -> dict[str, float]:
     """Loss and the task's metric on (X, y), in eval mode, without autograd.
 
     With `device`, (X, y) stay in host memory and each chunk is copied there.
+    With a data-parallel `shard`, each rank measures its part of the rows and
+    the sums are added up over the ranks.
     """
     model = parts.model
     model.eval()
     n = len(X)
+    first, last = shard.part(n)
     loss_sum = 0.0
     correct = 0
     abs_err = 0.0
     sq_err = 0.0  # float64: R^2 compares it with the targets' spread
-    for start in range(0, n, EVAL_CHUNK):
-        xb, yb = X[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
+    for start in range(first, last, EVAL_CHUNK):
+        xb, yb = X[start : min(start + EVAL_CHUNK, last)], y[start : min(start + EVAL_CHUNK, last)]
         if device is not None:
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         out = model(xb)
@@ -45,6 +50,9 @@ def validate(
             err = out.squeeze(-1) - yb
             abs_err += float(err.abs().sum())
             sq_err += float(err.double().square().sum())
+    if shard.distributed:
+        sums = shard.total(torch.tensor([loss_sum, correct, abs_err, sq_err], dtype=torch.float64))
+        loss_sum, correct, abs_err, sq_err = float(sums[0]), int(sums[1]), float(sums[2]), float(sums[3])
     metrics = {"val_loss": loss_sum / n}
     if task == "classification":
         metrics["val_accuracy"] = correct / n
