@@ -20,7 +20,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # Registry: module names under benchmarks/, run in this order. Each has main(argv) and accepts --quick and --output.
-MODULES = ("train_throughput", "orchestration", "bundle_io", "device_selection", "sweep_scaling")
+MODULES = (
+    "train_throughput", "orchestration", "bundle_io", "device_selection", "sweep_scaling", "busy_machine", "feedback",
+)
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.md"
 
 

@@ -154,3 +154,18 @@ def test_orchestration_report_and_per_task_overhead(prefect_api, monkeypatch):
     report = orchestration.format_report(result)
     assert "**60.5%** (NOT met" in report and "per-task overhead" in report and "| torch |" in report
     assert math.isclose(result.running_share, (10.0 - 5.9) / 12.0) and "**34.2%** (NOT met)" in report
+
+
+def test_busy_machine_measures_the_default_in_a_fresh_process_and_reports_ratios(tmp_path):
+    from benchmarks.busy_machine import Cell, format_report, measure
+
+    result = measure("digits-mlp", 1, "D", 2, str(tmp_path / "cache"))
+    assert result["policy"] == "PASSIVE" and result["threads"] >= 1 and 0 <= result["probe"] < result["seconds"]
+    cells = {
+        ("digits-mlp", state, case): Cell([s], [p], [1])
+        for state in ("quiet", "busy")
+        for case, s, p in (("D", 1.1, 0.1), ("1", 1.0, 0.0), ("N", 5.0, 0.0))
+    }
+    text = format_report(cells, ["digits-mlp"], {"digits-mlp": 1}, 1, 1, 2)
+    assert "| digits-mlp | 1 | busy | 1.00 (1.00-1.00) [1] | 0.10 | 1.00 (1.00-1.00) | 5.00 (5.00-5.00) | **1.00**" in text
+    assert "| met | 1.10 |" in text and "met in every case" in text
