@@ -204,10 +204,11 @@ def decode_image(path: Path, size: tuple[int, int], mode: str) -> np.ndarray:
 
     from PIL import Image, ImageOps
 
+    # The bound is ours (check_image_size): Pillow's warning would only repeat it. A filter for the process,
+    # not catch_warnings(), which is not thread-safe and images are decoded in threads.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
-        with warnings.catch_warnings():  # the bound is ours, below: Pillow's warning would only repeat it
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+        img = Image.open(path)
     except Image.DecompressionBombError as exc:  # beyond twice Pillow's bound: it refuses to open
         dims = re.search(r"\((\d+) pixels\)", str(exc))
         raise ImageTooLarge(

@@ -80,8 +80,6 @@ def select_device(config: DeviceConfig, workload: ProbeWorkload | None = None) -
     thread_candidates: tuple = ()
     if config.threads == "auto":
         threads, threads_reason, thread_candidates, _ = decide_threads(config, workload, cores)
-        if thread_candidates:
-            print(f"device: {threads_reason}", file=sys.stderr)
     else:
         threads, warning = resolve_threads(config.threads, cores)
         if warning:
