@@ -23,6 +23,7 @@ from pathlib import Path
 MODULES = (
     "train_throughput", "orchestration", "bundle_io", "device_selection", "sweep_scaling", "finetune", "raw_tables",
     "distributed_training",
+    "busy_machine", "feedback",
 )
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.md"
 

@@ -132,7 +132,7 @@ def format_report(result: dict) -> str:
         f"- pre-train on A: {sizes.pretrain_epochs} epochs, {result['pre_seconds']:.1f} s, test accuracy "
         f"{result['pre_acc']:.3f}",
         "",
-        f"| seed | from the bundle, backbone frozen | from the bundle, nothing frozen | scratch | epochs |",
+        "| seed | from the bundle, backbone frozen | from the bundle, nothing frozen | scratch | epochs |",
         "|---:|---:|---:|---:|---:|",
         *(f"| {i} | {f:.3f} | {u:.3f} | {s:.3f} | {sizes.epochs} |"
           for i, (f, u, s) in enumerate(zip(result["fine"], result["full"], result["scratch"]))),

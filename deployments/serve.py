@@ -13,6 +13,11 @@ PREFECT_API_URL must be set.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before torch is first imported: OpenMP reads its wait policy once (tasks/common/omp.py)
+    from tasks.common.omp import passive_openmp_default
+
+    passive_openmp_default()
+
 import argparse
 import os
 import sys

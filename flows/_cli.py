@@ -9,6 +9,7 @@ import importlib
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import traceback
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, Sequence
 from schemas.errors import PipelineError
 
 if TYPE_CHECKING:
+    from prefect.server.api.server import SubprocessASGIServer
+
     from schemas.data import DataConfig
 
 # Modules the training stages import on first use (scikit-learn and matplotlib are
@@ -77,11 +80,11 @@ def prefect_session(debug: bool, warm_imports: Sequence[str] = ()) -> Iterator[N
                 handler.setLevel(logging.CRITICAL)
     with temporary_settings(updates=updates):
         if temporary_server:
-            _start_temporary_server(warm_imports)
+            _start_temporary_server(warm_imports, quiet)
         yield
 
 
-def _start_temporary_server(warm_imports: Sequence[str]) -> None:
+def _start_temporary_server(warm_imports: Sequence[str], quiet: bool = False) -> None:
     """Start Prefect's temporary server (as the first flow call would) while importing `warm_imports`.
 
     The server is a subprocess that takes a while to become healthy; the
@@ -89,9 +92,7 @@ def _start_temporary_server(warm_imports: Sequence[str]) -> None:
     finds the server running (SubprocessASGIServer is one instance per
     process, and `start` does nothing once it has started).
     """
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
+    server = _watched_server(quiet)
     failure: list[BaseException] = []
 
     def start() -> None:
@@ -120,6 +121,96 @@ def _start_temporary_server(warm_imports: Sequence[str]) -> None:
         raise
     if failure:
         raise failure[0]
+
+
+def _watched_server(quiet: bool = False) -> "SubprocessASGIServer":
+    """Prefect's temporary server, each process of it in a process group of its own and watched by flows/_watchdog.py.
+
+    Its own group: a Ctrl-C at the terminal (SIGINT to the foreground group)
+    reaches the command only, which then stops the server itself, instead of
+    the server dying mid-write while the command still sends it events. The
+    watchdog stops it should the command be killed outright. With `quiet`,
+    the server's own output (its errors while being stopped with events still
+    to write, say) stays off the terminal, as Prefect's logs do.
+    Prefect keeps one instance per port and its flow calls look it up by
+    port, so an instance made here (port None, as theirs) is the one they use.
+    """
+    import prefect.server.api.server as prefect_server
+
+    class WatchedServer(prefect_server.SubprocessASGIServer):
+        def _run_uvicorn_command(self):  # type: ignore[no-untyped-def]
+            # Prefect builds the command and calls its module's `subprocess.Popen`; only for this call, that
+            # name gives the new process a session (and process group) of its own.
+            prefect_server.subprocess = _OwnSession(quiet)  # type: ignore[assignment]
+            try:
+                process = super()._run_uvicorn_command()
+            finally:
+                prefect_server.subprocess = subprocess
+            _WATCHDOG.watch(process.pid)
+            return process
+
+    return WatchedServer()
+
+
+class _OwnSession:
+    """The `subprocess` module, but `Popen` starts the process in a new session (output discarded if `quiet`)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(subprocess, name)
+
+    def Popen(self, *args, **kwargs):  # type: ignore[no-untyped-def]  # noqa: N802 (subprocess's name)
+        extra: dict = {"start_new_session": True}
+        if self.quiet:
+            extra.update(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(*args, **{**kwargs, **extra})
+
+
+class ServerWatchdog:
+    """This command's end of flows/_watchdog.py: the write end of a pipe that only this process holds.
+
+    Started with the first server it is told about; when this process ends
+    (kill -9 included), the pipe closes and the watchdog stops the servers.
+    """
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.process: subprocess.Popen | None = None
+
+    def watch(self, pid: int) -> None:
+        from flows._watchdog import start_time
+
+        line = f"{pid} {start_time(pid)}\n".encode()
+        for _ in range(2):  # a watchdog that already exited (its servers had all stopped): start another
+            if self.fd is None:
+                self._start()
+            assert self.fd is not None
+            try:
+                os.write(self.fd, line)
+                return
+            except BrokenPipeError:
+                os.close(self.fd)
+                self.fd = None
+
+    def _start(self) -> None:
+        read, write = os.pipe()  # not inheritable: later children (the server itself) do not hold the write end
+        try:
+            # its own session: a hang-up of the terminal or a Ctrl-C to the command's group does not end it first
+            self.process = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("_watchdog.py")), str(read)],
+                pass_fds=(read,), stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        except BaseException:
+            os.close(write)
+            raise
+        finally:
+            os.close(read)
+        self.fd = write
+
+
+_WATCHDOG = ServerWatchdog()
 
 
 def exit_quickly(code: int) -> NoReturn:

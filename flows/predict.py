@@ -21,19 +21,22 @@ stays for deployments and the UI.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before torch is first imported: OpenMP reads its wait policy once (tasks/common/omp.py)
+    from tasks.common.omp import passive_openmp_default
+
+    passive_openmp_default()
+
 import argparse
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
 
 from flows._cli import exit_quickly, prefect_session, run_command
 from schemas.errors import ConfigError, DataError
-from tasks.bundle import LoadedBundle, load_model, load_model_task
+from tasks.bundle import LoadedBundle, load_model
 from tasks.common.files import atomic_write, atomic_write_text
 from tasks.common.tables import read_npz_arrays, read_table
 
@@ -107,9 +110,6 @@ def _read_npz_features(path: Path, n_features: int) -> np.ndarray:
     return X
 
 
-predict_file = task(predict_rows, name="predict", cache_policy=NO_CACHE)
-
-
 def predict_to_file(
     model: Path,
     input: Path,
@@ -133,13 +133,35 @@ def predict_to_file(
     return str(output.resolve())
 
 
-@flow(name="predict", validate_parameters=True)
-def predict_flow(model: str, input: str, output: str, trust_code: bool = False) -> str:
+def predict(model: str, input: str, output: str, trust_code: bool = False) -> str:
     """Load the bundle at `model`, predict every row of `input`, write `output` (CSV or Parquet, by extension).
 
     `trust_code` lets a custom-model bundle import the module it names (see `load_model`).
     """
-    return predict_to_file(Path(model), Path(input), Path(output), trust_code, load_model_task, predict_file)
+    from tasks.bundle import load_model_task
+
+    return predict_to_file(Path(model), Path(input), Path(output), trust_code, load_model_task, _lazy("predict_file"))
+
+
+# The `predict` flow and its task are made on first use (PEP 562: `from flows.predict import predict_flow`
+# works as before), so the plain command path never imports Prefect.
+_MADE: dict[str, Any] = {}
+
+
+def _lazy(name: str) -> Any:
+    if name not in _MADE:
+        from prefect import flow, task
+        from prefect.cache_policies import NO_CACHE
+
+        _MADE["predict_file"] = task(predict_rows, name="predict", cache_policy=NO_CACHE)
+        _MADE["predict_flow"] = flow(predict, name="predict", validate_parameters=True)
+    return _MADE[name]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("predict_flow", "predict_file"):
+        return _lazy(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def wants_prefect(flag: bool) -> bool:
@@ -171,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             check_output(args.output, args.input, args.model)  # answered before Prefect's server starts
             with prefect_session(args.debug):
-                written = predict_flow(
+                written = _lazy("predict_flow")(
                     model=str(args.model), input=str(args.input), output=str(args.output), trust_code=args.trust_code
                 )
         print(f"wrote predictions to {written}")

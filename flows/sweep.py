@@ -13,6 +13,11 @@ same command again resumes the sweep there.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before torch is first imported: OpenMP reads its wait policy once (tasks/common/omp.py)
+    from tasks.common.omp import passive_openmp_default
+
+    passive_openmp_default()
+
 import argparse
 import time
 from pathlib import Path

@@ -10,6 +10,11 @@ starts a temporary local one, so nothing needs setting up.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before torch is first imported: OpenMP reads its wait policy once (tasks/common/omp.py)
+    from tasks.common.omp import passive_openmp_default
+
+    passive_openmp_default()
+
 import argparse
 from pathlib import Path
 

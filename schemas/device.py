@@ -53,11 +53,11 @@ class DeviceConfig(StrictModel):
         description="Where auto's decisions are cached; default: $XDG_CACHE_HOME/pytorch-workflow "
         "(~/.cache/pytorch-workflow).",
     )
-    threads: int | None = Field(
-        None,
-        ge=1,
-        le=1024,
-        description="torch intra-op CPU threads; default and maximum: the cores this process may use.",
+    threads: int | Literal["auto"] | None = Field(
+        "auto",
+        description="torch intra-op CPU threads. auto: time a few training steps at 1 thread and at every "
+        "usable core and keep the fewest within `margin` of the fastest (cached with the device decision); "
+        "a number (at most the usable cores); or null for every usable core.",
     )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",
@@ -71,6 +71,13 @@ class DeviceConfig(StrictModel):
     cudnn_benchmark: bool = Field(False, description="CUDA: let cuDNN pick the fastest convolution algorithms.")
     tf32: bool = Field(False, description="CUDA: allow TF32 matmuls and convolutions on Ampere and newer.")
     retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retries of this stage.")
+
+    @field_validator("threads")
+    @classmethod
+    def _thread_count(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and not 1 <= value <= 1024:
+            raise ValueError("expected auto, or a number of threads from 1 to 1024")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -91,6 +98,7 @@ class Candidate(BaseModel):
     steps: int
     probe_seconds: float  # wall time of this device's probe, warm-up and set-up included
     error: str | None = None
+    threads: int | None = None  # set in a thread-count probe: the torch threads this step time was measured with
 
 
 class DeviceInfo(BaseModel):
@@ -103,6 +111,8 @@ class DeviceInfo(BaseModel):
     available: tuple[str, ...]
     threads: int
     reason: str
+    threads_reason: str = ""  # how `threads` was chosen (threads=auto: the measured counts)
+    thread_candidates: tuple[Candidate, ...] = ()  # threads=auto: CPU ms/step at each thread count measured
     torch_version: str
     precision: str = "fp32"
     data_on_device: str = "auto"

@@ -27,6 +27,12 @@ MAX_ABS_FEATURE = 1e30
 # After standard or min-max scaling, a value this many training standard
 # deviations (or ranges) from the training data is refused at prediction.
 MAX_SCALED_FEATURE = 1e6
+# Images declaring more pixels than this (width x height, read from the file's
+# header) are refused before decoding: Pillow's own decompression-bomb bound.
+MAX_IMAGE_PIXELS = 89_478_485
+# Decoding holds about this many bytes per declared pixel at once (RGBA, then
+# the converted copy); more than the available memory is refused too.
+IMAGE_DECODE_BYTES_PER_PIXEL = 8
 
 
 def available_memory_bytes() -> int:

@@ -207,3 +207,32 @@ def torch_cuda_devices() -> int:
     import torch
 
     return torch.cuda.device_count()
+
+
+def test_busy_machine_measures_the_default_in_a_fresh_process_and_reports_ratios(tmp_path):
+    from benchmarks.busy_machine import Cell, format_report, measure
+
+    result = measure("digits-mlp", 1, "D", 2, str(tmp_path / "cache"))
+    assert result["policy"] == "PASSIVE" and result["threads"] >= 1 and 0 <= result["probe"] < result["seconds"]
+    cells = {
+        ("digits-mlp", state, case): Cell([s], [p], [1])
+        for state in ("quiet", "busy")
+        for case, s, p in (("D", 1.1, 0.1), ("1", 1.0, 0.0), ("N", 5.0, 0.0))
+    }
+    text = format_report(cells, ["digits-mlp"], {"digits-mlp": 1}, 1, 1, 2)
+    assert "| digits-mlp | 1 | busy | 1.00 (1.00-1.00) [1] | 0.10 | 1.00 (1.00-1.00) | 5.00 (5.00-5.00) | **1.00**" in text
+    assert "| met | 1.10 |" in text and "met in every case" in text
+
+
+def test_feedback_benchmark_times_whole_commands_and_reports_each_pair(tmp_path):
+    from benchmarks.feedback import PAIRS, Case, format_report, run_once
+    from benchmarks.orchestration import _env
+
+    case = Case("data error, missing file", ["-m", "flows.train", "--set", "data.source={kind: csv, path: missing.csv, target: y}"], 3)
+    run_once(case, _env(tmp_path / "prefect-home"))  # answers before any Prefect server starts
+    assert len(case.wall) == 1 and case.wall[0] > 0 and case.cpu[0] > 0
+    cases = [Case(label, [], wall=[2.0], cpu=[1.0]) for label in {p[0] for p in PAIRS} | {p[1] for p in PAIRS}]
+    cases[[c.label for c in cases].index("predict 5 rows")].wall = [3.5]
+    text = format_report(cases, 1)
+    assert "| predict 5 rows | 3.50 (3.50-3.50) | 1.00 | import torch, pandas, safetensors | 2.00 (2.00-2.00) | 1.00 | **1.75**" in text
+    assert "<= 1.5: NOT met" in text and "| data error, missing file |" in text and "<= 2.0: met" in text

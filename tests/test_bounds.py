@@ -258,3 +258,78 @@ def test_a_bundle_loads_where_training_its_model_would_not_fit(tmp_path, monkeyp
         build_network(config.model, spec)  # training it would not fit
     loaded = load_model(bundle, verify="always")
     assert loaded.predict(np.zeros((2, spec.n_features))).shape == (2,)
+
+
+# --------------------------------------------------------------------------- images and custom models
+
+
+def png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares `width` x `height` pixels in a few dozen bytes (no pixel data): a decompression bomb's header."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize(("width", "height", "part"), [
+    (10_000, 10_000, "10000 x 10000 pixels (100.0 megapixels"),  # over our bound, under Pillow's refusal
+    (100_000, 100_000, "10,000.0 megapixels"),  # Pillow refuses to open it at all
+])
+def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(tmp_path, width, height, part):
+    from tasks.data._image_files import ImageTooLarge, decode_image
+
+    path = png_header(tmp_path / "bomb.png", width, height)
+    before = path.read_bytes()
+    started = time.perf_counter()
+    code, err = _run_stage(lambda: decode_image(path, (8, 8), "rgb"))
+    assert code == 3 and time.perf_counter() - started < 5
+    _assert_one_line(err, str(path), part, "limit of 89.5 megapixels", "decompression bomb")
+    assert path.read_bytes() == before
+    with pytest.raises(ImageTooLarge):  # not a BadImage: on_bad_image=skip does not hide it
+        decode_image(path, (8, 8), "rgb")
+
+
+def test_an_image_that_would_not_fit_in_memory_is_refused(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from tasks.data import _image_files
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    monkeypatch.setattr(_image_files, "available_memory_bytes", lambda: 10_000)
+    code, err = _run_stage(lambda: _image_files.decode_image(tmp_path / "a.png", (8, 8), "rgb"))
+    assert code == 3
+    _assert_one_line(err, "a.png", "64 x 64 pixels", "more than the 10.0 kB of memory available")
+
+
+CUSTOM_MODELS = '''
+import torch
+from torch import nn
+
+
+def huge(in_features, out_features):
+    return nn.Sequential(nn.Linear(in_features, 4096), nn.Linear(4096, out_features))
+
+
+def needs_real_tensors(in_features, out_features):
+    net = nn.Sequential(nn.Linear(in_features, 4096), nn.Linear(4096, out_features))
+    assert float(net[0].weight.detach().abs().sum()) >= 0  # reads values: cannot run on the meta device
+    return net
+'''
+
+
+@pytest.mark.parametrize("factory", ["huge", "needs_real_tensors"])
+def test_a_custom_model_too_big_to_train_is_refused_before_training_state(tmp_path, monkeypatch, factory):
+    from tasks.nets import networks
+
+    (tmp_path / "big_models.py").write_text(CUSTOM_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(networks, "available_memory_bytes", lambda: 50_000)
+    code, err = _run_stage(lambda: _build(["model.kind=custom", f"model.target=big_models:{factory}"]))
+    assert code == 2
+    _assert_one_line(err, f"model.target = 'big_models:{factory}'", "32,771 parameters", "524.3 kB to train",
+                     "make the network your factory builds smaller")

@@ -2,7 +2,9 @@
 
 Each case runs a command's `main()` in this process (the flows under the
 session's Prefect server) and checks the exit status, the message, that no
-traceback is printed, and that no model bundle or temporary file is left.
+traceback is printed, that no model bundle or temporary file is left, and
+that every file that existed before (inputs, and the bundle read) is
+byte-identical after.
 The README's troubleshooting table lists the same cases.
 """
 
@@ -57,6 +59,39 @@ def _with(frame: pd.DataFrame, **columns) -> pd.DataFrame:
     for name, values in columns.items():
         frame[name] = values
     return frame
+
+
+def _image_folder_with_a_bomb(tmp: Path) -> list[str]:
+    """Two classes of small PNGs, one of them a header declaring 10000 x 10000 pixels (no pixel data)."""
+    from PIL import Image
+
+    from tests.test_bounds import png_header
+
+    for label in ("a", "b"):
+        (tmp / "imgs" / label).mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(tmp / "imgs" / label / f"{i}.png")
+    png_header(tmp / "imgs" / "b" / "bomb.png", 10_000, 10_000)
+    return _tiny(**{"data.source": f"{{kind: image_folder, path: {tmp / 'imgs'}, size: [8, 8], cache: false}}"})
+
+
+def _npz_declaring(tmp: Path, shape: tuple[int, ...]) -> list[str]:
+    """An NPZ whose X header declares `shape` of float64 but holds no data: a bomb read from its header."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    y = io.BytesIO()
+    np.save(y, np.zeros(shape[0] if shape[0] < 100 else 3))
+    with zipfile.ZipFile(tmp / "d.npz", "w") as archive:
+        archive.writestr("X.npy", header.getvalue())
+        archive.writestr("y.npy", y.getvalue())
+    return _tiny(**{"data.source": f"{{kind: npz, path: {tmp / 'd.npz'}}}"})
+
+
+HUGE_CUSTOM_MODEL = "from torch import nn\n\ndef huge(in_features, out_features):\n" \
+    "    return nn.Sequential(nn.Linear(in_features, 200_000), nn.Linear(200_000, 200_000), nn.Linear(200_000, out_features))\n"
 
 
 def _yaml(tmp: Path, text: str) -> list[str]:
@@ -124,7 +159,26 @@ TRAIN_CASES: list[tuple[str, Setup, int, str]] = [
     ("binary-file-as-csv", lambda t: ((t / "t.csv").write_bytes(bytes(range(256)) * 4), _table(t))[-1], 3, "t.csv"),
     ("non-integer-class-labels", lambda t: _table(t, _with(_good(), label=[0.5, 1.0, 2.0] * 10)) + _sets(**{"data.task": "classification"}),
      3, "has non-integer values"),
+    # bounded input: sizes declared in headers and parameter counts, refused before allocating
+    ("image-declares-too-many-pixels", _image_folder_with_a_bomb, 3, "bomb.png: the image declares 10000 x 10000 pixels"),
+    ("npz-declares-more-than-memory", lambda t: _npz_declaring(t, (10**6, 10**6)), 3,
+     "array X declares shape (1000000, 1000000) of float64 (8.0 TB once decompressed)"),
+    ("model-too-big-for-memory", lambda t: _tiny(**{"model.hidden_sizes": "[65536, 65536, 65536, 65536, 65536]"}), 2,
+     "make model.hidden_sizes smaller"),
+    ("custom-model-too-big-for-memory", lambda t: ((t / "huge_models.py").write_text(HUGE_CUSTOM_MODEL),
+                                                   _tiny(**{"model.kind": "custom", "model.target": "huge_models:huge"}))[1],
+     2, "model.target = 'huge_models:huge': 40,001,800,003 parameters"),
 ]
+
+
+def _snapshot(*folders: Path) -> dict[Path, bytes]:
+    """Every file below `folders` and its bytes: what a failed command must leave byte-identical."""
+    return {f: f.read_bytes() for folder in folders for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def _assert_unchanged(before: dict[Path, bytes]) -> None:
+    changed = [str(f) for f, data in before.items() if not f.is_file() or f.read_bytes() != data]
+    assert not changed, f"changed or removed: {changed}"
 
 
 @pytest.mark.parametrize(("name", "setup", "code", "message"), TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
@@ -133,11 +187,15 @@ def test_train_catalogue(prefect_api, tmp_path, monkeypatch, capsys, name, setup
 
     args = setup(tmp_path)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # a custom model's module written by the setup
+    before = _snapshot(tmp_path)
     assert main(args) == code
     err = capsys.readouterr().err
+    err = "".join(line for line in err.splitlines(True) if not line.startswith("images: "))  # the folder's listing
     assert err.startswith("error:") and message in err, err
     assert "Traceback" not in err
     assert list(tmp_path.rglob("model")) == [] and list(tmp_path.rglob(".*.tmp")) == []
+    _assert_unchanged(before)
 
 
 @pytest.fixture(scope="module")
@@ -209,11 +267,13 @@ def test_predict_catalogue(bundle_dir, tmp_path, capsys, name, setup, code, mess
 
     model, input_path = setup(bundle_dir, tmp_path)
     out = tmp_path / "out.csv"
+    before = _snapshot(tmp_path, bundle_dir)
     assert main(["--model", str(model), "--input", str(input_path), "--output", str(out)]) == code
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err, err
     assert "Traceback" not in err
     assert not out.exists()
+    _assert_unchanged(before)
 
 
 def test_the_catalogue_has_at_least_40_entries():

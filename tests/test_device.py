@@ -9,12 +9,14 @@ import torch
 
 from schemas import ConfigError, DataError, DeviceConfig, load_config
 from schemas.device import Candidate, DeviceInfo, InputShape
+from tasks.device._decide import choose_threads, thread_counts
 from tasks.data import peek_shape, prepare_data, probe_workload
 from tasks.device import (
     available_cores,
     available_devices,
     choose,
     decide_device,
+    decide_threads,
     probe_device,
     resolve_threads,
     select_device,
@@ -325,3 +327,115 @@ def test_the_data_shape_is_read_only_when_auto_measures(tmp_path):
     bare = ProbeWorkload(**workload.model_dump(exclude={"input_shape"}))
     with pytest.raises(ConfigError, match="no input shape"):
         decide_device(_auto(tmp_path), bare, ("cpu", "cuda:0"), 2, FakeProbe({"cpu": 1.0, "cuda:0": 1.0}))
+
+
+# --------------------------------------------------------------------------- threads: auto
+
+
+class ThreadProbe:
+    """Injected CPU timings by torch thread count; records the counts it was called with."""
+
+    def __init__(self, timings: dict[int, float]) -> None:
+        self.timings = timings
+        self.calls: list[int] = []
+
+    def __call__(self, device, workload, shape, config, budget):
+        n = torch.get_num_threads()
+        self.calls.append(n)
+        return Candidate(device=device, ms_per_step=self.timings[n], steps=5, probe_seconds=0.01)
+
+
+def _tc(threads: int, ms: float | None) -> Candidate:
+    return Candidate(device="cpu", threads=threads, ms_per_step=ms, steps=5, probe_seconds=0.01)
+
+
+def test_threads_auto_is_the_default_and_numbers_still_work():
+    assert DeviceConfig().threads == "auto"
+    assert load_config(None, ["device.threads=1"]).device.threads == 1
+    assert load_config(None, ["device.threads=null"]).device.threads is None
+    with pytest.raises(ConfigError, match="device.threads"):
+        load_config(None, ["device.threads=0"])
+    with pytest.raises(ConfigError, match="device.threads"):
+        load_config(None, ["device.threads=many"])
+
+
+def test_thread_counts_and_the_fewest_within_the_margin():
+    assert thread_counts(1) == (1,) and thread_counts(2) == (1, 2) and thread_counts(8) == (1, 4, 8)
+    assert choose_threads([_tc(1, 1.0), _tc(2, 0.95)], 0.10, 2)[0] == 1  # 5% faster: not worth a busy core
+    threads, reason = choose_threads([_tc(1, 1.0), _tc(2, 0.6)], 0.10, 2)
+    assert threads == 2 and reason.startswith("threads auto: 2 (1 thread(s) 1, 2 thread(s) 0.6 ms/step")
+    assert choose_threads([_tc(1, 2.0), _tc(4, 1.0), _tc(8, 1.05)], 0.10, 8)[0] == 4
+    assert choose_threads([_tc(1, None), _tc(2, None)], 0.10, 2)[0] == 2
+
+
+def test_threads_auto_measures_each_count_interleaved_then_reuses_the_cache(tmp_path):
+    before = torch.get_num_threads()
+    probe = ThreadProbe({1: 2.0, 2: 1.0, 4: 0.95})
+    threads, reason, candidates, cached = decide_threads(_auto(tmp_path), _workload(), 4, probe)
+    assert probe.calls == [1, 2, 4] * 3 and torch.get_num_threads() == before  # restored
+    assert (threads, cached) == (2, False) and [c.threads for c in candidates] == [1, 2, 4]
+    probe.timings = {1: 0.1, 2: 9.0, 4: 9.0}  # would change the answer if measured
+    threads, reason, _, cached = decide_threads(_auto(tmp_path), _workload(), 4, probe)
+    assert (threads, cached, len(probe.calls)) == (2, True, 9) and reason.endswith("[cached]")
+    threads, _, _, cached = decide_threads(_auto(tmp_path, remeasure=True), _workload(), 4, probe)
+    assert (threads, cached) == (1, False)
+
+
+def test_threads_auto_measures_nothing_without_a_cpu_workload(tmp_path):
+    probe = ThreadProbe({})
+    assert decide_threads(_auto(tmp_path), _workload(), 1, probe)[:2] == (1, "threads auto: 1 usable core")
+    assert decide_threads(_auto(tmp_path), None, 2, probe)[0] == 2
+    assert decide_threads(DeviceConfig(name="cuda", cache_dir=str(tmp_path)), _workload(), 2, probe)[0] == 2
+    assert probe.calls == []
+
+
+def test_select_device_records_how_threads_were_chosen(tmp_path, capsys):
+    old = torch.get_num_threads()
+    try:
+        info = select_device.fn(DeviceConfig(name="cpu", cache_dir=str(tmp_path)), _workload())
+        assert info.threads == torch.get_num_threads() and info.threads_reason.startswith("threads auto:")
+        if available_cores() > 1:
+            assert [c.threads for c in info.thread_candidates] == list(thread_counts(available_cores()))
+        assert select_device.fn(DeviceConfig(name="cpu", threads=1)).threads_reason == "device.threads set"
+    finally:
+        torch.set_num_threads(old)
+
+
+POLICY_AT_TORCH_IMPORT = """
+import builtins, os, runpy, sys
+seen = []
+real_import = builtins.__import__
+def spy(name, *args, **kwargs):
+    if name == "torch" and not seen:
+        seen.append(os.environ.get("OMP_WAIT_POLICY"))
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = spy
+sys.argv = [sys.argv[1], "--help"]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__")
+except SystemExit:
+    pass
+print([seen, os.environ.get("OMP_WAIT_POLICY")])  # what torch saw here; what child processes inherit
+"""
+
+
+@pytest.mark.parametrize("module", ["flows.train", "flows.sweep", "flows.predict", "deployments.serve"])
+@pytest.mark.parametrize("user", [None, "ACTIVE"])
+def test_every_entry_point_sets_a_passive_openmp_wait_before_torch_loads(module, user):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user:
+        env["OMP_WAIT_POLICY"] = user
+    out = subprocess.run(
+        [sys.executable, "-c", POLICY_AT_TORCH_IMPORT, module], env={**env, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    seen, inherited = eval(out.stdout.strip().splitlines()[-1])
+    expected = user or "PASSIVE"
+    # deployments.serve imports torch only in the runs it starts, which inherit the variable
+    assert seen == ([] if module == "deployments.serve" else [expected]) and inherited == expected, out.stderr

@@ -255,3 +255,30 @@ def test_killed_run_keeps_its_finished_epochs_and_resume_ends_like_a_clean_run(r
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in final] == [
         {k: v for k, v in r.items() if k != "seconds"} for r in clean
     ]
+
+
+def test_the_plain_predict_path_imports_no_prefect(iris_bundle, tmp_path):
+    """Scoring a file in one process never imports Prefect (about a second); the flow is still there on use."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['predict', '--model', sys.argv[1], '--input', sys.argv[2], '--output', sys.argv[3]]\n"
+        "try:\n"
+        "    runpy.run_module('flows.predict', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "assert 'prefect' not in sys.modules, 'Prefect was imported'\n"
+        "from flows.predict import predict_flow\n"
+        "from tasks.bundle import load_model_task, save_model\n"
+        "print(predict_flow.name, load_model_task.name, save_model.name)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(iris_bundle / "model"), str(iris_bundle / "in.csv"), str(tmp_path / "p.csv")],
+        cwd=ROOT, env=_plain_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-3:] == ["predict", "load-model", "save-model"] and (tmp_path / "p.csv").is_file()

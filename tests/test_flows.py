@@ -303,7 +303,7 @@ def test_cli_session_starts_a_temporary_server_early_only_when_none_is_set_up(pr
     import flows._cli as cli
 
     started = []
-    monkeypatch.setattr(cli, "_start_temporary_server", lambda warm: started.append(tuple(warm)))
+    monkeypatch.setattr(cli, "_start_temporary_server", lambda warm, quiet=False: started.append(tuple(warm)))
     monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         with cli.prefect_session(False, cli.TRAINING_IMPORTS):

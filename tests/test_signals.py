@@ -242,3 +242,134 @@ def test_sigterm_during_training_is_handled_like_ctrl_c(prefect_api, tmp_path):
     assert "Traceback" not in err
     state = read_run_state(tmp_path / "run")
     assert state["state"] == "failed" and state["error"]["type"] in ("Terminated", "TerminationSignal"), state
+
+
+# --------------------------------------------------------------------------- the temporary server does not outlive the command
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    from flows._watchdog import start_time
+
+    return {p for p in pids if start_time(p) != "-" and "Z" not in _state(p)}
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+def _training_with_a_temporary_server(tmp_path: Path) -> tuple[subprocess.Popen, set[int]]:
+    """`python -m flows.train` in its own process group with no server configured, once training runs;
+    the processes it started (the temporary server and its watchdog)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_LOGGING", "PREFECT_API_URL"))}
+    env["PYTHONPATH"] = str(ROOT)
+    overrides = tiny_overrides(**{"train.epochs": "100000", "train.early_stopping.enabled": "false"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.train", *(a for o in overrides for a in ("--set", o)), "--run-dir", "run"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    deadline = time.monotonic() + 280
+    while not (tmp_path / "run" / "checkpoints" / "last.pt").is_file():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"training did not start: {process.communicate()[1][-2000:]}")
+        time.sleep(0.2)
+    started = _descendants(process.pid)
+    commands = [Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode() for p in started]
+    assert any("uvicorn" in c for c in commands) and any("_watchdog.py" in c for c in commands), commands
+    for pid, command in zip(started, commands):  # each in a process group of its own, not the command's
+        assert os.getpgid(pid) == pid != process.pid, command
+    return process, started
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the children in /proc")
+def test_kill_9_of_the_command_stops_its_temporary_server_within_seconds(tmp_path):
+    process, started = _training_with_a_temporary_server(tmp_path)
+    process.kill()  # SIGKILL: no atexit, no signal handler runs in the command
+    process.communicate()
+    killed = time.monotonic()
+    while _alive(started) and time.monotonic() - killed < 15:
+        time.sleep(0.1)
+    assert not _alive(started), f"left running after kill -9: {_alive(started)}"
+    print(f"the temporary server and its watchdog were gone {time.monotonic() - killed:.1f}s after kill -9")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the children in /proc")
+def test_ctrl_c_to_the_process_group_exits_130_and_leaves_no_process(tmp_path):
+    process, started = _training_with_a_temporary_server(tmp_path)
+    sent = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    try:
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    seconds = time.monotonic() - sent
+    assert process.returncode == 130, err
+    assert err.rstrip().endswith("interrupted\nresume it with: python -m flows.train --resume run"), err
+    assert "Traceback" not in err
+    assert seconds < 30, f"took {seconds:.1f}s to exit after Ctrl-C"
+    deadline = time.monotonic() + 10
+    while _alive(started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(started), f"left running after Ctrl-C: {_alive(started)}"
+    assert read_run_state(tmp_path / "run")["state"] == "failed"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads start times from /proc")
+def test_the_watchdog_stops_its_servers_when_the_pipe_closes_and_spares_a_reused_pid(tmp_path):
+    from flows._cli import ServerWatchdog
+    from flows._watchdog import start_time
+
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        watchdog = ServerWatchdog()
+        watchdog.watch(server.pid)
+        # a PID whose start time differs from the recorded one is another process now: never signalled
+        os.write(watchdog.fd, f"{bystander.pid} 1\n".encode())
+        time.sleep(0.5)
+        assert watchdog.process.poll() is None and server.poll() is None
+        os.close(watchdog.fd)  # what the kernel does when the command dies, kill -9 included
+        assert watchdog.process.wait(timeout=20) == 0
+        assert server.wait(timeout=5) == -signal.SIGTERM
+        assert bystander.poll() is None and start_time(bystander.pid) not in ("-", "")
+    finally:
+        for p in (server, bystander):
+            p.kill()
+            p.wait()
+
+
+def test_the_watchdog_exits_by_itself_once_its_servers_stopped():
+    from flows._cli import ServerWatchdog
+
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+    watchdog = ServerWatchdog()
+    watchdog.watch(server.pid)
+    time.sleep(3)  # exited, not yet collected: a zombie counts as stopped
+    assert watchdog.process.wait(timeout=20) == 0  # the command still runs; the watchdog has nothing left to guard
+    os.close(watchdog.fd)
+    server.wait()

@@ -24,16 +24,27 @@ The parts: `_format` (file names, the manifest), `_write` (`write_bundle`),
 
 from __future__ import annotations
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+from typing import Any
 
 from tasks.bundle._format import CONFIG, FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS
 from tasks.bundle._load import load_model
 from tasks.bundle._predictor import LoadedBundle, Predictor
 from tasks.bundle._write import write_bundle
 
-save_model = task(write_bundle, name="save-model", cache_policy=NO_CACHE)
-load_model_task = task(load_model, name="load-model", cache_policy=NO_CACHE)
+# The Prefect tasks are made on first use (PEP 562), so that loading a bundle
+# to predict, in a plain process, does not import Prefect (about a second).
+_TASKS = {"save_model": (write_bundle, "save-model"), "load_model_task": (load_model, "load-model")}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _TASKS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    fn, task_name = _TASKS[name]
+    made = globals()[name] = task(fn, name=task_name, cache_policy=NO_CACHE)
+    return made
 
 __all__ = [
     "CONFIG", "FORMAT", "FORMAT_VERSION", "LoadedBundle", "MANIFEST", "Predictor", "WEIGHTS",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import numpy as np
 
 from schemas.data import ImageFolderSource
 from schemas.errors import DataError, first_line
+from schemas.limits import IMAGE_DECODE_BYTES_PER_PIXEL, MAX_IMAGE_PIXELS, available_memory_bytes, format_bytes
 from tasks.common.files import atomic_write, user_cache_dir
 from tasks.common.log import say
 
@@ -173,16 +175,60 @@ class BadImage(DataError):
         self.reason = reason
 
 
+class ImageTooLarge(DataError):
+    """An image whose header declares more pixels than may be decoded here; never skipped as a bad image."""
+
+
+def check_image_size(path: Path, width: int, height: int) -> None:
+    """Refuse, before decoding, an image declaring more than MAX_IMAGE_PIXELS or more than memory can hold."""
+    pixels = width * height
+    need, available = pixels * IMAGE_DECODE_BYTES_PER_PIXEL, available_memory_bytes()
+    if pixels > MAX_IMAGE_PIXELS or need > available:
+        limit = (
+            f"more than the limit of {MAX_IMAGE_PIXELS / 1e6:.1f} megapixels" if pixels > MAX_IMAGE_PIXELS
+            else f"more than the {format_bytes(available)} of memory available"
+        )
+        raise ImageTooLarge(
+            f"{path}: the image declares {width} x {height} pixels ({pixels / 1e6:,.1f} megapixels, about "
+            f"{format_bytes(need)} to decode), {limit}; a decompression bomb or a wrong file: "
+            "shrink it or remove it from the folder"
+        )
+
+
 def decode_image(path: Path, size: tuple[int, int], mode: str, resize: int | None = None) -> np.ndarray:
     """One image as uint8 C x H x W: EXIF orientation applied, converted to `mode`, resized (bilinear).
 
     With `resize`, the shorter side is resized to it (aspect ratio kept), then the centre `size` is cropped,
-    as torchvision's weights transforms do; otherwise the image is resized to `size`.
+    as torchvision's weights transforms do; otherwise the image is resized to `size`. The size its header
+    declares is checked first (ImageTooLarge), before any pixel is decoded.
     """
+    import warnings
+
     from PIL import Image, ImageOps
 
+    # The bound is ours (check_image_size): Pillow's warning would only repeat it. A filter for the process,
+    # not catch_warnings(), which is not thread-safe and images are decoded in threads.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
-        with Image.open(path) as img:
+        img = Image.open(path)
+    except Image.DecompressionBombError as exc:  # beyond twice Pillow's bound: it refuses to open
+        dims = re.search(r"\((\d+) pixels\)", str(exc))
+        raise ImageTooLarge(
+            f"{path}: the image declares {f'{int(dims.group(1)) / 1e6:,.1f}' if dims else 'too many'} megapixels, "
+            f"more than the limit of {MAX_IMAGE_PIXELS / 1e6:.1f} megapixels; a decompression bomb or a wrong file: "
+            "shrink it or remove it from the folder"
+        ) from None
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise BadImage(Path(path), first_line(exc)) from None
+    try:
+        check_image_size(Path(path), *img.size)
+    except ImageTooLarge:
+        img.close()
+        raise
+    try:
+        with img:
             img = ImageOps.exif_transpose(img)
             if img.mode == "P" and "transparency" in img.info:
                 img = img.convert("RGBA")  # converting palette transparency directly warns

@@ -27,7 +27,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.device import DeviceConfig, DeviceInfo, ProbeWorkload
-from tasks.device._decide import available_devices, check_available, check_precision, choose, decide_device
+from tasks.device._decide import (
+    available_devices, check_available, check_precision, choose, decide_device, decide_threads,
+)
 from tasks.device._probe import probe_device, warm_process
 from tasks.device._threads import available_cores, resolve_threads, threads_per_worker
 
@@ -38,6 +40,7 @@ __all__ = [
     "check_device_present",
     "choose",
     "decide_device",
+    "decide_threads",
     "probe_device",
     "resolve_threads",
     "select_device",
@@ -86,11 +89,19 @@ def select_device(config: DeviceConfig, workload: ProbeWorkload | None = None) -
 
     `available_devices` is looked up here, in this module, so that tests can offer a device the machine lacks.
     """
-    threads, warning = resolve_threads(config.threads, available_cores())
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
+    cores = available_cores()
+    thread_candidates: tuple = ()
+    if config.threads == "auto":
+        threads, threads_reason, thread_candidates, _ = decide_threads(config, workload, cores)
+    else:
+        threads, warning = resolve_threads(config.threads, cores)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        threads_reason = "device.threads set" if config.threads is not None else f"the {cores} usable core(s)"
     torch.set_num_threads(threads)
-    info = decide_device(config, workload, available_devices(), threads)
+    info = decide_device(config, workload, available_devices(), threads).model_copy(
+        update={"threads_reason": threads_reason, "thread_candidates": thread_candidates}
+    )
     apply_backend_flags(info)
     if info.candidates:
         print(

@@ -212,3 +212,78 @@ def decide_device(
         device=device, reason=reason, candidates=candidates, from_cache=from_cache,
         probe_seconds=spent, cache_file=str(cache_file), **common,
     )
+
+
+THREAD_ROUNDS = 3  # each count is timed this many times, interleaved; its median counts
+
+
+def thread_counts(cores: int) -> tuple[int, ...]:
+    """The torch thread counts `threads=auto` times: 1, half the cores (from 4 up) and all of them."""
+    return tuple(sorted({1, max(1, cores // 2) if cores >= 4 else 1, cores}))
+
+
+def choose_threads(candidates: Sequence[Candidate], margin: float, cores: int) -> tuple[int, str]:
+    """(threads, reason): the fewest threads within `margin` of the fastest count; fewer threads suffer
+    least when other processes want the cores."""
+    measured = [c for c in candidates if c.ms_per_step is not None and c.threads is not None]
+    if not measured:
+        return cores, f"threads auto: could not be measured; using the {cores} usable core(s)"
+    fastest = min(c.ms_per_step for c in measured)  # type: ignore[type-var]
+    chosen = min((c for c in measured if c.ms_per_step <= fastest * (1 + margin)), key=lambda c: c.threads)  # type: ignore[operator]
+    timings = ", ".join(f"{c.threads} thread(s) {c.ms_per_step:.3g}" for c in sorted(measured, key=lambda c: c.threads))
+    return chosen.threads, f"threads auto: {chosen.threads} ({timings} ms/step; the fewest within {margin:.0%} of the fastest)"  # type: ignore[return-value]
+
+
+def decide_threads(
+    config: DeviceConfig, workload: ProbeWorkload | None, cores: int, probe: ProbeFn | None = None
+) -> tuple[int, str, tuple[Candidate, ...], bool]:
+    """(threads, reason, candidates, from_cache) for `device.threads: auto`, timing CPU training steps.
+
+    Measured only where the CPU may train (device auto or cpu) and there is a
+    workload to time and more than one core; cached like the device decision.
+    """
+    if cores == 1:
+        return 1, "threads auto: 1 usable core", (), False
+    if workload is None or config.name not in ("auto", "cpu") or config.precision == "fp16":
+        return cores, f"threads auto: the {cores} usable core(s) (nothing to measure on the CPU)", (), False
+    shape = workload.shape()
+    if shape is None:
+        return cores, f"threads auto: the {cores} usable core(s) (no input shape to measure with)", (), False
+    key = decision_key(workload, shape, config, -1, ("cpu",))  # -1: the thread-count decision, not a device one
+    cache_file = cache_root(config) / "device" / f"threads-{key[:32]}.json"
+    candidates = None if config.remeasure else _read_cached(cache_file, key)
+    from_cache = candidates is not None
+    if candidates is None:
+        candidates = _time_thread_counts(config, workload, shape, thread_counts(cores), probe or probe_device)
+        _write_cached(cache_file, key, candidates)
+    threads, reason = choose_threads(candidates, config.margin, cores)
+    if from_cache:
+        reason += " [cached]"
+    return threads, reason, candidates, from_cache
+
+
+def _time_thread_counts(
+    config: DeviceConfig, workload: ProbeWorkload, shape: InputShape, counts: Sequence[int], probe: ProbeFn
+) -> tuple[Candidate, ...]:
+    """The median ms/step of each thread count over THREAD_ROUNDS interleaved rounds (torch's threads restored)."""
+    warm_process()
+    before = torch.get_num_threads()
+    budget = config.probe_seconds / (len(counts) * THREAD_ROUNDS)
+    runs: dict[int, list[Candidate]] = {n: [] for n in counts}
+    try:
+        for _ in range(THREAD_ROUNDS):
+            for n in counts:
+                torch.set_num_threads(n)
+                runs[n].append(probe("cpu", workload, shape, config, budget))
+    finally:
+        torch.set_num_threads(before)
+    result = []
+    for n, tries in runs.items():
+        times = sorted(c.ms_per_step for c in tries if c.ms_per_step is not None)
+        error = next((c.error for c in tries if c.error), None)
+        result.append(Candidate(
+            device="cpu", threads=n, ms_per_step=times[len(times) // 2] if times else None,
+            steps=sum(c.steps for c in tries), probe_seconds=sum(c.probe_seconds for c in tries),
+            error=None if times else error,
+        ))
+    return tuple(result)

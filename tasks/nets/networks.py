@@ -219,9 +219,10 @@ def build_network(config: ModelConfig, spec: DataSpec, check_output: bool = True
 
     `check_output` runs a forward pass on two zero rows to check the output
     shape; reloading a bundle, whose network passed that check when it was
-    trained, skips it. `check_size` first counts a built-in network's
-    parameters (built on the meta device, allocating nothing) against the
-    available memory.
+    trained, skips it. `check_size` first counts the network's parameters
+    (built on the meta device, allocating nothing; a custom factory that
+    cannot build there is counted once built, before training state exists)
+    against the available memory.
     """
     if check_size and not isinstance(config, CustomModelConfig):
         _check_memory(config, spec)
@@ -260,6 +261,7 @@ def build_network(config: ModelConfig, spec: DataSpec, check_output: bool = True
         params = inspect.signature(factory).parameters
         if "input_shape" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
             kwargs["input_shape"] = spec.input_shape
+        measured = check_size and _check_custom_memory_first(factory, kwargs, config, spec)
         try:
             model = factory(in_features=n_in, out_features=n_out, **kwargs)
         except TypeError as exc:
@@ -268,6 +270,8 @@ def build_network(config: ModelConfig, spec: DataSpec, check_output: bool = True
             raise ConfigError(
                 f"model.target = {config.target!r}: returned {type(model).__name__}, expected a torch.nn.Module"
             )
+        if check_size and not measured:  # its weights are allocated; gradients and optimizer state are not yet
+            _refuse_if_too_big(sum(p.numel() for p in model.parameters()), config, spec, allocated=True)
     if embeddings:
         model = CategoryEmbeddings(spec.n_features - len(embeddings), embeddings, model)
     if check_output:
@@ -288,15 +292,41 @@ def _check_memory(config: ModelConfig, spec: DataSpec) -> None:
     """A ConfigError naming the sizing keys when the network's training state cannot fit in available memory."""
     with torch.device("meta"):
         probe = build_network(config, spec, check_output=False, check_size=False)
-    count = sum(p.numel() for p in probe.parameters())
-    need, available = count * TRAINING_BYTES_PER_PARAMETER, available_memory_bytes()
-    if need > available:
-        key = SIZE_KEYS.get(config.kind, "the number of input features")
-        raise ConfigError(
-            f"model.kind = {config.kind!r}: {count:,} parameters on {spec.n_features} input feature(s) need about "
-            f"{format_bytes(need)} to train (float32 weights, gradients and optimizer state), more than the "
-            f"{format_bytes(available)} of memory available; make {key} smaller"
-        )
+    _refuse_if_too_big(sum(p.numel() for p in probe.parameters()), config, spec)
+
+
+def _check_custom_memory_first(
+    factory: Callable[..., nn.Module], kwargs: dict[str, Any], config: CustomModelConfig, spec: DataSpec
+) -> bool:
+    """Count a custom network's parameters on the meta device (allocating nothing) and refuse one too big to
+    train; False when the factory cannot build there (its code allocates or reads tensors itself), and the
+    count is then checked once the real network exists, before any training state is allocated."""
+    try:
+        with torch.device("meta"):
+            probe = factory(in_features=spec.n_features, out_features=spec.n_outputs, **kwargs)
+        count = sum(p.numel() for p in probe.parameters())
+    except Exception:  # a factory that needs real tensors: measured after building it
+        return False
+    _refuse_if_too_big(count, config, spec)
+    return True
+
+
+def _refuse_if_too_big(count: int, config: ModelConfig, spec: DataSpec, allocated: bool = False) -> None:
+    """A ConfigError when `count` parameters' training state (weights, gradients, Adam's moments) cannot fit;
+    with `allocated` the weights already exist, so only the rest must still fit."""
+    need = count * TRAINING_BYTES_PER_PARAMETER
+    available = available_memory_bytes() + (count * 4 if allocated else 0)
+    if need <= available:
+        return
+    if isinstance(config, CustomModelConfig):
+        what, key = f"model.target = {config.target!r}", "the network your factory builds"
+    else:
+        what, key = f"model.kind = {config.kind!r}", SIZE_KEYS.get(config.kind, "the number of input features")
+    raise ConfigError(
+        f"{what}: {count:,} parameters on {spec.n_features} input feature(s) need about "
+        f"{format_bytes(need)} to train (float32 weights, gradients and optimizer state), more than the "
+        f"{format_bytes(available)} of memory available; make {key} smaller"
+    )
 
 
 def _check_output_shape(model: nn.Module, config: ModelConfig, spec: DataSpec) -> None:

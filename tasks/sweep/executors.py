@@ -82,9 +82,15 @@ def plan_threads(config: SweepConfig) -> tuple[int, int | None]:
 
     On a Dask cluster given by address, threads default to what each worker
     may use (its cores over its worker threads), decided on the worker.
+    `threads: auto` in a serial sweep keeps the count select_device measured
+    in this process (None: not set again).
     """
     workers = config.parallelism
     asked = config.base.device.threads
+    if asked == "auto":
+        if workers == 1:  # serial: the thread count select_device measured for the base config, left as it set it
+            return workers, None
+        asked = None  # parallel: cores // workers, so that workers x threads <= cores
     remote = config.executor.kind == "dask" and config.executor.address is not None
     if remote:
         return workers, asked
