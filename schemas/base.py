@@ -51,7 +51,7 @@ def form_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
 
     A section is titled in words (not `DeviceConfig`), a union member by its
     tag, so the UI's tabs read `mlp | cnn | ...`; the tag is a one-choice
-    drop-down; an optional value (`threads: int | None = None`) is its plain
+    drop-down; an optional value (`grad_clip_norm: float | None = None`) is its plain
     type without a default, so the form shows one input (left empty for
     none) instead of a type switch. Prefect's server accepts null for such a
     property when it checks a run's parameters; a deployment's parameters are
@@ -75,12 +75,20 @@ def form_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
                 prop.update(kept)
                 if "enum" in prop:  # the server lets the type be null, not the choices: null is one of them
                     prop["enum"] = [*prop["enum"], None]
-    if bounds:
-        # Bounds checked only in the member the tag picks: the other members then fail on the tag alone,
-        # so the server's message names the field and the bound (`config.optimizer.lr: -1 is less than
-        # or equal to the minimum of 0`), not "not valid under any of the given schemas".
+        elif isinstance(options, list) and len(options) > 2 and {"type": "null"} in options:
+            # `threads: int | "auto" | None = "auto"`: the form offers the other choices, without a null switch
+            prop["anyOf"] = [option for option in options if option != {"type": "null"}]
+    if tag is not None:
+        # Bounds and unknown keys checked only in the member the tag picks: the other members then fail on
+        # the tag alone, so the server's message names the field and why (`config.optimizer.lr: -1 is less
+        # than or equal to the minimum of 0`; `config.optimizer.lrr: 1 should not be valid under {}`),
+        # not "not valid under any of the given schemas".
+        closed = schema.get("additionalProperties") is False
         schema["if"] = {"properties": {tag[0]: {"enum": list(tag[1])}}}
-        schema["then"] = {"properties": bounds}
+        schema["then"] = {
+            "properties": {name: bounds.get(name, {}) for name in schema.get("properties", {})} if closed else bounds,
+            **({"additionalProperties": {"not": {}}} if closed else {}),  # an error at the unknown key itself
+        }
 
 
 class StrictModel(BaseModel):

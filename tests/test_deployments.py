@@ -374,7 +374,7 @@ def test_the_form_shows_the_default_model_optimizer_and_scheduler_as_fields():
         for name in fields:
             assert default["properties"][name]["description"], f"{section}.{name}"
     assert [_definition(schema, o)["title"] for o in run["model"]["oneOf"]] == [
-        "mlp", "cnn", "tinyvgg", "resnet", "linear / logistic", "custom",
+        "mlp", "cnn", "tinyvgg", "resnet", "linear / logistic", "torchvision", "custom",
     ]
     assert _definition(schema, run["data"])["title"] == "Data"  # not the class name DataConfig
     adam = _definition(schema, run["optimizer"]["oneOf"][0])
@@ -387,7 +387,9 @@ def test_the_form_shows_the_default_model_optimizer_and_scheduler_as_fields():
         "none", "step", "cosine", "plateau",
     ]
     threads = schema["definitions"]["DeviceConfig"]["properties"]["threads"]
-    assert threads["type"] == "integer" and "anyOf" not in threads and "default" not in threads
+    assert threads["anyOf"] == [{"type": "integer"}, {"const": "auto", "type": "string"}]  # no null switch
+    clip = schema["definitions"]["TrainConfig"]["properties"]["grad_clip_norm"]  # optional, default none
+    assert clip["type"] == "number" and "anyOf" not in clip and "default" not in clip
     text = json.dumps(schema)
     assert '{"type": "null"}' not in text
     for name in ("run_dir", "resume", "force"):
@@ -404,7 +406,9 @@ def test_the_form_values_validate_the_way_the_server_checks_them():
     schema = parameter_schema(train_flow.fn).model_dump_for_openapi()
     values = find("digits-mlp").parameters()["config"]
     ok = [
-        {**values, "device": {**values["device"], "threads": None}},  # an empty optional input
+        {**values, "train": {**values["train"], "grad_clip_norm": None}},  # an empty optional input
+        {**values, "device": {**values["device"], "threads": 1}},
+        {**values, "device": {**values["device"], "threads": "auto"}},
         {**values, "scheduler": {"name": "step", "step_size": 5}},
         {**values, "optimizer": {"name": "sgd", "lr": 0.05}},
     ]
@@ -415,6 +419,10 @@ def test_the_form_values_validate_the_way_the_server_checks_them():
     negative = {**values, "optimizer": {**values["optimizer"], "lr": -1}}
     with pytest.raises(Exception, match=r"field 'config.optimizer.lr'. Failure reason: -1 is less than or equal to the minimum of 0"):
         validate({"config": negative}, schema, raise_on_error=True)
+    # An unknown key inside a tagged union: named as a field too, not "not valid under any of the given schemas".
+    typo = {**values, "optimizer": {**values["optimizer"], "lrr": 1}}
+    with pytest.raises(Exception, match=r"field 'config.optimizer.lrr'. Failure reason: 1 should not be valid"):
+        validate({"config": typo}, schema, raise_on_error=True)
     wide = {**values, "model": {"kind": "cnn", "kernel_size": 99}}
     with pytest.raises(Exception, match=r"field 'config.model.kernel_size'. Failure reason: 99 is greater than the maximum of 11"):
         validate({"config": wide}, schema, raise_on_error=True)
