@@ -192,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             written = predict_to_file(args.model, args.input, args.output, args.trust_code)
         else:
             check_output(args.output, args.input, args.model)  # answered before Prefect's server starts
+            predict_flow = _lazy("predict_flow")  # imports Prefect, whose logging prefect_session then quiets
             with prefect_session(args.debug):
-                written = _lazy("predict_flow")(
+                written = predict_flow(
                     model=str(args.model), input=str(args.input), output=str(args.output), trust_code=args.trust_code
                 )
         print(f"wrote predictions to {written}")
