@@ -160,7 +160,7 @@ def format_summary(summary: RunSummary) -> str:
     stop = "stopped early, " if summary.stopped_early else ""
     lines = [
         f"run       {summary.run_dir}",
-        f"device    {summary.device} ({summary.device_reason}; {summary.threads} CPU threads"
+        f"device    {summary.device} ({summary.device_reason}; {summary.threads} CPU thread{'s' if summary.threads != 1 else ''}"
         f"{'' if summary.precision == 'fp32' else ', ' + summary.precision})",
         *(
             f"          {row['device']:<8} "

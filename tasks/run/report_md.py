@@ -63,7 +63,7 @@ def markdown_report(
         f"| optimizer | {config.optimizer.name}, lr {_fmt(config.optimizer.lr)}, scheduler {scheduler}, "
         f"batch {config.train.batch_size} |",
         f"| seed | {config.seed} |",
-        f"| device | {summary.device} ({summary.device_reason}; {summary.threads} CPU threads, {summary.precision}) |",
+        f"| device | {summary.device} ({summary.device_reason}; {summary.threads} CPU thread{'s' if summary.threads != 1 else ''}, {summary.precision}) |",
         f"| training | {summary.epochs_run} epochs in {summary.train_seconds:.1f} s; best epoch {summary.best_epoch} "
         f"({summary.monitor} {summary.best_score:.4f}){', stopped early' if summary.stopped_early else ''} |",
         f"| bundle | {'`' + summary.bundle + '`' if summary.bundle else 'not saved'} |",
