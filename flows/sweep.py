@@ -30,7 +30,7 @@ from flows._cli import (
 from schemas.base import OptionalText
 from schemas.sweep import SweepConfig, load_sweep_config, sweep_to_yaml
 from schemas.trial import SweepSummary
-from tasks.common.log import say
+from tasks.common.log import pipeline_errors_in_one_line, say
 from tasks.common.retry import retry_options
 from tasks.data import prepare_data, probe_workload
 from tasks.device import select_device
@@ -74,6 +74,7 @@ def sweep_flow(config: SweepConfig, sweep_dir: OptionalText = "") -> SweepSummar
     under tensorboard/ (see tasks.sweep.SweepTracking).
     """
     started = time.perf_counter()
+    pipeline_errors_in_one_line()  # in the run's log: our errors as their message, without a traceback
     base = config.base
     check_tracking(base.tracking)  # a missing tracking extra fails before any work
     if config.selection_warning:

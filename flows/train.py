@@ -29,6 +29,7 @@ from schemas.loading import config_to_yaml, load_config, resume_config
 from schemas.base import OptionalText
 from schemas.run import RunConfig, RunSummary
 from tasks.bundle import save_model
+from tasks.common.log import pipeline_errors_in_one_line
 from tasks.common.retry import retry_options
 from tasks.data import prepare_data, probe_workload
 from tasks.device import check_device_present, select_device
@@ -80,6 +81,7 @@ def train_flow(
     message as the state's message, once, without a traceback; the caller
     still gets the exception.
     """
+    pipeline_errors_in_one_line()  # in the run's log: our errors as their message, without a traceback
     try:
         check_device_present(config.device)  # a missing device fails before any task
         check_tracking(config.tracking)  # a missing extra fails before any work

@@ -252,8 +252,19 @@ def test_invalid_parameters_fail_at_once_with_the_schemas_message(served):
     )
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(missing.id).name == "asks-for-a-gpu"
+        # The run's log says the error in one line: no traceback from Prefect's engine.
+        deadline, logs = time.monotonic() + 30, []
+        while time.monotonic() < deadline:  # the served run's logs reach the server in batches
+            logs = [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[missing.id])))]
+            if any("device.name = 'cuda:7': not available" in m for m in logs) and any("Finished" in m for m in logs):
+                break
+            time.sleep(1)
+        assert any("device.name = 'cuda:7': not available" in m for m in logs), logs
+        assert not any("Traceback" in m for m in logs), logs
         for run in (flow_run, missing):
             tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
             assert tasks == []  # no stage ran

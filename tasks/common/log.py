@@ -28,3 +28,28 @@ def say(line: str) -> None:
     """One line to stderr, and to the Prefect run's log when running inside Prefect."""
     print(line, file=sys.stderr, flush=True)
     log_to_prefect(line)
+
+
+class _PipelineErrorsInOneLine(logging.Filter):
+    """Drops the traceback from a Prefect engine record whose exception is one of the pipeline's own errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from schemas.errors import PipelineError, first_line
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, PipelineError):
+            message, error = record.getMessage(), first_line(exc)
+            record.msg = message if error in message else f"{message}: {type(exc).__name__}: {error}"
+            record.args = ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def pipeline_errors_in_one_line() -> None:
+    """Prefect's engines log a failed run's exception with its traceback ("Engine execution exited with
+    unexpected exception", "Task run failed with exception"). The pipeline's own errors say what is wrong
+    and what to do in their message, so in the run's log they are that message alone. Idempotent."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _PipelineErrorsInOneLine) for f in logger.filters):
+            logger.addFilter(_PipelineErrorsInOneLine())
