@@ -75,3 +75,29 @@ def tiny_config():
     from schemas.loading import load_config
 
     return load_config(None, tiny_overrides())
+
+
+def prepared(config, device=None):
+    """The data and fresh training parts of `config`, as train_flow builds them (plain functions, no Prefect run)."""
+    import torch
+
+    from tasks.data import prepare_data
+    from tasks.model import build_model
+
+    data = prepare_data.fn(config.data, seed=config.seed)
+    parts = build_model.fn(
+        config.model, config.loss, config.optimizer, config.scheduler, data.spec, device or torch.device("cpu"),
+        config.seed, config.train.epochs, config.train.monitor,
+    )
+    return data, parts
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small convolutions on a shared 2-core machine: one thread avoids oversubscription (many times slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -14,10 +14,8 @@ import torch
 from torch import nn
 
 from schemas.loading import load_config
-from tasks.data import prepare_data
-from tasks.model import build_model
 from tasks.train import train_model
-from tests.conftest import tiny_overrides
+from tests.conftest import prepared, tiny_overrides
 
 CPU = torch.device("cpu")
 
@@ -37,12 +35,7 @@ def config(**extra: str):
 
 
 def fresh(cfg):
-    data = prepare_data.fn(cfg.data, seed=cfg.seed)
-    parts = build_model.fn(
-        cfg.model, cfg.loss, cfg.optimizer, cfg.scheduler, data.spec, CPU,
-        cfg.seed, cfg.train.epochs, cfg.train.monitor,
-    )
-    return data, parts
+    return prepared(cfg, CPU)
 
 
 def train(cfg, checkpoint_dir: Path | None = None, callbacks=()):

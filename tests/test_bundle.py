@@ -33,11 +33,9 @@ from tasks.bundle import (
     load_model,
     write_bundle,
 )
-from tasks.data import prepare_data
 from tasks.evaluate import evaluate_model
-from tasks.model import build_model
 from tasks.train import train_model
-from tests.conftest import tiny_overrides
+from tests.conftest import prepared, tiny_overrides
 
 CPU = torch.device("cpu")
 FILES = {"weights.safetensors", "config.yaml", "bundle.json"}
@@ -58,11 +56,7 @@ class Run:
 
 def _train(**overrides: str) -> Run:
     config = load_config(None, tiny_overrides(**overrides))
-    data = prepare_data.fn(config.data, seed=config.seed)
-    parts = build_model.fn(
-        config.model, config.loss, config.optimizer, config.scheduler, data.spec, CPU,
-        config.seed, config.train.epochs, config.train.monitor,
-    )
+    data, parts = prepared(config, CPU)
     train_model.fn(parts, data, config.train, CPU, config.seed)
     report = evaluate_model.fn(parts.model, data, CPU, config.evaluate.batch_size)
     raw = getattr(datasets, f"load_{config.data.source.name}")().data

@@ -20,7 +20,7 @@ from schemas.loading import load_config
 from schemas.train import EpochRecord
 from tasks.common.files import csv_text
 from tasks.run.outputs import HistoryCsv
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT, prepared, tiny_overrides
 
 CPU = torch.device("cpu")
 
@@ -116,17 +116,11 @@ def test_train_command_with_missing_data_starts_no_server(tmp_path):
 @pytest.fixture(scope="module")
 def iris_bundle(tmp_path_factory) -> Path:
     from tasks.bundle import write_bundle
-    from tasks.data import prepare_data
     from tasks.evaluate import evaluate_model
-    from tasks.model import build_model
     from tasks.train import train_model
 
     config = load_config(None, tiny_overrides())
-    data = prepare_data.fn(config.data, seed=config.seed)
-    parts = build_model.fn(
-        config.model, config.loss, config.optimizer, config.scheduler, data.spec, CPU,
-        config.seed, config.train.epochs, config.train.monitor,
-    )
+    data, parts = prepared(config, CPU)
     train_model.fn(parts, data, config.train, CPU, config.seed)
     report = evaluate_model.fn(parts.model, data, CPU, config.evaluate.batch_size)
     folder = tmp_path_factory.mktemp("feedback")

@@ -16,12 +16,10 @@ import torch
 
 import tasks.train._epochs
 from schemas import ConfigError, load_config
-from tasks.data import prepare_data
-from tasks.model import build_model
 from tasks.run.rundir import read_run_state
 from tasks.train import TimeLimitReached, train_model
 from tasks.train._checkpoint import load_checkpoint
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT, prepared, tiny_overrides
 
 CPU = torch.device("cpu")
 
@@ -33,12 +31,7 @@ def _config(**extra: str):
 
 
 def _fresh(config):
-    data = prepare_data.fn(config.data, seed=config.seed)
-    parts = build_model.fn(
-        config.model, config.loss, config.optimizer, config.scheduler, data.spec, CPU,
-        config.seed, config.train.epochs, config.train.monitor,
-    )
-    return data, parts
+    return prepared(config, CPU)
 
 
 def _state(parts):
