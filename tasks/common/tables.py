@@ -153,16 +153,3 @@ def check_npz_size(path: Path, archive: np.lib.npyio.NpzFile, names: Sequence[st
         f"more than the {format_bytes(available)} of memory available. Use a smaller file, or a machine with more memory"
     )
 
-
-def parquet_columns(path: Path) -> pd.DataFrame:
-    """An empty frame with a Parquet file's columns, read from its schema alone."""
-    import pyarrow.parquet as pq
-
-    return pd.DataFrame(columns=pq.ParquetFile(path).schema_arrow.names)
-
-
-def read_table_column(path: Path, kind: str, column: str) -> np.ndarray:
-    """One column of a CSV or Parquet file, without reading the others."""
-    if kind == "csv":
-        return pd.read_csv(path, usecols=[column])[column].to_numpy()
-    return pd.read_parquet(path, columns=[column])[column].to_numpy()
