@@ -65,7 +65,10 @@ class MLPConfig(PretrainedFields):
         (128, 64), description="Width of each hidden layer."
     )
     activation: Activation = Field("relu", description="Activation after each hidden layer.")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout probability.")
+    dropout: float = Field(
+        0.3, ge=0, lt=1, description="Dropout probability after each hidden layer (0.3 keeps small and wide tables from "
+        "overfitting within a few epochs).",
+    )
 
 
 class CNNConfig(PretrainedFields):

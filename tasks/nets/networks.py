@@ -72,6 +72,8 @@ class CategoryEmbeddings(nn.Module):
         super().__init__()
         self.n_dense = n_dense
         self.embeddings = nn.ModuleList(nn.Embedding(rows, width) for rows, width in embeddings)
+        for table in self.embeddings:  # small, as fastai starts them: nn.Embedding's N(0, 1) codes swamp the
+            nn.init.trunc_normal_(table.weight, std=0.01)  # scaled dense columns and overfit small tables
         self.body = body
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
