@@ -1,6 +1,7 @@
 """Raw tables in (#15): the default config against scikit-learn reference pipelines, on tables as published.
 
-    python -m benchmarks.raw_tables                 # full size; prints a markdown report
+    python -m benchmarks.raw_tables                 # full size, seeds 0-2; prints a markdown report
+    python -m benchmarks.raw_tables --seeds 1       # one seed (one split, one initialisation)
     python -m benchmarks.raw_tables --quick         # small tables, 2 epochs (a smoke run, not a result)
     python -m benchmarks.raw_tables --memory-rows 1000000   # also the 1,000,000 x 50 preparation memory case
 
@@ -12,6 +13,9 @@ the id column); the references fit on the same training rows and score the
 same test rows: one-hot + median imputer + scaler + logistic/ridge
 regression, and HistGradientBoosting on the same encoding. Times are wall
 seconds in this process; memory is the peak RSS above the start of each fit.
+Each seed is a run's `seed`: it draws the train/val/test split (the same
+rows for every method) and our initialisation, so the report gives each
+method's mean over the seeds and the worst seed's gap to the best reference.
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ def diabetes() -> Table:
 # --------------------------------------------------------------------------- the two sides
 
 
-def _ours(path: Path, table: Table, overrides: tuple[str, ...]) -> tuple[float, float, float, object]:
+def _ours(path: Path, table: Table, overrides: tuple[str, ...], seed: int = 0) -> tuple[float, float, float, object]:
     import torch
 
     from schemas.loading import load_config
@@ -124,7 +128,8 @@ def _ours(path: Path, table: Table, overrides: tuple[str, ...]) -> tuple[float, 
     source = {"kind": "csv", "path": str(path), "target": table.target}
     if table.id_columns:
         source["id_columns"] = list(table.id_columns)
-    config = load_config(None, [f"data.source={json.dumps(source)}", "device=cpu", "train.progress=false", *overrides])
+    config = load_config(None, [f"data.source={json.dumps(source)}", "device=cpu", "train.progress=false", f"seed={seed}",
+                                *overrides])
     cpu = torch.device("cpu")
     started = time.perf_counter()
     with PeakRSS() as peak:
@@ -161,7 +166,7 @@ def _reference_features(frame: pd.DataFrame, table: Table) -> tuple[pd.DataFrame
     return X, [c for c in X.columns if c not in categorical], categorical
 
 
-def _references(table: Table) -> dict[str, tuple[float, float, float]]:
+def _references(table: Table, seed: int = 0) -> dict[str, tuple[float, float, float]]:
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import (
         HistGradientBoostingClassifier,
@@ -173,7 +178,7 @@ def _references(table: Table) -> dict[str, tuple[float, float, float]]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    frame, train, test = split_rows(table)
+    frame, train, test = split_rows(table, seed)
     X, numeric, categorical = _reference_features(frame, table)
     y = frame[table.target].to_numpy()
     classify = table.task == "classification"
@@ -233,41 +238,63 @@ def memory_case(rows: int, folder: Path) -> dict[str, float]:
 # --------------------------------------------------------------------------- report
 
 
-def run_benchmark(tables: list[Table], folder: Path, overrides: tuple[str, ...] = ()) -> list[dict[str, object]]:
+def run_benchmark(tables: list[Table], folder: Path, overrides: tuple[str, ...] = (),
+                  seeds: tuple[int, ...] = (0,)) -> list[dict[str, object]]:
+    """Per table: ours and every reference at each seed (lists in seed order)."""
     rows = []
     for table in tables:
         path = folder / f"{table.name.split()[0]}.csv"
         table.frame.to_csv(path, index=False)
-        metric, seconds, mib, epochs = _ours(path, table, overrides)
-        references = _references(table)
-        rows.append({"table": table, "ours": (metric, seconds, mib), "epochs": epochs, "references": references})
+        ours, epochs, references = [], [], {}
+        for seed in seeds:
+            metric, seconds, mib, ran = _ours(path, table, overrides, seed)
+            ours.append((metric, seconds, mib))
+            epochs.append(ran)
+            for label, value in _references(table, seed).items():
+                references.setdefault(label, []).append(value)
+        rows.append({"table": table, "seeds": seeds, "ours": ours, "epochs": epochs, "references": references})
     return rows
 
 
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values))
+
+
+def _method_line(label: str, runs: list[tuple[float, float, float]], best: list[float], metric_name: str) -> str:
+    """One method's row: mean metric (each seed's), mean and worst-seed gap to the best reference, mean time and memory."""
+    values = [run[0] for run in runs]
+    gaps = [value - top for value, top in zip(values, best)]
+    each = ", ".join(f"{v:.4f}" for v in values) if len(values) > 1 else ""
+    return (f"| {label} | {metric_name} {_mean(values):.4f}{f' ({each})' if each else ''} | {_mean(gaps):+.4f} | "
+            f"{min(gaps):+.4f} | {_mean([run[1] for run in runs]):.1f} | {max(run[2] for run in runs):.0f} |")
+
+
 def format_report(rows: list[dict[str, object]], memory: dict[str, float] | None, command: str) -> str:
+    seeds = rows[0]["seeds"] if rows else (0,)
     lines = [
         "## Raw tables (#15): default config vs scikit-learn references",
         "",
-        f"- machine: {machine_line()}; shared with other engineers' work while measured, so times are under load",
+        f"- machine: {machine_line()}",
         f"- command: `{command}`",
         "- ours: only data.source (path, target, id_columns) set; same train/test rows for every method",
+        (f"- seeds {', '.join(map(str, seeds))}: each draws the split (shared by all methods) and our initialisation; "
+         "the metric is the mean (each seed's in brackets), the gaps are to the best reference at the same seed"),
         "",
-        "| table | rows x cols | task | method | test metric | gap to best ref | wall s | peak MiB above start |",
-        "|---|---|---|---|---:|---:|---:|---:|",
+        ("| table | rows x cols | task | method | test metric | mean gap to best ref | worst seed's gap | wall s | "
+         "peak MiB above start |"),
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         table: Table = row["table"]  # type: ignore[assignment]
-        refs: dict[str, tuple[float, float, float]] = row["references"]  # type: ignore[assignment]
-        best = max(v[0] for v in refs.values())
+        refs: dict[str, list[tuple[float, float, float]]] = row["references"]  # type: ignore[assignment]
+        best = [max(runs[i][0] for runs in refs.values()) for i in range(len(seeds))]
         metric_name = "accuracy" if table.task == "classification" else "R²"
-        shape = f"{len(table.frame):,} x {table.frame.shape[1]}"
-        ours = row["ours"]
-        epochs_run, best_epoch = row["epochs"]  # type: ignore[misc]
-        lines.append(f"| {table.name} ({table.about}) | {shape} | {table.task} | ours, default MLP "
-                     f"({epochs_run} epochs, best {best_epoch}) | {metric_name} {ours[0]:.4f} | {ours[0] - best:+.4f} | "
-                     f"{ours[1]:.1f} | {ours[2]:.0f} |")
-        for label, (value, seconds, mib) in refs.items():
-            lines.append(f"|  |  |  | {label} | {metric_name} {value:.4f} | {value - best:+.4f} | {seconds:.1f} | {mib:.0f} |")
+        epochs = ", ".join(f"{ran}/{top}" for ran, top in row["epochs"])  # type: ignore[union-attr]
+        head = f"| {table.name} ({table.about}) | {len(table.frame):,} x {table.frame.shape[1]} | {table.task} "
+        lines.append(head + _method_line(f"ours, default MLP (epochs run/best: {epochs})", row["ours"], best,  # type: ignore[arg-type]
+                                         metric_name))
+        for label, runs in refs.items():
+            lines.append("|  |  |  " + _method_line(label, runs, best, metric_name))
     if memory:
         lines += [
             "",
@@ -298,11 +325,13 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.raw_tables", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small tables and 2 epochs: a smoke run")
     parser.add_argument("--memory-rows", type=int, default=0, help="also prepare an N x 50 table and report peak memory")
+    parser.add_argument("--seeds", type=int, default=3, help="run seeds 0..N-1 (split and initialisation); default 3")
     parser.add_argument("--output", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     overrides = ("train.epochs=2",) if args.quick else ()
     with tempfile.TemporaryDirectory(prefix="raw-tables-") as tmp:
-        rows = run_benchmark(tables(args.quick), Path(tmp), overrides)
+        seeds = tuple(range(1 if args.quick else max(1, args.seeds)))
+        rows = run_benchmark(tables(args.quick), Path(tmp), overrides, seeds)
         memory = memory_case(args.memory_rows, Path(tmp)) if args.memory_rows else None
     report = format_report(rows, memory, shlex.join(["python", "-m", "benchmarks.raw_tables", *argv]))
     emit_report(report, args.output)

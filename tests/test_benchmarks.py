@@ -182,11 +182,17 @@ def test_raw_tables_benchmark_runs_ours_and_the_references_on_the_same_rows(tmp_
     small = [penguins_like(120), sales_like(120)]
     frame, train, test = split_rows(small[1])
     assert len(frame) == 119 and not set(train) & set(test)  # the empty-target row is dropped first
-    rows = run_benchmark(small, tmp_path, ("train.epochs=1", "model.hidden_sizes=[8]"))
+    rows = run_benchmark(small, tmp_path, ("train.epochs=1", "model.hidden_sizes=[8]"), seeds=(0, 1))
     text = format_report(rows, None, "python -m benchmarks.raw_tables --quick")
     assert "| penguins-like" in text and "HistGradientBoosting" in text and "one-hot + median + ridge" in text
+    assert "seeds 0, 1" in text
     for row in rows:
-        assert math.isfinite(row["ours"][0]) and all(math.isfinite(v[0]) for v in row["references"].values())
+        assert len(row["ours"]) == 2 and all(len(runs) == 2 for runs in row["references"].values())
+        assert all(math.isfinite(run[0]) for run in row["ours"])
+        assert all(math.isfinite(run[0]) for runs in row["references"].values() for run in runs)
+    # Each seed draws its own split: the references score other test rows.
+    ridge = rows[1]["references"]["one-hot + median + ridge"]
+    assert ridge[0][0] != ridge[1][0]
 
 
 @pytest.mark.slow
