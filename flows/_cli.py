@@ -342,9 +342,11 @@ def check_data_first(data: "DataConfig") -> None:
     A missing or unreadable file, a missing target column, a table the
     reader refuses, and for a table every column problem at once (mixed
     numbers and text, gaps with data.impute none, unknown column names,
-    empty targets that may not be dropped): errors that would otherwise come
-    only after Prefect's temporary server had started. Splitting and class
-    counts are left to the data stage.
+    empty targets that may not be dropped) and every problem splitting its
+    target (too few rows for train/val/test, a single class, non-integer
+    class labels, a class too small to stratify), in one message: errors that
+    would otherwise come only after Prefect's temporary server had started.
+    NPZ, builtin and image data get the rest of these checks in the data stage.
     """
     from tasks.data import peek_shape
 

@@ -180,12 +180,14 @@ def test_cli_bad_config_in_a_real_process(run_cli, tmp_path):
 
 def test_cli_bad_data_names_the_column_and_debug_shows_traceback(run_cli, capsys, tmp_path, monkeypatch):
     csv_path = tmp_path / "t.csv"
-    # One class only: a data error of the stage's (the early check judges columns, not splits).
-    pd.DataFrame({"a": ["x", "y", "z"] * 4, "b": [1.0] * 12, "label": [0] * 12}).to_csv(csv_path, index=False)
-    args = ["--set", f"data.source={{kind: csv, path: {csv_path}, target: label}}", "--run-dir"]
+    # Text labels with data.task=regression: a data error of the stage's (the early check judges the
+    # columns and the split, not whether a regression target is numeric).
+    pd.DataFrame({"a": ["x", "y", "z"] * 4, "b": [1.0] * 12, "label": ["p", "q"] * 6}).to_csv(csv_path, index=False)
+    args = ["--set", f"data.source={{kind: csv, path: {csv_path}, target: label}}", "--set", "data.task=regression",
+            "--run-dir"]
     result = run_cli("flows.train", *args, "run")
     assert result.returncode == 3
-    assert "target 'label' has a single class '0'" in result.stderr
+    assert "target 'label' is not numeric (object); regression needs numbers" in result.stderr
     assert "Traceback" not in result.stderr
     assert read_run_state(tmp_path / "run")["state"] == "failed"
     assert not (tmp_path / "run" / "model").exists()

@@ -202,6 +202,67 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert str(early.value) == message
 
 
+def _train_exit(tmp_path, monkeypatch, capsys, path, *sets: str) -> tuple[int, str]:
+    """`flows.train` on the table at `path`: exit code and stderr, with Prefect's session refused."""
+    import flows.train
+
+    def no_server(*args, **kwargs):
+        raise AssertionError("Prefect's session (and server) was started")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(flows.train, "prefect_session", no_server)
+    code = flows.train.main(["--set", f"data.source={{kind: csv, path: {path}, target: label}}", *sets])
+    return code, capsys.readouterr().err
+
+
+def test_column_and_split_problems_come_in_one_message_before_the_server(tmp_path, monkeypatch, capsys):
+    frame = pd.DataFrame({"a": np.arange(30.0), "w": [str(i) for i in range(30)], "label": ["x"] * 15 + ["y"] * 14 + ["z"]})
+    frame.loc[3, "w"] = "heavy"
+    path = _csv(tmp_path, frame)
+    code, err = _train_exit(tmp_path, monkeypatch, capsys, path)
+    assert code == 3
+    assert err == (
+        f"error: {path}: 2 problems: column 'w' mixes numbers and text: row 4 holds 'heavy'; fix or empty those "
+        "cells, or list the column in data.source.categorical to treat every value as a category; "
+        "class(es) too small to stratify: 'z' (1 row); each class needs at least 3 rows (one per split). "
+        "Add rows, remove the class, or set data.split.stratify=false\n"
+    )
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(DataError) as stage:  # the data stage says the same
+        prepare_data.fn(_data_config(path), seed=0)
+    assert err == f"error: {stage.value}\n"
+
+
+def test_too_few_rows_and_a_single_class_are_found_before_the_server(tmp_path, monkeypatch, capsys):
+    few = _csv(tmp_path, pd.DataFrame({"a": [1.0, 2.0, 3.0], "label": [0, 1, 0]}), "few.csv")
+    code, err = _train_exit(tmp_path, monkeypatch, capsys, few)
+    assert code == 3
+    assert err == (f"error: {few}: 3 row(s) are too few to split into train/val/test (val=0.15, test=0.15); "
+                   "need at least 4\n")
+    one = _csv(tmp_path, pd.DataFrame({"a": np.arange(12.0), "label": ["only"] * 12}), "one.csv")
+    code, err = _train_exit(tmp_path, monkeypatch, capsys, one)
+    assert code == 3
+    assert err == f"error: {one}: target 'label' has a single class 'only'; classification needs at least two\n"
+    floats = _csv(tmp_path, pd.DataFrame({"a": np.arange(30.0), "label": np.linspace(0.5, 3.5, 30)}), "f.csv")
+    code, err = _train_exit(tmp_path, monkeypatch, capsys, floats, "--set", "data.task=classification")
+    assert code == 3 and "target 'label' has non-integer values; " in err and "set data.task=regression" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_regression_target_gets_no_class_checks_early(tmp_path):
+    from flows._cli import check_data_first
+
+    values = _csv(tmp_path, pd.DataFrame({"a": np.arange(30.0), "label": np.linspace(0.5, 3.5, 30)}))
+    check_data_first(_data_config(values))  # non-integer values: regression, not a class problem
+    rare = _csv(tmp_path, pd.DataFrame({"a": np.arange(30.0), "label": [0] * 29 + [7]}), "rare.csv")
+    check_data_first(DataConfig(source=CsvSource(path=rare, target="label"), task="regression"))  # 7 is a value
+    few = _csv(tmp_path, pd.DataFrame({"a": [1.0, 2.0, 3.0], "label": [0.5, 1.5, 2.5]}), "few.csv")
+    with pytest.raises(DataError) as early:
+        check_data_first(_data_config(few))
+    assert str(early.value) == (f"{few}: 3 row(s) are too few to split into train/val/test (val=0.15, test=0.15); "
+                                "need at least 4")
+
+
 # --------------------------------------------------------------------------- predicting raw rows
 
 

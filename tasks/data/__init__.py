@@ -29,8 +29,9 @@ from tasks.data._images import (
     prepare_image_folder,
 )
 from tasks.data._peek import peek_shape
-from tasks.data._prepare import prepare_arrays, split_sizes
-from tasks.data._raw import MAX_INFERRED_CLASSES, data_hash, load_raw
+from tasks.data._prepare import prepare_arrays
+from tasks.data._raw import data_hash, load_raw
+from tasks.data._split_checks import MAX_INFERRED_CLASSES, split_sizes
 
 __all__ = [
     "MAX_INFERRED_CLASSES", "data_hash", "decode_for_prediction", "load_raw", "peek_shape", "prediction_images",

@@ -1,12 +1,15 @@
 """A table's columns, judged whole before anything trains: each column's role and type, and every problem at once.
 
     from tasks.data._columns import plan_table, fit_table
-    plan = plan_table(frame, config.source, config, "t.csv")      # DataError naming every bad column
+    plan = plan_table(frame, config.source, config, "t.csv", check_split=True)  # DataError: every problem
     spec = fit_table(plan, frame, train_rows, config)              # vocabularies from the training rows only
 
 `plan_table` is what the command line runs before Prefect's server starts
 (through `peek_shape`) and what the data stage runs again when it reads the
-table, so both report the same problems with the same words.
+table, so both report the same problems with the same words. With
+`check_split` (both callers pass it) the target's split problems (too few
+rows, labels that can't be classes, classes too small to stratify) join the
+column problems in the same message.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tasks.common.encoding import (
     numbers,
     row_label,
 )
+from tasks.data._split_checks import joined, target_problems
 
 # A text column the user did not pick whose values are nearly all distinct is free text (names,
 # comments): left out with a warning.
@@ -116,8 +120,14 @@ def _target_rows(frame: pd.DataFrame, target: str, config: DataConfig, problems:
     return ~empty
 
 
-def plan_table(frame: pd.DataFrame, source: CsvSource | ParquetSource, config: DataConfig, label: str) -> TablePlan:
-    """Every column's role and type; one DataError naming every problem (column, row, fix) when there are any."""
+def plan_table(
+    frame: pd.DataFrame, source: CsvSource | ParquetSource, config: DataConfig, label: str, *, check_split: bool = False
+) -> TablePlan:
+    """Every column's role and type; one DataError naming every problem (column, row, fix) when there are any.
+
+    With `check_split`, the rows with a target are also judged as the split will judge them
+    (`target_problems`: too few rows, labels that can't be classes, classes too small to stratify).
+    """
     if frame.shape[0] == 0:
         raise DataError(f"{label}: has a header but no data rows")
     columns = [str(c) for c in frame.columns]
@@ -158,9 +168,10 @@ def plan_table(frame: pd.DataFrame, source: CsvSource | ParquetSource, config: D
     keep = _target_rows(frame, target, config, problems, notes)
     if not features and not problems:
         problems.append(f"no feature columns besides the target {target!r}")
+    if check_split and keep.any():
+        problems += target_problems(frame[target].to_numpy()[keep], target, config)
     if problems:
-        head = f"{len(problems)} problems: " if len(problems) > 1 else ""
-        raise DataError(f"{label}: {head}{'; '.join(problems)}")
+        raise DataError(f"{label}: {joined(problems)}")
     left_out = tuple(c for c in columns if c not in skip and c not in dict(features))
     return TablePlan(tuple(features), tuple(source.id_columns), left_out, tuple(notes), keep)
 

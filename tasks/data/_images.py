@@ -76,7 +76,7 @@ from tasks.data._image_files import (
     report_skipped,
     walk_folder,
 )
-from tasks.data._prepare import val_fraction_of_rest
+from tasks.data._split_checks import val_fraction_of_rest
 
 # --------------------------------------------------------------------------- splitting
 

@@ -26,11 +26,13 @@ def peek_shape(config: DataConfig) -> "InputShape":
     """Input shape, output count and task without preparing the data (for device measuring).
 
     Reads headers (NPZ) or the whole table (CSV, Parquet), whose every column
-    is judged as the data stage will (`plan_table`): one DataError names all
-    the problems found. The number of classes is counted from the target
-    column; a table's input width is estimated from the whole table's
-    category counts (the data stage fits them on the training split). An
-    unreadable source raises the same DataError the data stage would.
+    is judged as the data stage will (`plan_table`), and so is how its target
+    splits (too few rows, labels that can't be classes, classes too small to
+    stratify): one DataError names all the problems found. The number of
+    classes is counted from the target column; a table's input width is
+    estimated from the whole table's category counts (the data stage fits
+    them on the training split). An unreadable source raises the same
+    DataError the data stage would.
     """
     from schemas.device import InputShape
 
@@ -59,7 +61,7 @@ def peek_shape(config: DataConfig) -> "InputShape":
         sample = RawData(np.empty((len(y), 0)), y, (), features, "y", str(path))
     else:
         frame = read_table(path, source.kind)  # the whole table: every column's problems are reported now
-        plan = plan_table(frame, source, config, str(path))
+        plan = plan_table(frame, source, config, str(path), check_split=True)  # and the split's problems
         target = frame[source.target].to_numpy()[plan.keep]
         features = (_encoded_width(frame, plan, config),)
         sample = RawData(np.empty((len(target), 0)), target, (), features, source.target, str(path))

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -13,7 +11,6 @@ from schemas.data import (
     DataSpec,
     PreparedData,
     Preprocessing,
-    SplitConfig,
     check_magnitude,
     describe_nonfinite,
 )
@@ -26,48 +23,8 @@ from tasks.data._raw import (
     regression_target,
 )
 from tasks.data._scaling import as_floats, fit_statistics, target_statistics
+from tasks.data._split_checks import joined, split_problems, val_fraction_of_rest
 from tasks.data._table_splits import table_features, table_preprocessing
-
-
-def split_sizes(n: int, split: SplitConfig) -> tuple[int, int, int]:
-    """(train, val, test) row counts as scikit-learn's splitter makes them."""
-    n_test = math.ceil(n * split.test)
-    rest = n - n_test
-    n_val = math.ceil(rest * val_fraction_of_rest(split))
-    return rest - n_val, n_val, n_test
-
-
-def val_fraction_of_rest(split: SplitConfig) -> float:
-    """The validation share of the rows left after the test split: the second splitter's test_size."""
-    return split.val / (1 - split.test)
-
-
-def _check_split(n: int, split: SplitConfig, source: str) -> None:
-    n_train, n_val, n_test = split_sizes(n, split)
-    if n_train >= 2 and n_val >= 1 and n_test >= 1:
-        return
-    need = next(m for m in range(3, 10_000) if min(split_sizes(m, split)[0] - 1, *split_sizes(m, split)[1:]) >= 1)
-    raise DataError(
-        f"{source}: {n} row(s) are too few to split into train/val/test "
-        f"(val={split.val:g}, test={split.test:g}); need at least {need}"
-    )
-
-
-def _check_classes(codes: np.ndarray, names: tuple[str, ...], split: SplitConfig, source: str) -> None:
-    counts = np.bincount(codes, minlength=len(names))
-    small = [(names[i], int(c)) for i, c in enumerate(counts) if c < 3]
-    if small:
-        listed = ", ".join(f"{name!r} ({count} row{'s' if count != 1 else ''})" for name, count in small)
-        raise DataError(
-            f"{source}: class(es) too small to stratify: {listed}; each class needs at least 3 rows "
-            "(one per split). Add rows, remove the class, or set data.split.stratify=false"
-        )
-    n_train, n_val, n_test = split_sizes(len(codes), split)
-    if min(n_val, n_test) < len(names):
-        raise DataError(
-            f"{source}: {len(names)} classes cannot all appear in a val split of {n_val} and a test split "
-            f"of {n_test} rows; raise data.split.val/test, add rows, or set data.split.stratify=false"
-        )
 
 
 def fit_preprocessing(
@@ -124,14 +81,14 @@ def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
     task = infer_task(raw, config.task)
     if raw.table is None:
         _check_features(raw, config)
-    _check_split(len(raw.y), config.split, raw.source)
+    problems = split_problems(raw, config)  # too few rows; labels that can't be classes or stratified
+    if problems:
+        raise DataError(f"{raw.source}: {joined(problems)}")
 
     class_names: tuple[str, ...] | None = None
     if task == "classification":
         y, class_names = encode_labels(raw)
         stratify = config.split.stratify
-        if stratify:
-            _check_classes(y, class_names, config.split, raw.source)
     else:
         y = regression_target(raw)
         stratify = False

@@ -22,14 +22,10 @@ from schemas.data import (
 from schemas.errors import DataError
 from tasks.common.log import say
 from tasks.common.tables import read_npz_arrays, read_table
+from tasks.data._split_checks import class_labels, task_of
 
 if TYPE_CHECKING:
     from tasks.data._columns import TablePlan
-
-# An integer-valued target with at most this many distinct values is taken as
-# class labels when data.task is auto.
-MAX_INFERRED_CLASSES = 50
-
 
 @dataclass(frozen=True)
 class RawData:
@@ -62,7 +58,7 @@ def load_table(frame: pd.DataFrame, source: CsvSource | ParquetSource, config: D
     """A table's feature columns, target and column roles; rows with an empty target dropped (with a note)."""
     from tasks.data._columns import plan_table
 
-    plan = plan_table(frame, source, config, label)
+    plan = plan_table(frame, source, config, label, check_split=True)  # the same message as the early check
     for note in plan.notes:
         say(f"data: {label}: {note}")
     rows = np.flatnonzero(plan.keep)
@@ -127,46 +123,16 @@ def _row_list(rows: np.ndarray, limit: int = 5) -> str:
 
 
 def infer_task(raw: RawData, requested: str) -> Task:
-    if requested != "auto":
-        return requested  # type: ignore[return-value]
-    if raw.task_hint is not None:
-        return raw.task_hint
-    y = raw.y
-    if raw.class_names is not None or not np.issubdtype(y.dtype, np.number) or y.dtype == bool:
-        return "classification"
-    values = np.unique(y)
-    integral = np.all(np.isfinite(values)) and np.all(np.mod(values, 1) == 0)
-    if integral and len(values) <= MAX_INFERRED_CLASSES:
-        return "classification"
-    return "regression"
+    """The task asked for, or for auto the one the target suggests (a hint or class names decide first)."""
+    return task_of(raw.y, requested, raw.class_names, raw.task_hint)
 
 
 def encode_labels(raw: RawData) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Class indices 0..K-1 and the name of each class."""
-    y = raw.y
-    if np.issubdtype(y.dtype, np.floating):
-        if not np.all(np.isfinite(y)) or not np.all(np.mod(y, 1) == 0):
-            raise DataError(
-                f"{raw.source}: target {raw.target!r} has non-integer values; "
-                "for classification use class labels, or set data.task=regression"
-            )
-        y = y.astype(np.int64)
-    values, codes = np.unique(y.astype(str) if y.dtype == object else y, return_inverse=True)
-    if raw.class_names is not None and np.issubdtype(values.dtype, np.integer):
-        if values.min() < 0 or values.max() >= len(raw.class_names):
-            raise DataError(
-                f"{raw.source}: labels run from {values.min()} to {values.max()} but "
-                f"{len(raw.class_names)} class names were given"
-            )
-        names = tuple(raw.class_names[int(v)] for v in values)
-    else:
-        names = tuple(str(v) for v in values)
-    if len(names) < 2:
-        raise DataError(
-            f"{raw.source}: target {raw.target!r} has a single class {names[0]!r}; "
-            "classification needs at least two"
-        )
-    return codes.astype(np.int64), names
+    """Class indices 0..K-1 and the name of each class; a DataError when the target can't be classes."""
+    labels = class_labels(raw.y, raw.target, raw.class_names)
+    if isinstance(labels, str):
+        raise DataError(f"{raw.source}: {labels}")
+    return labels
 
 
 def data_hash(raw: RawData) -> str:
