@@ -54,6 +54,15 @@ def run_cli(prefect_api: str, tmp_path: Path):
     return run
 
 
+def ctrl_c_as_at_a_terminal() -> None:
+    """A `preexec_fn` for a child that a test stops with SIGINT: SIGINT at its default, as a terminal's
+    foreground command has it. A test run started in the background by a shell without job control
+    (`nohup pytest &`, some CI runners) has SIGINT ignored, and its children would inherit that."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def tiny_overrides(**extra: str) -> list[str]:
     """Overrides for a seconds-long run on iris."""
     sets = {

@@ -333,7 +333,7 @@ def test_ctrl_c_during_training_prints_the_resume_command(prefect_api, tmp_path)
     import sys
     import time
 
-    from tests.conftest import ROOT
+    from tests.conftest import ROOT, ctrl_c_as_at_a_terminal
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_LOGGING")}
     env.update(PREFECT_API_URL=prefect_api, PYTHONPATH=str(ROOT))
@@ -341,6 +341,7 @@ def test_ctrl_c_during_training_prints_the_resume_command(prefect_api, tmp_path)
     process = subprocess.Popen(
         [sys.executable, "-m", "flows.train", *(a for o in overrides for a in ("--set", o)), "--run-dir", "run"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=ctrl_c_as_at_a_terminal,
     )
     try:
         deadline = time.monotonic() + 240

@@ -16,7 +16,7 @@ import pytest
 
 from schemas import ConfigError, load_config
 from tasks.run.rundir import read_run_state
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT, ctrl_c_as_at_a_terminal, tiny_overrides
 
 
 @pytest.fixture
@@ -287,6 +287,7 @@ def _training_with_a_temporary_server(tmp_path: Path) -> tuple[subprocess.Popen,
     process = subprocess.Popen(
         [sys.executable, "-m", "flows.train", *(a for o in overrides for a in ("--set", o)), "--run-dir", "run"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=ctrl_c_as_at_a_terminal,
     )
     deadline = time.monotonic() + 280
     while not (tmp_path / "run" / "checkpoints" / "last.pt").is_file():
