@@ -82,7 +82,8 @@ class RunConfig(StrictModel):
     name: str = Field(
         "digits-mlp",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
-        description="Run name, used in the run directory name.",
+        description="Run name, used in the run directory name. Unset: <data>-<model kind>, such as digits-mlp or "
+        "penguins-mlp for penguins.csv.",
     )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds splits, init, batch order, dropout.")
     device: DeviceConfig = Field(default_factory=DeviceConfig, description="Stage 1: where training runs.")
@@ -107,6 +108,11 @@ class RunConfig(StrictModel):
         # The form's "none" tab is the same as no scheduler.
         if isinstance(data, dict) and data.get("scheduler") == NO_SCHEDULER:
             data = {**data, "scheduler": None}
+        # No name given: one from the data and the model (penguins-mlp), not the default job's digits-mlp.
+        if isinstance(data, dict) and "name" not in data:
+            derived = default_run_name(data.get("data"), data.get("model"))
+            if derived is not None:
+                data = {**data, "name": derived}
         return data
 
     @model_validator(mode="after")
@@ -129,6 +135,31 @@ class RunConfig(StrictModel):
             task, loss=self.loss.name, monitor=self.train.monitor, model_kind=self.model.kind
         )
         return self
+
+
+def _field(value: Any, key: str, default: Any = None) -> Any:
+    """`value[key]` of a mapping or `value.key` of a model; `default` when absent."""
+    return value.get(key, default) if isinstance(value, dict) else getattr(value, key, default)
+
+
+def default_run_name(data: Any, model: Any) -> str | None:
+    """`<data>-<model kind>` for a run config that names neither: the builtin dataset's name or the file's
+    (or folder's) stem, e.g. `penguins-mlp`; None when the input is not one that validates."""
+    import re
+    from pathlib import PurePath
+
+    source = _field(data, "source") if data is not None else None
+    kind = _field(model, "kind", "mlp") if model is not None else "mlp"
+    if source is None or _field(source, "kind", "builtin") == "builtin":
+        stem = _field(source, "name", "digits") if source is not None else "digits"
+    else:
+        path = _field(source, "path")
+        stem = PurePath(str(path)).stem if path else None
+    if not isinstance(stem, str) or not isinstance(kind, str):
+        return None
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-._")[: 63 - len(kind)].rstrip("-._")
+    name = f"{stem}-{kind}" if stem else kind
+    return name if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name) else None
 
 
 def check_task_compatibility(

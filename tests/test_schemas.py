@@ -159,3 +159,13 @@ def test_a_partial_section_keeps_the_fields_defaults():
     config = load_config(None, ["data.retry.delay_seconds=0"])
     assert config.data.retry.retries == 2 and config.data.retry.delay_seconds == 0
     assert load_config(None, ["train.early_stopping.patience=9"]).train.early_stopping.enabled is True
+
+
+def test_an_unnamed_run_is_named_after_its_data_and_model():
+    assert load_config().name == "digits-mlp"
+    csv = "data.source={kind: csv, path: /data/My Penguins (2024).csv, target: species}"
+    assert load_config(None, [csv]).name == "My-Penguins-2024-mlp"
+    assert load_config(None, ["data.source.name=iris", "model.kind=logistic"]).name == "iris-logistic"
+    assert load_config(None, [csv, "name=mine"]).name == "mine"  # a name given is kept
+    long = load_config(None, [f"data.source={{kind: npz, path: /d/{'x' * 80}.npz}}", "model.kind=cnn"]).name
+    assert long == "x" * 60 + "-cnn" and len(long) == 64  # the longest name the field takes
