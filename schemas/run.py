@@ -143,7 +143,7 @@ def _field(value: Any, key: str, default: Any = None) -> Any:
 
 
 def default_run_name(data: Any, model: Any) -> str | None:
-    """`<data>-<model kind>` for a run config that names neither: the builtin dataset's name or the file's
+    """`<data>-<model kind>` for a run config without a name: the builtin dataset's name or the file's
     (or folder's) stem, e.g. `penguins-mlp`; None when the input is not one that validates."""
     import re
     from pathlib import PurePath
