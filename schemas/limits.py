@@ -33,6 +33,9 @@ MAX_IMAGE_PIXELS = 89_478_485
 # Decoding holds about this many bytes per declared pixel at once (RGBA, then
 # the converted copy); more than the available memory is refused too.
 IMAGE_DECODE_BYTES_PER_PIXEL = 8
+# Run and sweep names (they name folders): a letter or digit, then letters, digits, _ . -; this many at most.
+MAX_NAME_CHARS = 64
+NAME_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_NAME_CHARS - 1}}}$"
 
 
 def available_memory_bytes() -> int:

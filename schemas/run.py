@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import PurePath
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -10,6 +12,7 @@ from schemas.base import StrictModel, form_schema
 from schemas.data import DataConfig
 from schemas.device import DeviceConfig
 from schemas.evaluate import EvaluateConfig, SaveConfig
+from schemas.limits import MAX_NAME_CHARS, NAME_PATTERN
 from schemas.model import InitReport, MLPConfig, ModelConfig
 from schemas.optim import (
     CLASSIFICATION_LOSSES,
@@ -81,7 +84,7 @@ class RunConfig(StrictModel):
 
     name: str = Field(
         "digits-mlp",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        pattern=NAME_PATTERN,
         description="Run name, used in the run directory name. Unset: <data>-<model kind>, such as digits-mlp or "
         "penguins-mlp for penguins.csv.",
     )
@@ -145,9 +148,6 @@ def _field(value: Any, key: str, default: Any = None) -> Any:
 def default_run_name(data: Any, model: Any) -> str | None:
     """`<data>-<model kind>` for a run config without a name: the builtin dataset's name or the file's
     (or folder's) stem, e.g. `penguins-mlp`; None when the input is not one that validates."""
-    import re
-    from pathlib import PurePath
-
     source = _field(data, "source") if data is not None else None
     kind = _field(model, "kind", "mlp") if model is not None else "mlp"
     if source is None or _field(source, "kind", "builtin") == "builtin":
@@ -157,9 +157,9 @@ def default_run_name(data: Any, model: Any) -> str | None:
         stem = PurePath(str(path)).stem if path else None
     if not isinstance(stem, str) or not isinstance(kind, str):
         return None
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-._")[: 63 - len(kind)].rstrip("-._")
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-._")[: MAX_NAME_CHARS - 1 - len(kind)].rstrip("-._")
     name = f"{stem}-{kind}" if stem else kind
-    return name if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name) else None
+    return name if re.fullmatch(NAME_PATTERN, name) else None
 
 
 def check_task_compatibility(

@@ -35,7 +35,7 @@ from schemas.keys import (
     resume_safe,
     union_members,
 )
-from schemas.limits import clip_text, quote
+from schemas.limits import NAME_PATTERN, clip_text, quote
 from schemas.loading import (
     apply_overrides,
     config_to_yaml,
@@ -309,7 +309,7 @@ def _check_distributed_trials(sweep: "SweepConfig") -> None:
 class SweepConfig(StrictModel):
     """A search over run configs. See configs/sweep_digits.yaml for a commented example."""
 
-    name: str = Field("sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Default sweep dir: sweeps/<name>.")
+    name: str = Field("sweep", pattern=NAME_PATTERN, description="Default sweep dir: sweeps/<name>.")
     base: RunConfig = Field(default_factory=RunConfig, description="The run every trial starts from (or a preset path).")
     space: dict[str, Param] = Field(min_length=1, description="Dotted run-config key -> range or choices.")
     sampler: SamplerConfig = Field(default_factory=TPESamplerConfig)

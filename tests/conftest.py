@@ -54,6 +54,11 @@ def run_cli(prefect_api: str, tmp_path: Path):
     return run
 
 
+def no_prefect_session(*args, **kwargs):
+    """Stands in for a flow module's `prefect_session` where a test asserts no server is started."""
+    raise AssertionError("Prefect's session (and server) was started")
+
+
 def ctrl_c_as_at_a_terminal() -> None:
     """A `preexec_fn` for a child that a test stops with SIGINT: SIGINT at its default, as a terminal's
     foreground command has it. A test run started in the background by a shell without job control

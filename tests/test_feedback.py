@@ -20,7 +20,7 @@ from schemas.loading import load_config
 from schemas.train import EpochRecord
 from tasks.common.files import csv_text
 from tasks.run.outputs import HistoryCsv
-from tests.conftest import ROOT, prepared, tiny_overrides
+from tests.conftest import ROOT, no_prefect_session, prepared, tiny_overrides
 
 CPU = torch.device("cpu")
 
@@ -32,10 +32,6 @@ def _plain_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT)
     env.update(extra)
     return env
-
-
-def _no_server(*args, **kwargs):
-    raise AssertionError("Prefect's session (and server) was started")
 
 
 # --------------------------------------------------------------------------- data errors before the server
@@ -68,7 +64,7 @@ def test_train_data_error_answers_before_the_server_with_the_stages_message(case
     override = DATA_CASES[case](tmp_path)
     with pytest.raises(DataError) as stage:
         prepare_data.fn(load_config(None, [override]).data, 0)
-    monkeypatch.setattr(flows.train, "prefect_session", _no_server)
+    monkeypatch.setattr(flows.train, "prefect_session", no_prefect_session)
     assert flows.train.main(["--set", override]) == 3
     assert capsys.readouterr().err == f"error: {stage.value}\n"
     assert not (tmp_path / "runs").exists()
@@ -78,7 +74,7 @@ def test_sweep_data_error_answers_before_the_server(tmp_path, monkeypatch, capsy
     import flows.sweep
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(flows.sweep, "prefect_session", _no_server)
+    monkeypatch.setattr(flows.sweep, "prefect_session", no_prefect_session)
     args = ["--config", str(ROOT / "configs" / "sweep_digits.yaml"), "--sweep-dir", "s"]
     assert flows.sweep.main([*args, "--set", "base.data.source={kind: csv, path: missing.csv, target: y}"]) == 3
     assert capsys.readouterr().err == "error: data file not found: missing.csv\n"
@@ -95,7 +91,7 @@ def test_the_early_check_passes_good_data_and_leaves_the_rest_to_the_stage(tmp_p
     check_data_first(load_config(None, [f"data.source={{kind: csv, path: {tmp_path / 't.csv'}, target: label}}"]).data)
 
 
-def test_train_command_with_missing_data_starts_no_server(tmp_path):
+def test_train_command_with_missing_data_startsno_prefect_session(tmp_path):
     env = _plain_env()
     started = time.monotonic()
     result = subprocess.run(
@@ -148,7 +144,7 @@ def test_plain_and_flow_predictions_are_the_same_bytes(iris_bundle, prefect_api,
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     plain, flowed = tmp_path / f"plain{suffix}", tmp_path / f"flow{suffix}"
     with monkeypatch.context() as patch:
-        patch.setattr(flows.predict, "prefect_session", _no_server)
+        patch.setattr(flows.predict, "prefect_session", no_prefect_session)
         assert flows.predict.main(["--model", "model", "--input", "in.csv", "--output", str(plain)]) == 0
     entered = []
     original = flows.predict.prefect_session

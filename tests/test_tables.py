@@ -19,6 +19,7 @@ from tasks.evaluate import evaluate_model
 from tasks.model import build_model
 from tasks.nets.networks import CategoryEmbeddings
 from tasks.train import train_model
+from tests.conftest import no_prefect_session
 
 CPU = torch.device("cpu")
 
@@ -206,11 +207,8 @@ def _train_exit(tmp_path, monkeypatch, capsys, path, *sets: str) -> tuple[int, s
     """`flows.train` on the table at `path`: exit code and stderr, with Prefect's session refused."""
     import flows.train
 
-    def no_server(*args, **kwargs):
-        raise AssertionError("Prefect's session (and server) was started")
-
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(flows.train, "prefect_session", no_server)
+    monkeypatch.setattr(flows.train, "prefect_session", no_prefect_session)
     code = flows.train.main(["--set", f"data.source={{kind: csv, path: {path}, target: label}}", *sets])
     return code, capsys.readouterr().err
 
