@@ -247,6 +247,27 @@ def test_too_few_rows_and_a_single_class_are_found_before_the_server(tmp_path, m
     assert not (tmp_path / "runs").exists()
 
 
+def test_the_early_check_and_the_device_probe_read_a_table_once(tmp_path, monkeypatch):
+    import os
+
+    import tasks.data._peek as peek
+    from tasks.data import peek_shape
+
+    reads = []
+    real = peek.read_table
+    monkeypatch.setattr(peek, "read_table", lambda path, kind: (reads.append(path), real(path, kind))[1])
+    path = _csv(tmp_path, pd.DataFrame({"a": np.arange(30.0), "c": ["x", "y", "z"] * 10, "label": [0, 1] * 15}))
+    config = _data_config(path)
+    first = peek_shape(config)
+    assert peek_shape(config) == first and len(reads) == 1
+    assert first.input_shape == (4,) and first.n_outputs == 2  # a, and c one-hot as 3
+    other = DataConfig(source=CsvSource(path=path, target="label", exclude=["c"]))
+    assert peek_shape(other).input_shape == (1,) and len(reads) == 2  # another data config: judged again
+    pd.DataFrame({"a": np.arange(30.0), "label": [0, 1, 2] * 10}).to_csv(path, index=False)
+    os.utime(path, ns=(1, 1))  # a rewritten file: another modification time (and here size)
+    assert peek_shape(config).n_outputs == 3 and len(reads) == 3
+
+
 def test_a_regression_target_gets_no_class_checks_early(tmp_path):
     from flows._cli import check_data_first
 

@@ -61,8 +61,9 @@ def prepare_data(config: DataConfig, seed: int) -> PreparedData:
 def probe_workload(config: RunConfig) -> ProbeWorkload:
     """What the device stage's `auto` times: the run's model, loss, optimizer and batch size.
 
-    The input shape is read from the data's headers (nothing is loaded or
-    scaled), and only if the device stage measures.
+    The input shape is read from the data's headers (a table is read whole and
+    judged, once per command: see `peek_shape`; nothing is scaled), and only
+    if the device stage measures.
     """
     workload = ProbeWorkload(
         model=config.model, loss=config.loss, optimizer=config.optimizer, data=config.data,

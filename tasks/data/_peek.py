@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,9 @@ def peek_shape(config: DataConfig) -> "InputShape":
     Reads headers (NPZ) or the whole table (CSV, Parquet), whose every column
     is judged as the data stage will (`plan_table`), and so is how its target
     splits (too few rows, labels that can't be classes, classes too small to
-    stratify): one DataError names all the problems found. The number of
+    stratify): one DataError names all the problems found. A table is read
+    once per command (the early check; the device probe then asks again):
+    again only when the file or the data config changed. The number of
     classes is counted from the target column; a table's input width is
     estimated from the whole table's category counts (the data stage fits
     them on the training split). An unreadable source raises the same
@@ -60,14 +63,31 @@ def peek_shape(config: DataConfig) -> "InputShape":
         features: tuple[int, ...] = tuple(int(d) for d in x_shape[1:])
         sample = RawData(np.empty((len(y), 0)), y, (), features, "y", str(path))
     else:
-        frame = read_table(path, source.kind)  # the whole table: every column's problems are reported now
-        plan = plan_table(frame, source, config, str(path), check_split=True)  # and the split's problems
-        target = frame[source.target].to_numpy()[plan.keep]
-        features = (_encoded_width(frame, plan, config),)
+        check_readable(path)
+        stat = path.stat()
+        target, features = _peek_table(str(path), stat.st_mtime_ns, stat.st_size, config.model_dump_json())
         sample = RawData(np.empty((len(target), 0)), target, (), features, source.target, str(path))
     task = infer_task(sample, config.task)
     n_out = len(np.unique(sample.y[~pd.isna(sample.y)])) if task == "classification" else 1
     return InputShape(features, int(n_out), task, sample.source)
+
+
+@functools.lru_cache(maxsize=2)
+def _peek_table(path: str, mtime_ns: int, size: int, config_json: str) -> tuple[np.ndarray, tuple[int]]:
+    """The kept rows' target (read-only) and the estimated input width of the table at `path`.
+
+    The whole table is read and every column (and the split) judged, so every
+    problem is reported now. A command asks twice, in its early check and in
+    the device stage's probe: while the file is unchanged (path, modification
+    time and size) and the data config the same, it is read once.
+    """
+    config = DataConfig.model_validate_json(config_json)
+    source = config.source
+    frame = read_table(Path(path), source.kind)  # type: ignore[union-attr]
+    plan = plan_table(frame, source, config, path, check_split=True)  # type: ignore[arg-type]
+    target = frame[source.target].to_numpy()[plan.keep]  # type: ignore[union-attr]
+    target.setflags(write=False)
+    return target, (_encoded_width(frame, plan, config),)
 
 
 def _encoded_width(frame: pd.DataFrame, plan: TablePlan, config: DataConfig) -> int:
