@@ -22,6 +22,7 @@ Activation = Literal["relu", "gelu", "tanh", "silu", "leaky_relu"]
 # A module-name prefix such as "stem" or "stages.0": it covers that module and everything under it.
 ModulePrefix = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")]
 Freeze = Union[Literal["none", "backbone"], tuple[ModulePrefix, ...]]
+MODEL_KINDS = "Model type: mlp, cnn, tinyvgg, resnet, linear, logistic, torchvision or custom."
 
 
 class PretrainedFields(StrictModel):
@@ -60,7 +61,7 @@ class PretrainedFields(StrictModel):
 class MLPConfig(PretrainedFields):
     """A multilayer perceptron over flat features."""
 
-    kind: Literal["mlp"] = Field("mlp", description="Model type: mlp, cnn, tinyvgg, resnet, linear, logistic or custom.")
+    kind: Literal["mlp"] = Field("mlp", description=MODEL_KINDS)
     hidden_sizes: tuple[Annotated[int, Field(ge=1, le=65536)], ...] = Field(
         (128, 64), description="Width of each hidden layer."
     )
@@ -74,7 +75,7 @@ class MLPConfig(PretrainedFields):
 class CNNConfig(PretrainedFields):
     """A small CNN for image-shaped input (for example digits as 1x8x8)."""
 
-    kind: Literal["cnn"] = Field("cnn", description="Model type: mlp, cnn, tinyvgg, resnet, linear, logistic or custom.")
+    kind: Literal["cnn"] = Field("cnn", description=MODEL_KINDS)
     channels: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
         (16, 32), min_length=1, description="Output channels of each conv block."
     )
@@ -90,7 +91,7 @@ class TinyVGGConfig(PretrainedFields):
     Convolutions are 3x3 with padding 1, so each block halves height and width.
     """
 
-    kind: Literal["tinyvgg"] = Field("tinyvgg", description="Model type: mlp, cnn, tinyvgg, resnet, linear, logistic or custom.")
+    kind: Literal["tinyvgg"] = Field("tinyvgg", description=MODEL_KINDS)
     hidden_units: int = Field(10, ge=1, le=4096, description="Channels of every conv layer.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier.")
 
@@ -101,7 +102,7 @@ class ResNetConfig(PretrainedFields):
     Every stage after the first halves height and width.
     """
 
-    kind: Literal["resnet"] = Field("resnet", description="Model type: mlp, cnn, tinyvgg, resnet, linear, logistic or custom.")
+    kind: Literal["resnet"] = Field("resnet", description=MODEL_KINDS)
     channels: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
         (16, 32, 64), min_length=1, description="Channels of each stage."
     )
@@ -111,7 +112,7 @@ class ResNetConfig(PretrainedFields):
 class LinearConfig(PretrainedFields):
     """One linear layer: linear regression, or logistic regression for classes."""
 
-    kind: Literal["linear", "logistic"] = Field("linear", description="Model type: mlp, cnn, tinyvgg, resnet, linear, logistic or custom.")
+    kind: Literal["linear", "logistic"] = Field("linear", description=MODEL_KINDS)
 
 
 class CustomModelConfig(PretrainedFields):
@@ -121,7 +122,7 @@ class CustomModelConfig(PretrainedFields):
     plus `input_shape=...` when the factory accepts it.
     """
 
-    kind: Literal["custom"] = Field("custom", description="Model type: mlp, cnn, tinyvgg, resnet, linear, logistic or custom.")
+    kind: Literal["custom"] = Field("custom", description=MODEL_KINDS)
     target: str = Field(
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
         description="Import path of the factory, as package.module:function.",
@@ -154,7 +155,7 @@ class TorchvisionConfig(PretrainedFields):
     the weights' own preprocessing (resize, centre crop, mean and std).
     """
 
-    kind: Literal["torchvision"] = Field("torchvision", description="Model type: mlp, cnn, tinyvgg, resnet, linear, logistic, torchvision or custom.")
+    kind: Literal["torchvision"] = Field("torchvision", description=MODEL_KINDS)
     name: str = Field(
         "resnet18", pattern=r"^[a-z][a-z0-9_]*$",
         description="torchvision model name, e.g. resnet18, mobilenet_v3_small, efficientnet_b0.",

@@ -22,6 +22,8 @@ class LossConfig(StrictModel):
 
 
 class SGDConfig(StrictModel):
+    """Stochastic gradient descent with momentum (torch.optim.SGD)."""
+
     name: Literal["sgd"] = Field("sgd", description="Optimizer: sgd, adam or adamw.")
     lr: float = Field(0.01, gt=0, le=10, description="Learning rate.")
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum factor.")
@@ -30,6 +32,8 @@ class SGDConfig(StrictModel):
 
 
 class AdamConfig(StrictModel):
+    """Adam (torch.optim.Adam); the default optimizer."""
+
     name: Literal["adam"] = Field("adam", description="Optimizer: sgd, adam or adamw.")
     lr: float = Field(1e-3, gt=0, le=10, description="Learning rate.")
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
@@ -39,6 +43,8 @@ class AdamConfig(StrictModel):
 
 
 class AdamWConfig(StrictModel):
+    """Adam with decoupled weight decay (torch.optim.AdamW)."""
+
     name: Literal["adamw"] = Field("adamw", description="Optimizer: sgd, adam or adamw.")
     lr: float = Field(1e-3, gt=0, le=10, description="Learning rate.")
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
@@ -54,18 +60,24 @@ OptimizerConfig = Annotated[
 
 
 class StepLRConfig(StrictModel):
+    """Multiply the learning rate by gamma every step_size epochs (torch StepLR)."""
+
     name: Literal["step"] = Field("step", description="Schedule: none, step, cosine or plateau.")
     step_size: int = Field(10, ge=1, description="Epochs between decays.")
     gamma: float = Field(0.1, gt=0, le=1, description="Factor applied to the learning rate at each decay.")
 
 
 class CosineLRConfig(StrictModel):
+    """Anneal the learning rate along a cosine from optimizer.lr to eta_min (torch CosineAnnealingLR)."""
+
     name: Literal["cosine"] = Field("cosine", description="Schedule: none, step, cosine or plateau.")
     t_max: int | None = Field(None, ge=1, description="Epochs per cosine cycle; default train.epochs.")
     eta_min: float = Field(0.0, ge=0, description="Lowest learning rate of the cycle.")
 
 
 class PlateauLRConfig(StrictModel):
+    """Lower the learning rate when train.monitor stops improving (torch ReduceLROnPlateau)."""
+
     name: Literal["plateau"] = Field("plateau", description="Schedule: none, step, cosine or plateau.")
     factor: float = Field(0.1, gt=0, lt=1, description="Factor applied to the learning rate on a plateau.")
     patience: int = Field(3, ge=0, description="Epochs without improvement of train.monitor.")

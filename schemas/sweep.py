@@ -113,11 +113,11 @@ GRID_LIMIT = 10_000
 class FloatRange(StrictModel):
     """A float in [low, high]; `log` samples on a log scale, `step` on a grid of that spacing."""
 
-    kind: Literal["float"] = "float"
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = Field(None, gt=0)
+    kind: Literal["float"] = Field("float", description="Parameter type: float, int or categorical.")
+    low: float = Field(description="Lowest value, included.")
+    high: float = Field(description="Highest value, included.")
+    log: bool = Field(False, description="Sample on a log scale (low must be above 0; not with step).")
+    step: float | None = Field(None, gt=0, description="Sample on a grid low, low + step, ...; the grid sampler needs it.")
 
     @model_validator(mode="after")
     def _sane(self) -> "FloatRange":
@@ -139,11 +139,11 @@ class FloatRange(StrictModel):
 class IntRange(StrictModel):
     """An integer in [low, high], every `step`; `log` samples on a log scale."""
 
-    kind: Literal["int"] = "int"
-    low: int
-    high: int
-    log: bool = False
-    step: int = Field(1, ge=1)
+    kind: Literal["int"] = Field("int", description="Parameter type: float, int or categorical.")
+    low: int = Field(description="Lowest value, included.")
+    high: int = Field(description="Highest value, included.")
+    log: bool = Field(False, description="Sample on a log scale (low must be above 0; not with a step above 1).")
+    step: int = Field(1, ge=1, description="Sample every step-th value from low.")
 
     @model_validator(mode="after")
     def _sane(self) -> "IntRange":
@@ -163,8 +163,12 @@ ChoiceValue = Union[None, bool, int, float, str, list, dict]
 class Categorical(StrictModel):
     """One of `choices`: scalars, lists (like hidden sizes) or mappings (a whole section)."""
 
-    kind: Literal["categorical"] = "categorical"
-    choices: tuple[ChoiceValue, ...] = Field(min_length=1)
+    kind: Literal["categorical"] = Field("categorical", description="Parameter type: float, int or categorical.")
+    choices: tuple[ChoiceValue, ...] = Field(
+        min_length=1,
+        description="The values to choose from, each set as --set would set it: scalars, lists, or mappings "
+        "(a whole section, such as {name: sgd, lr: 0.05}). A YAML list in the space is short for these choices.",
+    )
 
     @field_validator("choices")
     @classmethod
@@ -204,26 +208,31 @@ def encode_choice(value: Any) -> Any:
 # --------------------------------------------------------------------------- sampler, pruner, executor
 
 
+_SAMPLER_SEED = "Seeds the sampler, re-seeded with the number of trials so far before every ask."
+
+
 class TPESamplerConfig(StrictModel):
     """Tree-structured Parzen estimator: random for `n_startup_trials`, then model-guided."""
 
-    name: Literal["tpe"] = "tpe"
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+    name: Literal["tpe"] = Field("tpe", description="Sampler: tpe, random or grid.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description=_SAMPLER_SEED)
     n_startup_trials: int = Field(10, ge=0, description="Random trials before TPE starts modelling.")
     multivariate: bool = Field(False, description="Model the parameters jointly.")
     constant_liar: bool = Field(True, description="Count trials of the same round as bad while they run.")
 
 
 class RandomSamplerConfig(StrictModel):
-    name: Literal["random"] = "random"
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+    """Independent random draws from each range."""
+
+    name: Literal["random"] = Field("random", description="Sampler: tpe, random or grid.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description=_SAMPLER_SEED)
 
 
 class GridSamplerConfig(StrictModel):
     """Every combination, in an order shuffled by `seed`. Float ranges need a `step`."""
 
-    name: Literal["grid"] = "grid"
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+    name: Literal["grid"] = Field("grid", description="Sampler: tpe, random or grid.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Shuffles the order in which the grid's points are tried.")
 
 
 SamplerConfig = Annotated[
@@ -232,26 +241,32 @@ SamplerConfig = Annotated[
 
 
 class NoPrunerConfig(StrictModel):
-    name: Literal["none"] = "none"
+    """Every trial trains to its end."""
+
+    name: Literal["none"] = Field("none", description="Pruner: none, median or successive_halving.")
 
 
 class MedianPrunerConfig(StrictModel):
     """Stop a trial whose epoch metric is worse than the median of completed trials at that epoch."""
 
-    name: Literal["median"] = "median"
+    name: Literal["median"] = Field("median", description="Pruner: none, median or successive_halving.")
     n_startup_trials: int = Field(5, ge=0, description="Completed trials before any pruning.")
     n_warmup_steps: int = Field(0, ge=0, description="Epochs of each trial that are never pruned.")
-    interval_steps: int = Field(1, ge=1)
+    interval_steps: int = Field(1, ge=1, description="Epochs between pruning checks, after the warm-up.")
 
 
 class SuccessiveHalvingPrunerConfig(StrictModel):
     """Asynchronous successive halving: keep the top 1/reduction_factor at each rung."""
 
-    name: Literal["successive_halving"] = "successive_halving"
+    name: Literal["successive_halving"] = Field(
+        "successive_halving", description="Pruner: none, median or successive_halving."
+    )
     min_resource: int | None = Field(None, ge=1, description="Epochs before the first rung; default: auto.")
-    reduction_factor: int = Field(4, ge=2)
-    min_early_stopping_rate: int = Field(0, ge=0)
-    bootstrap_count: int = Field(0, ge=0)
+    reduction_factor: int = Field(
+        4, ge=2, description="Rungs are this factor apart in epochs; the top 1/reduction_factor go on at each."
+    )
+    min_early_stopping_rate: int = Field(0, ge=0, description="Raises the first rung to min_resource * reduction_factor**N.")
+    bootstrap_count: int = Field(0, ge=0, description="Trials that must complete a rung before any is promoted past it.")
 
 
 PrunerConfig = Annotated[
@@ -262,13 +277,13 @@ PrunerConfig = Annotated[
 class LocalExecutorConfig(StrictModel):
     """Trials in this process (parallelism 1) or in a pool of local worker processes."""
 
-    kind: Literal["local"] = "local"
+    kind: Literal["local"] = Field("local", description="Executor: local or dask.")
 
 
 class DaskExecutorConfig(StrictModel):
     """Trials on a Dask cluster: the scheduler at `address`, or a new LocalCluster."""
 
-    kind: Literal["dask"] = "dask"
+    kind: Literal["dask"] = Field("dask", description="Executor: local or dask.")
     address: str | None = Field(None, description="Scheduler address, like tcp://10.0.0.5:8786; default: a LocalCluster.")
 
 
@@ -312,11 +327,17 @@ class SweepConfig(StrictModel):
     name: str = Field("sweep", pattern=NAME_PATTERN, description="Default sweep dir: sweeps/<name>.")
     base: RunConfig = Field(default_factory=RunConfig, description="The run every trial starts from (or a preset path).")
     space: dict[str, Param] = Field(min_length=1, description="Dotted run-config key -> range or choices.")
-    sampler: SamplerConfig = Field(default_factory=TPESamplerConfig)
-    pruner: PrunerConfig = Field(default_factory=NoPrunerConfig)
+    sampler: SamplerConfig = Field(default_factory=TPESamplerConfig, description="How trial values are drawn.")
+    pruner: PrunerConfig = Field(
+        default_factory=NoPrunerConfig, description="Stops trials whose per-epoch metric falls behind; none by default."
+    )
     n_trials: int = Field(20, ge=1, le=100_000, description="Finished trials the study should hold.")
     timeout_seconds: float | None = Field(None, gt=0, description="Ask no new round after this long.")
-    metric: Metric = "val_loss"
+    metric: Metric = Field(
+        "val_loss",
+        description="What a trial scores: a validation metric of the epoch training keeps, or a test-split metric "
+        "(a warning says that choosing by it overstates the best trial's test score).",
+    )
     direction: Literal["minimize", "maximize"] | None = Field(None, description="Default: the metric's own.")
     prune_metric: EpochMetric | None = Field(
         None, description="Per-epoch validation metric the pruner sees; default: metric, or one of its direction."
@@ -326,7 +347,9 @@ class SweepConfig(StrictModel):
         description="Trials asked together, before any of them is told; results depend on it, not on parallelism.",
     )
     parallelism: int = Field(1, ge=1, le=1024, description="Trials running at once.")
-    executor: ExecutorConfig = Field(default_factory=LocalExecutorConfig)
+    executor: ExecutorConfig = Field(
+        default_factory=LocalExecutorConfig, description="Where trials run: local processes, or a Dask cluster."
+    )
 
     @model_validator(mode="before")
     @classmethod
