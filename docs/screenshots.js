@@ -1,9 +1,9 @@
-// The README's Prefect screenshots (docs/img/prefect-*.png), taken in headless Chromium by following
-// the README's walkthrough: open the deployments, change the learning rate and epochs of digits-mlp
+// The Prefect screenshots of docs/how-to/prefect-ui.md (docs/img/prefect-*.png), taken in headless Chromium by
+// following that page's walkthrough: open the deployments, change the learning rate and epochs of digits-mlp
 // in its run form by clicking and typing, submit, wait for the run, then photograph its page and
 // artifacts. Not part of the test suite (CI has no browser).
 //
-// With the README's server and `python -m deployments.serve` running (steps 1 and 2):
+// With the walkthrough's server and `python -m deployments.serve` running (steps 1 and 2):
 //   mkdir -p /tmp/pw && (cd /tmp/pw && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install playwright-core)
 //   NODE_PATH=/tmp/pw/node_modules node docs/screenshots.js            # UI at http://127.0.0.1:4200
 // Environment: PREFECT_UI (default http://127.0.0.1:4200), CHROMIUM (default /usr/bin/chromium),
@@ -14,7 +14,7 @@ const { chromium } = require('playwright-core');
 
 const UI = (process.env.PREFECT_UI || 'http://127.0.0.1:4200').replace(/\/$/, '');
 const API = `${UI}/api`;
-const PAGES = `${UI}/v2`; // the UI the README documents (the bare URL opens it too)
+const PAGES = `${UI}/v2`; // the UI the docs describe (the bare URL opens it too)
 const OUT = process.env.OUT || path.join(__dirname, 'img');
 const RUN_NAME = 'digits-lr-0.01';
 
