@@ -254,19 +254,6 @@ def test_run_dir_that_holds_files_is_refused(tmp_path):
         create_run_dir(tmp_path, "x")
 
 
-def test_readme_library_example_runs(prefect_api, monkeypatch):
-    import re
-
-    from tests.conftest import ROOT
-
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"Compose your own flow from the tasks:\n\n```python\n(.*?)```", readme, re.S).group(1)
-    monkeypatch.chdir(ROOT)
-    namespace: dict = {}
-    exec(compile(block, "README.md", "exec"), namespace)
-    assert namespace["report"].metrics["accuracy"] > namespace["report"].baseline["accuracy"]
-
-
 def test_save_disabled_writes_no_bundle(prefect_api, tmp_path):
     config = load_config(None, tiny_overrides(**{"save.enabled": "false"}))
     summary = _train(config, tmp_path / "run")
