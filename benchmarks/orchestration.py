@@ -12,7 +12,7 @@ Cases, each a fresh process, the order rotating from round to round (F R P, R P 
               read from metrics.json.
   R running   the same cold `python -m flows.train`, with PREFECT_API_URL
               pointing at a server that is already running (the setup the
-              README recommends for repeated runs; here Prefect's own
+              docs recommend for repeated runs; here Prefect's own
               server process, started by the benchmark before the run and
               stopped after it, outside the timing).
   P plain     the same stages called without Prefect (`task.fn`) in a fresh

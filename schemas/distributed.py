@@ -3,7 +3,7 @@
     python -m flows.train --set train.distributed.nproc_per_node=2
 
 With `nproc_per_node: 1` and `nnodes: 1` (the defaults) training runs in the
-task's own process, as it always has. Otherwise the train task starts the
+task's own process. Otherwise the train task starts the
 processes through torch's elastic launcher (the engine behind torchrun), one
 DistributedDataParallel rank each; `train.batch_size` stays the global batch.
 """

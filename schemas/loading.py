@@ -259,7 +259,7 @@ def resume_config(
 RESUME_SAFE = (
     "train.progress", "train.time_limit_seconds", "train.checkpoint.every_n_batches", "evaluate.batch_size",
     "device.remeasure", "device.probe_", "device.cache_dir", "tracking.", "data.source.cache_dir",
-    "train.distributed.",  # the ranks (their count, where they meet) may change; see README, Distributed training
+    "train.distributed.",  # the ranks (their count, where they meet) may change; see docs/how-to/distributed.md
 )
 
 

@@ -5,7 +5,7 @@ session's Prefect server) and checks the exit status, the message, that no
 traceback is printed, that no model bundle or temporary file is left, and
 that every file that existed before (inputs, and the bundle read) is
 byte-identical after.
-The README's troubleshooting table lists the same cases.
+docs/reference/exit-codes.md lists the same cases.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """model.kind: torchvision (issue #16): the optional extra, weights from the hub cache, their preprocessing.
 
-torchvision does not import beside this project's pinned CPU torch (see the
-README), so most tests run against a small stand-in `torchvision` package
+torchvision does not import beside this project's pinned CPU torch (see
+docs/tutorials/pretrained.md), so most tests run against a small stand-in `torchvision` package
 written here with the same API surface (`models.list_models`, `get_model`,
 `get_model_weights`, weights enums with `url` and `transforms()`); the tests
 that need the real one skip when it is not importable.
