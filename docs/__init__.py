@@ -1,0 +1,1 @@
+"""The documentation site's pages (Markdown, built by mkdocs) and the generator of its reference pages."""
