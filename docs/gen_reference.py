@@ -7,7 +7,8 @@
 section, one row per key (its dotted path, type, default, bounds and the field's `description`),
 and one table per member of a tagged union. To change what a row says, change the schema's
 `Field(description=...)` and run the command above; tests/test_docs.py fails while the page and the
-schemas disagree. `cli.md` holds each command's `--help`, as argparse prints it 100 columns wide.
+schemas disagree. It also lists the presets in `configs/`, each by the first sentence of its opening
+comment. `cli.md` holds each command's `--help`, as argparse prints it 100 columns wide.
 """
 
 from __future__ import annotations
@@ -71,11 +72,26 @@ python -m flows.train --set data.source='{kind: csv, path: data.csv, target: lab
 - An unknown key, a value of the wrong type or out of bounds ends the command with exit status 2 and one
   line that names the key and what was expected:
   `error: invalid config: optimizer.lrr: unknown key (did you mean optimizer.lr?)`.
-- The presets in `configs/` are run configs (and one sweep config); a test validates each of them.
+- The presets in `configs/` (below) are configs to start from; a test validates each of them.
 
 In the tables, *Bounds* are checked when the config is validated; *required* means the key has no
 default. A list may be written in YAML as `[a, b]`.
 """
+
+
+def presets() -> list[str]:
+    """A table of the presets in configs/, each described by the first sentence of its opening comment."""
+    lines = ["## Presets", "", "| preset | what |", "|---|---|"]
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        comment = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.startswith("# ") or line.startswith("#  "):
+                break  # the opening comment ends at the first setting, blank line or indented command
+            comment.append(line[2:].strip())
+        text = " ".join(comment)
+        sentence = re.match(r"(.*?\.)(\s|$)", text)
+        lines.append(f"| `configs/{path.name}` | {prose(sentence.group(1) if sentence else text)} |")
+    return lines
 
 SWEEP_INTRO = """\
 ## Sweep config
@@ -338,7 +354,8 @@ def configuration_page() -> tuple[str, list[str]]:
     walk(RunConfig, "", run)
     sweep = Walk("top level of a sweep config", stop={RunConfig: "run-config"})
     walk(SweepConfig, "", sweep)
-    lines = [GENERATED.format(source="schemas/run.py and schemas/sweep.py"), "", CONFIG_INTRO.rstrip(), ""]
+    lines = [GENERATED.format(source="schemas/run.py, schemas/sweep.py and configs/"), "", CONFIG_INTRO.rstrip(), ""]
+    lines += [*presets(), ""]
     lines += ["## Run config", "", "What `python -m flows.train` runs: `RunConfig` in `schemas/run.py`."]
     lines += render_tables(run.tables)
     lines += ["", SWEEP_INTRO.rstrip()]
