@@ -156,7 +156,7 @@ def _iris_columns() -> list[str]:
 def test_with_a_bundle_key_only_bundles_signed_with_it_load(tmp_path, monkeypatch):
     import json
 
-    from tasks.bundle._verify import spec_hash
+    from tasks.common.bundle_format import spec_hash
     from tasks.nets.networks import build_network
 
     config = load_config(None, tiny_overrides())

@@ -13,7 +13,7 @@ from schemas import DataError
 from schemas.data import CsvSource, DataConfig
 from schemas.loading import load_config
 from tasks.bundle import Predictor, load_model, write_bundle
-from tasks.bundle._verify import spec_hash
+from tasks.common.bundle_format import spec_hash
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate_model
 from tasks.model import build_model

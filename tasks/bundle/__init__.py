@@ -17,19 +17,21 @@ failed save leaves nothing half-written. Loading checks every hash (the
 weights' only when the file changed since it was last verified; see
 `load_model`), and never unpickles.
 
-The parts: `_format` (file names, the manifest), `_write` (`write_bundle`),
-`_verify` (hashes and the record of verified weights), `_load`
-(`load_model`), `_predictor` (`Predictor`, `LoadedBundle`).
+The format itself (file names, the manifest, the hashes) is
+tasks.common.bundle_format, shared with `model.init_from`. The parts here:
+`_write` (`write_bundle`), `_verify` (the record of verified weights),
+`_load` (`load_model`), `_predictor` (`Predictor`, `LoadedBundle`),
+`_trust` (custom code and signatures).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tasks.bundle._format import CONFIG, FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS
 from tasks.bundle._load import load_model
 from tasks.bundle._predictor import LoadedBundle, Predictor
 from tasks.bundle._write import write_bundle
+from tasks.common.bundle_format import CONFIG, FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS
 
 # The Prefect tasks are made on first use (PEP 562), so that loading a bundle
 # to predict, in a plain process, does not import Prefect (about a second).

@@ -19,10 +19,10 @@ from schemas.data import DataSpec
 from schemas.errors import BundleError, ConfigError, first_line
 from schemas.loading import load_yaml, validate_config
 from schemas.run import RunConfig
-from tasks.bundle._format import CONFIG, MANIFEST, WEIGHTS, read_manifest
 from tasks.bundle._predictor import LoadedBundle
 from tasks.bundle._trust import check_code_trusted, check_signature, working_directory_off_path
-from tasks.bundle._verify import _sha256, check_hash, spec_hash, verified_weights
+from tasks.bundle._verify import _sha256, verified_weights
+from tasks.common.bundle_format import CONFIG, MANIFEST, WEIGHTS, check_hash, read_manifest, spec_hash
 from tasks.nets.networks import build_network
 
 VERIFY_MODES = ("changed", "always")

@@ -1,4 +1,4 @@
-"""The bundle's hashes: sha256 of its files and data spec, and the per-user record of weights already verified.
+"""The per-user record of bundle weights already verified, and reading weights once their hash is known.
 
     from tasks.bundle._verify import verified_weights
     read = verified_weights(bundle / "weights.safetensors", manifest["files"]["weights.safetensors"], always=False)
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -21,37 +20,13 @@ from typing import Any, Callable
 import safetensors.torch
 import torch
 
-from schemas.errors import BundleError
-from tasks.bundle._format import MANIFEST
+# Looked up in this module when called, so that a test can count the hashing.
+from tasks.common.bundle_format import check_hash
+from tasks.common.bundle_format import sha256_bytes as _sha256
+from tasks.common.bundle_format import sha256_file as _file_sha256
 from tasks.common.files import atomic_write_text, user_cache_dir
 
 VERIFIED_RECORDS_KEPT = 1000  # above this many records, the older half is removed
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def spec_hash(spec: Any) -> str:
-    """Hash of the data spec (names, scaler statistics) as canonical JSON."""
-    return _sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode())
-
-
-def check_hash(file: Path, actual: str, expected: Any) -> None:
-    if actual != expected:
-        raise BundleError(
-            f"{file}: sha256 does not match the one recorded in {MANIFEST}; "
-            "the file was modified or corrupted after saving"
-        )
-
-
-def _file_sha256(file: Path) -> str:
-    """sha256 of a file, hashed from a read-only memory map (no copy into Python memory)."""
-    with file.open("rb") as handle:
-        if os.fstat(handle.fileno()).st_size < 1 << 20:
-            return _sha256(handle.read())
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            return hashlib.sha256(view).hexdigest()
 
 
 def stat_key(file: Path) -> list[int]:

@@ -20,9 +20,9 @@ from schemas.errors import BundleError
 from schemas.evaluate import EvalReport
 from schemas.loading import config_to_yaml
 from schemas.run import RunConfig
-from tasks.bundle._format import CONFIG, FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS, package_versions
 from tasks.bundle._trust import signature_entry
-from tasks.bundle._verify import _sha256, remember_verified, spec_hash, stat_key
+from tasks.bundle._verify import _sha256, remember_verified, stat_key
+from tasks.common.bundle_format import CONFIG, FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS, package_versions, spec_hash
 from tasks.common.files import atomic_write
 
 

@@ -9,14 +9,13 @@ checkpoint file written by the train stage, and a plain state dict as
 `.safetensors` or `.pt`/`.pth`/`.bin`. `.pt` files are read with
 `torch.load(weights_only=True)`: a pickle with code in it is refused and
 nothing runs. A bundle whose task or input shape differs from this data's is
-a ConfigError that says which. The bundle stage is not imported: stages do
-not import each other, and reading tensors runs none of a bundle's code.
+a ConfigError that says which. A bundle is read as the bundle stage reads it
+(tasks.common.bundle_format: its manifest and hashes); its tensors are
+loaded by name, and none of its code runs.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,10 @@ import safetensors.torch
 import torch
 
 from schemas.data import DataSpec
-from schemas.errors import ConfigError
+from schemas.errors import BundleError, ConfigError
+from tasks.common.bundle_format import MANIFEST, WEIGHTS, check_hash, read_manifest, sha256_file
 from tasks.nets.weights import load_tensors_file
 
-BUNDLE_MANIFEST, BUNDLE_WEIGHTS, BUNDLE_FORMAT = "bundle.json", "weights.safetensors", "pytorch-workflow-bundle"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
 ACCEPTED = "a bundle folder, a run folder, a checkpoint (.pt) or a state dict (.safetensors, .pt)"
 
@@ -43,14 +42,6 @@ class InitSource:
     classes: tuple[str, ...] | None  # a bundle's class names, when it has them
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def locate_init_source(value: str) -> tuple[Path, str]:
     """(the bundle folder or file `value` names, "bundle", "safetensors" or "pickle"), reading no tensors.
 
@@ -61,14 +52,14 @@ def locate_init_source(value: str) -> tuple[Path, str]:
         raise ConfigError(f"model.init_from = {value!r}: no such file or folder; expected {ACCEPTED}")
     if path.is_dir():
         for bundle in (path, path / "model"):
-            if (bundle / BUNDLE_MANIFEST).is_file():
+            if (bundle / MANIFEST).is_file():
                 return bundle, "bundle"
         for checkpoint in (path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt",
                            path / "best.pt", path / "last.pt"):
             if checkpoint.is_file():
                 return checkpoint, "pickle"
         raise ConfigError(
-            f"model.init_from = {value!r}: a folder with no {BUNDLE_MANIFEST} and no checkpoints/best.pt or "
+            f"model.init_from = {value!r}: a folder with no {MANIFEST} and no checkpoints/best.pt or "
             f"last.pt; expected {ACCEPTED}"
         )
     if path.suffix == ".safetensors":
@@ -92,22 +83,15 @@ def read_init_source(value: str, spec: DataSpec) -> InitSource:
 
 
 def _from_bundle(path: Path, value: str, spec: DataSpec) -> InitSource:
+    weights = path / WEIGHTS
     try:
-        manifest = json.loads((path / BUNDLE_MANIFEST).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"model.init_from = {value!r}: {path / BUNDLE_MANIFEST} is not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-        raise ConfigError(f"model.init_from = {value!r}: {path / BUNDLE_MANIFEST} is not a {BUNDLE_FORMAT} manifest")
-    weights = path / BUNDLE_WEIGHTS
-    if not weights.is_file():
-        raise ConfigError(f"model.init_from = {value!r}: the bundle has no {BUNDLE_WEIGHTS}")
-    digest = sha256_file(weights)
-    recorded = (manifest.get("files") or {}).get(BUNDLE_WEIGHTS)
-    if recorded != digest:
-        raise ConfigError(
-            f"model.init_from = {value!r}: {weights} does not match the sha256 recorded in {BUNDLE_MANIFEST}; "
-            "the file was modified after saving"
-        )
+        manifest = read_manifest(path)
+        if not weights.is_file():
+            raise BundleError(f"{path}: the bundle has no {WEIGHTS}")
+        digest = sha256_file(weights)
+        check_hash(weights, digest, manifest["files"].get(WEIGHTS))
+    except BundleError as exc:
+        raise ConfigError(f"model.init_from = {value!r}: {exc}") from None
     theirs: dict[str, Any] = manifest.get("spec") or {}
     _check_same_kind_of_data(theirs, spec, value)
     classes = theirs.get("class_names")

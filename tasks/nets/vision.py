@@ -17,7 +17,6 @@ network the error names the file and where to put it. Files are read with
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 import re
 import socket
@@ -32,6 +31,7 @@ from torch import nn
 from schemas.data import DataConfig, ImageFolderSource
 from schemas.errors import ConfigError, first_line
 from schemas.model import ModelConfig, TorchvisionConfig
+from tasks.common.bundle_format import sha256_file
 from tasks.nets.weights import load_tensors_file
 
 INSTALL = "pip install 'pytorch-workflow[vision]'"
@@ -143,7 +143,7 @@ def pretrained_weights(config: TorchvisionConfig) -> tuple[dict[str, torch.Tenso
                 f"downloading it from {weights.url} failed ({first_line(exc)}); download it where there is a "
                 f"network and put it at {file}, or set TORCH_HOME to a folder whose hub/checkpoints holds it"
             ) from None
-    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    digest = sha256_file(file)
     expected = re.search(r"-([0-9a-f]{8,64})\.\w+$", file.name)  # torchvision names files <name>-<sha256 prefix>.pth
     if expected and not digest.startswith(expected.group(1)):
         raise ConfigError(

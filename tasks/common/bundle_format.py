@@ -1,12 +1,20 @@
-"""What a bundle folder holds: its file names, format version and manifest, read back with every check.
+"""The bundle format: what a bundle folder holds, its manifest read back with every check, and its hashes.
 
-    from tasks.bundle._format import read_manifest
-    read_manifest(Path("runs/<run>/model"))["files"]   # file name -> sha256
+    from tasks.common.bundle_format import WEIGHTS, read_manifest, sha256_file
+    manifest = read_manifest(Path("runs/<run>/model"))     # format, version and the table of file hashes checked
+    check_hash(folder / WEIGHTS, sha256_file(folder / WEIGHTS), manifest["files"][WEIGHTS])
+
+One definition for every reader and writer: saving and loading (tasks.bundle),
+starting from a bundle's weights (`model.init_from`, tasks.model) and
+checking a downloaded weights file (tasks.nets.vision).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import mmap
+import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +33,33 @@ READABLE_VERSIONS = (1, 2)  # a version-1 bundle's spec has no table: it loads a
 WEIGHTS = "weights.safetensors"
 CONFIG = "config.yaml"
 MANIFEST = "bundle.json"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(file: Path) -> str:
+    """sha256 of a file, hashed from a read-only memory map (no copy into Python memory)."""
+    with Path(file).open("rb") as handle:
+        if os.fstat(handle.fileno()).st_size < 1 << 20:
+            return sha256_bytes(handle.read())
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            return hashlib.sha256(view).hexdigest()
+
+
+def spec_hash(spec: Any) -> str:
+    """Hash of the data spec (names, scaler statistics) as canonical JSON."""
+    return sha256_bytes(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode())
+
+
+def check_hash(file: Path, actual: str, expected: Any) -> None:
+    """A BundleError when `file`'s sha256 (`actual`) is not the one the manifest records (`expected`)."""
+    if actual != expected:
+        raise BundleError(
+            f"{file}: sha256 does not match the one recorded in {MANIFEST}; "
+            "the file was modified or corrupted after saving"
+        )
 
 
 def package_versions() -> dict[str, str]:
