@@ -8,8 +8,9 @@ import resource
 import statistics
 import sys
 import threading
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -97,3 +98,20 @@ def emit_report(report: str, output: Path | None) -> None:
     print(report)
     if output is not None:
         output.write_text(report, encoding="utf-8")
+
+
+def timed_stages(times: dict[str, float], **names: str) -> Any:
+    """The recipe's plain stages (tasks.recipe.Stages), the named ones timed: `select_device="probe"` puts that
+    stage's seconds in `times["probe"]` each time it runs."""
+    from tasks.recipe import PLAIN, Stages
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            value = fn(*args, **kwargs)
+            times[name] = time.perf_counter() - start
+            return value
+
+        return call
+
+    return Stages(**{stage: timed(name, getattr(PLAIN, stage)) for stage, name in names.items()})

@@ -180,7 +180,7 @@ def _sha256_file(path: Path) -> str:
 def run_benchmark(rounds: int, large_hidden: int = LARGE_HIDDEN) -> list[ModelResult]:
     configs = model_configs(large_hidden)
     first = next(iter(configs.values()))
-    spec = prepare_data.fn(first.data, seed=first.seed).spec
+    spec = prepare_data(first.data, seed=first.seed).spec
     with tempfile.TemporaryDirectory(prefix="bench-bundle-") as tmp:
         return [run_model(name, config, spec, rounds, Path(tmp)) for name, config in configs.items()]
 

@@ -42,33 +42,21 @@ def child(preset: str, epochs: int, case: str, cache_dir: str) -> None:
         from tasks.common.omp import passive_openmp_default
 
         passive_openmp_default()
-    import time
-
+    from benchmarks._common import timed_stages
     from schemas.loading import load_config
-    from tasks.data import prepare_data, probe_workload
-    from tasks.device import select_device, warm_process
-    from tasks.model import build_model
-    from tasks.train import train_model
+    from tasks.device import warm_process
+    from tasks.recipe import run_recipe
 
     threads = {"D": "auto", "1": "1"}.get(case, case)
     config = load_config(ROOT / PRESETS[preset], [
         f"train.epochs={epochs}", "train.early_stopping.patience=100000", "train.progress=false",
         "device=cpu", f"device.threads={threads}", f"device.cache_dir={cache_dir}", "device.remeasure=true",
     ])
-    data = prepare_data.fn(config.data, config.seed)
     warm_process()
-    started = time.perf_counter()
-    info = select_device.fn(config.device, probe_workload(config))
-    probed = time.perf_counter()
-    parts = build_model.fn(
-        config.model, config.loss, config.optimizer, config.scheduler, data.spec, info.torch_device,
-        config.seed, config.train.epochs, config.train.monitor,
-    )
-    built = time.perf_counter()
-    train_model.fn(parts, data, config.train, info, config.seed)
-    done = time.perf_counter()
+    times: dict[str, float] = {}
+    run = run_recipe(config, stages=timed_stages(times, select_device="probe", train_model="train"))
     print(json.dumps({
-        "seconds": (probed - started) + (done - built), "probe": probed - started, "threads": info.threads,
+        "seconds": times["probe"] + times["train"], "probe": times["probe"], "threads": run.device.threads,
         "policy": os.environ.get("OMP_WAIT_POLICY", ""),
     }))
 

@@ -5,7 +5,7 @@
     python -m benchmarks.distributed_training --rounds 5 --epochs 20 --output out.md
 
 Cases, on the same config, seed and global batch (early stopping off, no checkpoints), through
-`tasks.train.train_model.fn`:
+`tasks.train.train_model`:
 
   P   one process, 2 torch threads (`train.distributed.nproc_per_node=1`).
   P1  one process, 1 torch thread: tells the ranks' parallelism apart from 2 threads' oversubscription on
@@ -34,6 +34,7 @@ import torch
 
 from benchmarks._common import emit_report, span
 from schemas.loading import load_config
+from schemas.recipe import ModelSetup
 from tasks.data import prepare_data
 from tasks.model import build_model
 from tasks.train import train_model
@@ -58,11 +59,10 @@ def run_case(overrides: tuple[str, ...], epochs: int, nproc: str, device: str = 
     config = load_config(None, [*BASE, *overrides, f"device={device}", f"train.epochs={epochs}",
                                 f"train.distributed.nproc_per_node={nproc}"])
     torch.set_num_threads(threads)  # the ranks get threads // ranks each
-    data = prepare_data.fn(config.data, seed=config.seed)
-    parts = build_model.fn(config.model, config.loss, config.optimizer, config.scheduler, data.spec,
-                           torch.device(device), config.seed, config.train.epochs, config.train.monitor)
+    data = prepare_data(config.data, seed=config.seed)
+    parts = build_model(ModelSetup.of(config), data.spec, torch.device(device))
     started = time.perf_counter()
-    result = train_model.fn(parts, data, config.train, torch.device(device), config.seed)
+    result = train_model(parts, data, config.train, torch.device(device), config.seed)
     wall = time.perf_counter() - started
     return Run(result.samples_per_second, len(data.X_train) * result.epochs_run / wall, result.history[-1].val_loss)
 

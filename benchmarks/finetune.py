@@ -42,8 +42,9 @@ from schemas import load_config
 from tasks.bundle import write_bundle
 from tasks.data import prepare_data
 from tasks.data.shapes import make_shapes
+from tasks.device import given_device
 from tasks.evaluate import evaluate_model
-from tasks.model import build_model
+from tasks.recipe import Stages, run_recipe
 from tasks.train import train_model
 
 CPU = torch.device("cpu")
@@ -76,16 +77,20 @@ def _config(root: Path, seed: int, epochs: int, *overrides: str):
 
 
 def _run(config, data=None):
-    """(test accuracy, TrainResult, seconds of train_model, peak RSS above the start in MiB)."""
-    data = data if data is not None else prepare_data.fn(config.data, config.seed)
-    parts = build_model.fn(config.model, config.loss, config.optimizer, config.scheduler, data.spec, CPU,
-                           config.seed, config.train.epochs, config.train.monitor, config.train.finetune)
-    with PeakRSS() as rss:
-        started = time.perf_counter()
-        result = train_model.fn(parts, data, config.train, CPU, config.seed)
-        seconds = time.perf_counter() - started
-    report = evaluate_model.fn(parts.model, data, CPU)
-    return report.metrics["accuracy"], result, seconds, rss.delta_mib, parts, data
+    """(test accuracy, TrainResult, seconds of train_model, peak RSS above the start in MiB, parts, data)."""
+    data = data if data is not None else prepare_data(config.data, config.seed)
+    measured: dict[str, float] = {}
+
+    def train(*args, **kwargs):
+        with PeakRSS() as rss:
+            started = time.perf_counter()
+            result = train_model(*args, **kwargs)
+            measured["seconds"] = time.perf_counter() - started
+        measured["rss"] = rss.delta_mib
+        return result
+
+    run = run_recipe(config, stages=Stages(train_model=train), prepared=(given_device("cpu", config.device), data))
+    return run.report.metrics["accuracy"], run.train, measured["seconds"], measured["rss"], run.parts, data
 
 
 def run_benchmark(sizes: Sizes, folder: Path) -> dict:
@@ -96,7 +101,7 @@ def run_benchmark(sizes: Sizes, folder: Path) -> dict:
     size = f"data.source.size={sizes.size}"
     pre_config = _config(a, 0, sizes.pretrain_epochs, size)
     pre_acc, _, pre_seconds, _, parts, data = _run(pre_config)
-    bundle = write_bundle(parts.model, pre_config, data.spec, evaluate_model.fn(parts.model, data, CPU),
+    bundle = write_bundle(parts.model, pre_config, data.spec, evaluate_model(parts.model, data, CPU),
                           folder / "pretrained")
     fine, full, scratch = [], [], []
     for seed in range(sizes.seeds):

@@ -15,12 +15,11 @@ Cases, each a fresh process, the order rotating from round to round (F R P, R P 
               docs recommend for repeated runs; here Prefect's own
               server process, started by the benchmark before the run and
               stopped after it, outside the timing).
-  P plain     the same stages called without Prefect (`task.fn`) in a fresh
+  P plain     the same recipe with plain stages, without Prefect, in a fresh
               process (`python -m benchmarks.orchestration --plain-run DIR`):
               device, data, model, train (with checkpoints), evaluate, bundle,
               metrics, plots and report.md, as the flow does them; only the
-              Prefect artifacts are missing. Our modules still import prefect
-              (their decorators), so its import is in both.
+              Prefect artifacts are missing.
 
 Prefect's share of the cold run is its time outside training minus P's,
 over F's wall time: ((F - F's training) - (P - P's training)) / F, with the
@@ -66,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from benchmarks._common import emit_report, median, span
+from benchmarks._common import emit_report, median, span, timed_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.20  # Prefect's share of a cold run, at most
@@ -208,56 +207,29 @@ def plain_run(
 
 
 def run_plain_stages(directory: Path, overrides: tuple[str, ...] = ()) -> dict[str, float]:
-    """The flow's stages as plain calls (`.fn`), timed one by one; run by `--plain-run` in a fresh process."""
+    """The flow's recipe with plain stages (no Prefect), each stage timed; run by `--plain-run` in a fresh process."""
     started = time.perf_counter()
-    from schemas.loading import config_to_yaml, load_config
-    from tasks.bundle import write_bundle
-    from tasks.common.files import atomic_write_text
-    from tasks.data import prepare_data, probe_workload
-    from tasks.device import select_device
-    from tasks.evaluate import evaluate_model
-    from tasks.model import build_model
-    from tasks.run.outputs import record_device, record_outputs, record_results
-    from tasks.run.rundir import create_run_dir, mark_finished, mark_running
+    from schemas.loading import load_config
+    from tasks.common.callbacks import LambdaCallback
+    from tasks.recipe import run_recipe
+    from tasks.run.outputs import HistoryCsv, RunFolder, record_config
+    from tasks.run.rundir import create_run_dir, run_lifecycle
     from tasks.run.tracking import check_tracking, start_tracking
-    from tasks.train import train_model
 
     times = {"import": time.perf_counter() - started}
-
-    def timed(name: str, fn, *args, **kwargs):
-        start = time.perf_counter()
-        value = fn(*args, **kwargs)
-        times[name] = time.perf_counter() - start
-        return value
-
+    stages = timed_stages(times, select_device="device", prepare_data="data", build_model="model",
+                          train_model="train", evaluate_model="evaluate", save_model="save")
     config = load_config(None, ["train.progress=false", *overrides])
     check_tracking(config.tracking)
     path = create_run_dir(str(directory), config.name)
-    atomic_write_text(path / "config.yaml", config_to_yaml(config))
-    mark_running(path)
-    device = timed("device", select_device.fn, config.device, probe_workload(config))
-    record_device(path, device)
-    tracker = start_tracking(config, path)
-    data = timed("data", prepare_data.fn, config.data, config.seed)
-    parts = timed(
-        "model", build_model.fn, config.model, config.loss, config.optimizer, config.scheduler, data.spec,
-        device.torch_device, config.seed, config.train.epochs, config.train.monitor,
-    )
-    result = timed(
-        "train", train_model.fn, parts, data, config.train, device, config.seed, path / "checkpoints", callbacks=[tracker]
-    )
-    report = timed("evaluate", evaluate_model.fn, parts.model, data, device.torch_device, config.evaluate.batch_size)
-    bundle = timed(
-        "save", write_bundle, parts.model, config, data.spec, report, path / config.save.dirname,
-        {"device": device.model_dump()},
-    )
-    summary = timed("record", record_results, path, device, data.spec, result, report, bundle)
-    timed(
-        "plots and report", record_outputs, tracker, config, path, summary, result, report, parts.model, data,
-        device.torch_device,
-    )
-    mark_finished(path)
-    times["train_inside"] = result.seconds
+    record_config(path, config)
+    with run_lifecycle(path):
+        tracking = start_tracking(config, path)
+        clock = LambdaCallback(on_run_end=lambda run: times.update(record=time.perf_counter()))  # the records start
+        callbacks = [clock, RunFolder(path, tracking), HistoryCsv(path), *tracking.loggers]
+        run = run_recipe(config, path, callbacks, stages=stages)
+        times["record"] = time.perf_counter() - times["record"]  # metrics.json, history, plots, report.md, trackers
+    times["train_inside"] = run.train.seconds
     times["total_in_process"] = time.perf_counter() - started
     return times
 
@@ -443,7 +415,7 @@ def format_report(result: Result) -> str:
         f"| F cold `python -m flows.train` (default config) | {f_wall:.2f} | {span(result.flow_wall)} "
         f"| {f_train:.2f} ({span(result.flow_train)}) | {median(result.flow_outside_training):.2f} "
         f"| {result.peak_rss_mib.get('F flow', 0):,.0f} |",
-        f"| P the same stages via `.fn`, no Prefect, fresh process | {p_wall:.2f} | {span(result.plain_wall)} "
+        f"| P the same recipe, plain stages, no Prefect, fresh process | {p_wall:.2f} | {span(result.plain_wall)} "
         f"| {median(result.plain_train):.2f} ({span(result.plain_train)}) | {median(result.plain_outside_training):.2f} "
         f"| {result.peak_rss_mib.get('P plain', 0):,.0f} |",
         f"| R the same cold run, PREFECT_API_URL set to a running server | {median(result.running_wall):.2f} "

@@ -7,8 +7,8 @@
 
 Each table is generated with a seed (or shipped by scikit-learn) and written
 as CSV with strings, gaps, dates, ids and free text as a public file has
-them. Ours: `prepare_data.fn`, `build_model.fn`, `train_model.fn`,
-`evaluate_model.fn` with a config that names only the file, the target (and
+them. Ours: `prepare_data`, then the recipe (`run_recipe`: model, train,
+evaluate) on the CPU, with a config that names only the file, the target (and
 the id column); the references fit on the same training rows and score the
 same test rows: one-hot + median imputer + scaler + logistic/ridge
 regression, and HistGradientBoosting on the same encoding. Times are wall
@@ -117,30 +117,24 @@ def diabetes() -> Table:
 
 
 def _ours(path: Path, table: Table, overrides: tuple[str, ...], seed: int = 0) -> tuple[float, float, float, object]:
-    import torch
-
     from schemas.loading import load_config
     from tasks.data import prepare_data
-    from tasks.evaluate import evaluate_model
-    from tasks.model import build_model
-    from tasks.train import train_model
+    from tasks.device import given_device
+    from tasks.recipe import run_recipe
 
     source = {"kind": "csv", "path": str(path), "target": table.target}
     if table.id_columns:
         source["id_columns"] = list(table.id_columns)
     config = load_config(None, [f"data.source={json.dumps(source)}", "device=cpu", "train.progress=false", f"seed={seed}",
                                 *overrides])
-    cpu = torch.device("cpu")
     started = time.perf_counter()
     with PeakRSS() as peak:
-        data = prepare_data.fn(config.data, config.seed)
-        parts = build_model.fn(config.model, config.loss, config.optimizer, config.scheduler, data.spec, cpu,
-                               config.seed, config.train.epochs, config.train.monitor)
-        result = train_model.fn(parts, data, config.train, cpu, config.seed)
-        report = evaluate_model.fn(parts.model, data, cpu)
+        data = prepare_data(config.data, config.seed)
+        run = run_recipe(config, prepared=(given_device("cpu", config.device), data))  # torch's threads as they are
     seconds = time.perf_counter() - started
-    metric = report.metrics["accuracy" if table.task == "classification" else "r2"]
-    return metric, seconds, peak.delta_mib, (result.epochs_run, result.best_epoch)
+    assert run.report is not None
+    metric = run.report.metrics["accuracy" if table.task == "classification" else "r2"]
+    return metric, seconds, peak.delta_mib, (run.train.epochs_run, run.train.best_epoch)
 
 
 def split_rows(table: Table, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -222,11 +216,11 @@ def memory_case(rows: int, folder: Path) -> dict[str, float]:
     from schemas.data import DataConfig, ParquetSource
     from tasks.data import prepare_data
 
-    prepare_data.fn(DataConfig(source=ParquetSource(path=_memory_table(2000, folder / "warm.parquet"), target="label")), 0)
+    prepare_data(DataConfig(source=ParquetSource(path=_memory_table(2000, folder / "warm.parquet"), target="label")), 0)
     path = _memory_table(rows, folder / "memory.parquet")
     started = time.perf_counter()
     with PeakRSS() as peak:
-        data = prepare_data.fn(DataConfig(source=ParquetSource(path=path, target="label")), 0)
+        data = prepare_data(DataConfig(source=ParquetSource(path=path, target="label")), 0)
         width = data.spec.n_features
         del data
     raw_matrix = rows * 50 * 4 / 2**20

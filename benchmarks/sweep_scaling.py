@@ -191,7 +191,7 @@ def run_benchmark(rows: int, epochs: int, rounds: int, hidden: int = 256, warm_u
         serial_config = sweep_config(table, epochs, 1, hidden)
         parallel_config = sweep_config(table, epochs, 2, hidden)
         torch.set_num_threads(cores)
-        data = prepare_data.fn(serial_config.base.data, serial_config.base.seed)
+        data = prepare_data(serial_config.base.data, serial_config.base.seed)
         data_mib = sum(getattr(data, n).nbytes for n in ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test")) / 2**20
         cases = {"S": serial_config, "S1": sweep_config(table, epochs, 1, hidden, threads=1), "P": parallel_config}
         runs: dict[str, list[CaseRun]] = {label: [] for label in cases}

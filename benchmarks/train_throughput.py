@@ -9,7 +9,7 @@ Torch uses as many CPU threads as `tasks.device.available_cores()` unless --thre
 Cases, all in one process, on the same model initialisation, data, batch size
 and number of epochs (early stopping off):
 
-  A library     `tasks.train.train_model.fn` (the task body, without Prefect's
+  A library     `tasks.train.train_model` (the train stage, without Prefect's
                 orchestration) without a checkpoint directory: seeded
                 permutation + slicing, per-epoch validation, train-loss
                 tracking, epoch records, and `train.restore_best` at the
@@ -79,6 +79,7 @@ from benchmarks._common import PeakRSS, emit_report
 from schemas.loading import load_config
 from schemas.run import RunConfig
 from schemas.data import PreparedData
+from schemas.recipe import ModelSetup
 from tasks.data import prepare_data
 from tasks.device import available_cores
 from schemas.model import TrainingComponents
@@ -91,7 +92,7 @@ TARGET_LIGHTNING = 2.0  # the project's target for A/D
 CPU = torch.device("cpu")
 BASE_OVERRIDES = ("train.progress=false", "device=cpu", "train.early_stopping.enabled=false")
 CASE_NOTES = {
-    "A": "library: tasks.train.train_model.fn, no checkpoint_dir (per-epoch validation, loss tracking, "
+    "A": "library: tasks.train.train_model, no checkpoint_dir (per-epoch validation, loss tracking, "
     "restore_best={restore_best})",
     "B": "slicing: randperm + X[perm] + batch slices, same per-epoch validation pass",
     "C": "dataloader: DataLoader(TensorDataset, shuffle=True), same per-epoch validation pass",
@@ -201,7 +202,7 @@ def load_workload(workload: Workload, restore_best: bool = True) -> tuple[RunCon
         f"train.epochs={workload.epochs}", f"train.restore_best={str(restore_best).lower()}",
     ]
     config = load_config(None, overrides)
-    data = prepare_data.fn(config.data, seed=config.seed)
+    data = prepare_data(config.data, seed=config.seed)
     if data.spec.task != "classification" or config.scheduler is not None:
         raise ValueError(f"{workload.name}: the baselines support classification without an LR scheduler")
     return config, data
@@ -212,10 +213,7 @@ def load_workload(workload: Workload, restore_best: bool = True) -> tuple[RunCon
 
 def fresh_components(config: RunConfig, data: PreparedData) -> TrainingComponents:
     """Model, loss and optimizer as the library builds them, seeded, so every run starts from the same weights."""
-    return build_model.fn(
-        config.model, config.loss, config.optimizer, config.scheduler, data.spec, CPU,
-        config.seed, config.train.epochs, config.train.monitor,
-    )
+    return build_model(ModelSetup.of(config), data.spec, CPU)
 
 
 def baseline_components(config: RunConfig, data: PreparedData) -> TrainingComponents:
@@ -233,7 +231,7 @@ def time_library(config: RunConfig, data: PreparedData) -> Timing:
     """Case A: the library's training task body."""
     parts = fresh_components(config, data)
     start = time.perf_counter()
-    result = train_model.fn(parts, data, config.train, CPU, config.seed)
+    result = train_model(parts, data, config.train, CPU, config.seed)
     seconds = time.perf_counter() - start
     last = result.history[-1]
     return Timing(seconds, None, last.val_loss, float(last.val_accuracy))  # set: load_workload checks the task

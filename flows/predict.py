@@ -138,12 +138,11 @@ def predict(model: str, input: str, output: str, trust_code: bool = False) -> st
 
     `trust_code` lets a custom-model bundle import the module it names (see `load_model`).
     """
-    from tasks.bundle import load_model_task
+    return predict_to_file(Path(model), Path(input), Path(output), trust_code, _lazy("load_model_task"),
+                           _lazy("predict_file"))
 
-    return predict_to_file(Path(model), Path(input), Path(output), trust_code, load_model_task, _lazy("predict_file"))
 
-
-# The `predict` flow and its task are made on first use (PEP 562: `from flows.predict import predict_flow`
+# The `predict` flow and its tasks are made on first use (PEP 562: `from flows.predict import predict_flow`
 # works as before), so the plain command path never imports Prefect.
 _MADE: dict[str, Any] = {}
 
@@ -153,13 +152,14 @@ def _lazy(name: str) -> Any:
         from prefect import flow, task
         from prefect.cache_policies import NO_CACHE
 
+        _MADE["load_model_task"] = task(load_model, name="load-model", cache_policy=NO_CACHE)
         _MADE["predict_file"] = task(predict_rows, name="predict", cache_policy=NO_CACHE)
         _MADE["predict_flow"] = flow(predict, name="predict", validate_parameters=True)
     return _MADE[name]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("predict_flow", "predict_file"):
+    if name in ("predict_flow", "predict_file", "load_model_task"):
         return _lazy(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

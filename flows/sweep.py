@@ -4,9 +4,9 @@
     python -m flows.sweep --config configs/sweep_digits.yaml --set n_trials=40 --set parallelism=2
     python -m flows.sweep --config configs/sweep_digits.yaml --print-config
 
-The data is prepared once; each trial is a Prefect task run named by its
-number and parameters (`trial-3[lr=0.01,batch_size=64]`) that builds,
-trains and evaluates a model with the same stage code as `flows.train`.
+The device is chosen and the data prepared once; each trial is a Prefect task
+run named by its number and parameters (`trial-3[lr=0.01,batch_size=64]`)
+that runs the same recipe as `flows.train` (tasks.recipe) on them.
 Results go to the sweep directory (default `sweeps/<name>/`); running the
 same command again resumes the sweep there.
 """
@@ -27,14 +27,14 @@ from prefect import flow
 from flows._cli import (
     TRAINING_IMPORTS, check_data_first, command_line, exit_quickly, prefect_session, run_command, shown_path,
 )
+from flows._callbacks import PrefectReport
+from flows.stages import prefect_dispatch, prefect_stages, save_model
 from schemas.base import OptionalText
 from schemas.sweep import SweepConfig, load_sweep_config, sweep_to_yaml
 from schemas.trial import SweepSummary
 from tasks.common.log import pipeline_errors_in_one_line, say
 from tasks.common.retry import retry_options
-from tasks.data import prepare_data, probe_workload
-from tasks.device import select_device
-from tasks.nets.vision import weights_data_config
+from tasks.recipe import prepare
 from tasks.run.outputs import record_device
 from tasks.run.rundir import run_lifecycle
 from tasks.run.tracking import check_tracking
@@ -79,9 +79,7 @@ def sweep_flow(config: SweepConfig, sweep_dir: OptionalText = "") -> SweepSummar
     check_tracking(base.tracking)  # a missing tracking extra fails before any work
     if config.selection_warning:
         say(config.selection_warning)
-    device = select_device.with_options(**retry_options(base.device.retry))(base.device, probe_workload(base))
-    data_config = weights_data_config(base.model, base.data)  # a torchvision model's own preprocessing
-    data = prepare_data.with_options(**retry_options(base.data.retry))(data_config, base.seed)
+    device, data = prepare(base, prefect_stages(base), PrefectReport(base))  # once, for every trial
     config.check_task(data.spec.task)
     workers, threads = plan_threads(config)  # too many workers for the cores fails before the folder exists
     # A setup that fails before the study holds a trial leaves no folder that a rerun would call resumed.
@@ -96,11 +94,12 @@ def sweep_flow(config: SweepConfig, sweep_dir: OptionalText = "") -> SweepSummar
         if tracking is not None:
             tracking.log_trials(leaderboard(study, config))  # a resumed sweep's earlier trials, under the new parent
         rounds, executor = run_pending(
-            study, config, path, data, device, workers, threads, retry_options(base.train.retry),
+            study, config, path, data, device, workers, threads, prefect_dispatch(retry_options(base.train.retry)),
             on_trial=(lambda number: None) if tracking is None else tracking.log_trial,
         )
         rows, records = publish_results(study, config, path)
-        best, best_params, evaluation = save_best_model(study, config, path, data.spec, retry_options(base.save.retry))
+        save = save_model.with_options(**retry_options(base.save.retry))
+        best, best_params, evaluation = save_best_model(study, config, path, data.spec, save)
         if tracking is not None:
             tracking.finish(rows, evaluation.metrics)
         summary = SweepSummary(

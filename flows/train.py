@@ -24,24 +24,20 @@ from prefect.states import Failed
 from flows._cli import (
     TRAINING_IMPORTS, check_data_first, command_line, exit_quickly, prefect_session, run_command, shown_path,
 )
+from flows._callbacks import PrefectProgress, PrefectReport
+from flows.stages import prefect_stages
 from schemas.errors import ConfigError, PipelineError
 from schemas.loading import config_to_yaml, load_config, resume_config
 from schemas.base import OptionalText
 from schemas.run import RunConfig, RunSummary
-from tasks.bundle import save_model
 from tasks.common.log import pipeline_errors_in_one_line
-from tasks.common.retry import retry_options
-from tasks.data import prepare_data, probe_workload
-from tasks.device import check_device_present, select_device
-from tasks.evaluate import evaluate_model
-from tasks.model import build_model, check_model_first
-from tasks.nets.vision import weights_data_config
-from tasks.run.artifacts import artifact_key, publish_run_artifacts
-from tasks.run.outputs import HistoryCsv, record_config, record_device, record_outputs, record_results
-from tasks.run.progress import PrefectProgress
+from tasks.device import check_device_present
+from tasks.model import check_model_first
+from tasks.recipe import run_recipe
+from tasks.run.artifacts import artifact_key
+from tasks.run.outputs import HistoryCsv, RunFolder, record_config, run_summary
 from tasks.run.rundir import create_run_dir, open_run_dir_for_resume, read_run_state, run_lifecycle
 from tasks.run.tracking import check_tracking, start_tracking
-from tasks.train import train_model
 
 
 def run_name() -> str:
@@ -91,41 +87,18 @@ def train_flow(
 
 
 def _train(config: RunConfig, path: Path) -> RunSummary:
-    """The stages, in order, writing into the run directory `path`."""
-    # Without checkpoints a retry would restart on half-trained weights: don't retry then.
-    train_retry = retry_options(config.train.retry) if config.train.checkpoint.enabled else {"retries": 0}
+    """The recipe, each stage a task run, with the run folder's records as callbacks, in the run directory `path`."""
     record_config(path, config)  # before run.json says "running": a run that --resume can find has its config
-    with run_lifecycle(path) as run:
-        device = select_device.with_options(**retry_options(config.device.retry))(
-            config.device, probe_workload(config)
-        )
-        record_device(path, device)
-        run.tracker = tracker = start_tracking(config, path)
-        data_config = weights_data_config(config.model, config.data)  # a torchvision model's own preprocessing
-        data = prepare_data.with_options(**retry_options(config.data.retry))(data_config, config.seed)
-        parts = build_model(
-            config.model, config.loss, config.optimizer, config.scheduler, data.spec,
-            device.torch_device, config.seed, config.train.epochs, config.train.monitor, config.train.finetune,
-        )
-        progress = PrefectProgress(config.train.epochs, key=artifact_key(config.name, "progress"))
-        result = train_model.with_options(**train_retry)(
-            parts, data, config.train, device, config.seed, path / "checkpoints",
-            callbacks=[HistoryCsv(path), progress, tracker],
-        )
-        progress.finish()
-        report = evaluate_model.with_options(**retry_options(config.evaluate.retry))(
-            parts.model, data, device.torch_device, config.evaluate.batch_size
-        )
-        bundle = None
-        if config.save.enabled:
-            bundle = save_model.with_options(**retry_options(config.save.retry))(
-                parts.model, config, data.spec, report, path / config.save.dirname,
-                {"device": device.model_dump(), "init": None if parts.init is None else parts.init.model_dump()},
-            )
-        summary = record_results(path, device, data.spec, result, report, bundle, parts.init)
-        tracked = record_outputs(tracker, config, path, summary, result, report, parts.model, data, device.torch_device)
-        publish_run_artifacts(config, summary, result.history, tracked)
-    return summary
+    with run_lifecycle(path):
+        tracking = start_tracking(config, path)  # the loggers tracking turns on; ended by their callbacks
+        folder = RunFolder(path, tracking)
+        callbacks = [
+            folder, HistoryCsv(path), *tracking.loggers,  # the loggers upload what the folder wrote
+            PrefectProgress(config.train.epochs, key=artifact_key(config.name, "progress")),
+            PrefectReport(config, folder),
+        ]
+        run = run_recipe(config, path, callbacks, stages=prefect_stages(config))
+    return run_summary(run, path)
 
 
 # The run directory the current command opened (at most one): a Ctrl-C names it for --resume.

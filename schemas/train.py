@@ -138,4 +138,6 @@ class TrainResult(BaseModel):
     precision: str = "fp32"
     features_cached: bool = False  # the head trained on the frozen backbone's features, computed once
     ranks: int = 1  # data-parallel processes that trained (train.distributed)
+    stop_reason: str | None = None  # a callback ended training early (tasks.common.callbacks.Stop)
+    pruned: bool = False  # ... and abandoned the run: no evaluation, no bundle (a pruned sweep trial)
     data_placement: str = "device"  # "device": moved once; "host": each batch copied from (pinned) host memory;

@@ -95,14 +95,12 @@ def prepared(config, device=None):
     """The data and fresh training parts of `config`, as train_flow builds them (plain functions, no Prefect run)."""
     import torch
 
+    from schemas.recipe import ModelSetup
     from tasks.data import prepare_data
     from tasks.model import build_model
 
-    data = prepare_data.fn(config.data, seed=config.seed)
-    parts = build_model.fn(
-        config.model, config.loss, config.optimizer, config.scheduler, data.spec, device or torch.device("cpu"),
-        config.seed, config.train.epochs, config.train.monitor,
-    )
+    data = prepare_data(config.data, seed=config.seed)
+    parts = build_model(ModelSetup.of(config), data.spec, device or torch.device("cpu"))
     return data, parts
 
 

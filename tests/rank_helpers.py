@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from schemas.loading import load_config
+from tasks.common.callbacks import Callback
 from tasks.train import train_model
 from tests.conftest import prepared, tiny_overrides
 
@@ -40,7 +41,7 @@ def fresh(cfg):
 
 def train(cfg, checkpoint_dir: Path | None = None, callbacks=()):
     data, parts = fresh(cfg)
-    result = train_model.fn(parts, data, cfg.train, CPU, cfg.seed, checkpoint_dir, callbacks=list(callbacks))
+    result = train_model(parts, data, cfg.train, CPU, cfg.seed, checkpoint_dir, callbacks=list(callbacks))
     return result, parts
 
 
@@ -59,13 +60,13 @@ class FailOnRank(nn.Module):
         return self.inner(x)
 
 
-class KillParentAt:
+class KillParentAt(Callback):
     """A callback (it runs in the parent) that kill -9s the parent when epoch `epoch` is reported."""
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __call__(self, record) -> None:
+    def on_epoch_end(self, record) -> None:
         if record.epoch == self.epoch:
             os.kill(os.getpid(), signal.SIGKILL)
 

@@ -124,7 +124,7 @@ def test_an_npz_zip_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
     assert path.stat().st_size < 200_000
     before = path.read_bytes()
     monkeypatch.setattr(tables, "available_memory_bytes", lambda: 8_000_000)
-    code, err = _run_stage(lambda: prepare_data.fn(DataConfig(source=NpzSource(path=path)), 0))
+    code, err = _run_stage(lambda: prepare_data(DataConfig(source=NpzSource(path=path)), 0))
     assert code == 3
     _assert_one_line(err, str(path), "array X declares shape (4000, 1000) of float64", "32.0 MB", "8.0 MB")
     assert path.read_bytes() == before
@@ -145,7 +145,7 @@ def _build(overrides: list[str]) -> int:
     from tasks.nets.networks import build_network
 
     config = load_config(None, tiny_overrides() + overrides)
-    build_network(config.model, prepare_data.fn(config.data, 0).spec)
+    build_network(config.model, prepare_data(config.data, 0).spec)
     return 0
 
 
@@ -166,7 +166,7 @@ def test_training_refuses_an_extreme_feature_naming_column_and_row(tmp_path):
     path = _iris_csv(tmp_path, **{"petal width (cm)": (6, 1e300)})
     before = path.read_bytes()
     config = DataConfig(source=CsvSource(path=path, target="target"))
-    code, err = _run_stage(lambda: prepare_data.fn(config, 0))
+    code, err = _run_stage(lambda: prepare_data(config, 0))
     assert code == 3
     _assert_one_line(err, str(path), "column 'petal width (cm)'", "row 7 = 1e+300", "beyond +-1e+30")
     assert path.read_bytes() == before
@@ -177,7 +177,7 @@ def test_duplicate_csv_column_names_are_refused(tmp_path):
 
     path = tmp_path / "dup.csv"
     path.write_text("a,b,a,label\n" + "".join(f"{i},{i % 3},{i * 2},{i % 2}\n" for i in range(30)))
-    code, err = _run_stage(lambda: prepare_data.fn(DataConfig(source=CsvSource(path=path, target="label")), 0))
+    code, err = _run_stage(lambda: prepare_data(DataConfig(source=CsvSource(path=path, target="label")), 0))
     assert code == 3
     _assert_one_line(err, str(path), "repeats column name(s) 'a' (columns 1, 3)")
 
@@ -251,7 +251,7 @@ def test_a_bundle_loads_where_training_its_model_would_not_fit(tmp_path, monkeyp
     from tasks.nets.networks import build_network
 
     config = load_config(None, tiny_overrides())
-    spec = prepare_data.fn(config.data, 0).spec
+    spec = prepare_data(config.data, 0).spec
     bundle = write_bundle(build_network(config.model, spec), config, spec, None, tmp_path / "model")
     monkeypatch.setattr(networks, "available_memory_bytes", lambda: 1_000)
     with pytest.raises(ConfigError, match="make model.hidden_sizes smaller"):

@@ -57,8 +57,8 @@ class Run:
 def _train(**overrides: str) -> Run:
     config = load_config(None, tiny_overrides(**overrides))
     data, parts = prepared(config, CPU)
-    train_model.fn(parts, data, config.train, CPU, config.seed)
-    report = evaluate_model.fn(parts.model, data, CPU, config.evaluate.batch_size)
+    train_model(parts, data, config.train, CPU, config.seed)
+    report = evaluate_model(parts.model, data, CPU, config.evaluate)
     raw = getattr(datasets, f"load_{config.data.source.name}")().data
     return Run(config, data, parts.model, report, np.asarray(raw, dtype=np.float64))
 

@@ -1,4 +1,4 @@
-"""The data stage: `prepare_data.fn` and its helpers, on tiny files made in tmp_path."""
+"""The data stage: `prepare_data` and its helpers, on tiny files made in tmp_path."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def _csv_config(path: Path, target: str = "y", **kwargs) -> DataConfig:
 
 
 def _prepare(config: DataConfig, seed: int = SEED):
-    return prepare_data.fn(config, seed=seed)
+    return prepare_data(config, seed=seed)
 
 
 def _labelled_frame(n: int = 60, seed: int = 0) -> pd.DataFrame:

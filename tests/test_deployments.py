@@ -290,9 +290,9 @@ def test_the_report_links_only_web_addresses_and_shows_paths_as_text(tmp_path):
 
 def test_a_local_mlflow_store_is_linked_through_the_mlflow_ui_url():
     from schemas.tracking import TrackingConfig
-    from tasks.run.tracking import Tracker
+    from tasks.run.mlflow_logger import MLflowLogger
 
-    tracker = Tracker(TrackingConfig(mlflow_ui_url="http://127.0.0.1:5000/"), run_name="r", params={})
+    tracker = MLflowLogger(TrackingConfig(mlflow_ui_url="http://127.0.0.1:5000/"), run_name="r", params={})
     tracker._uri, tracker._experiment_id = "sqlite:///mlflow.db", "1"
     tracker._run = SimpleNamespace(info=SimpleNamespace(run_id="abc", artifact_uri="mlruns/1/abc"))
     assert tracker.result().mlflow_run_url == "http://127.0.0.1:5000/#/experiments/1/runs/abc"

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from schemas import ConfigError, DataError, DeviceConfig, load_config
+from schemas.recipe import ModelSetup
 from schemas.device import Candidate, DeviceInfo, InputShape
 from tasks.device._decide import choose_threads, thread_counts
 from tasks.data import peek_shape, prepare_data, probe_workload
@@ -159,7 +160,7 @@ def test_a_missing_explicit_device_is_an_error_that_lists_what_is_there():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_requesting_cuda_without_it_fails_through_the_task():
     with pytest.raises(ConfigError, match="not available on this machine; available: cpu"):
-        select_device.fn(DeviceConfig(name="cuda"))
+        select_device(DeviceConfig(name="cuda"))
 
 
 def test_the_cpu_probe_times_real_training_steps_within_its_budget():
@@ -198,12 +199,12 @@ def test_threads_never_exceed_the_usable_cores():
 def test_select_device_sets_threads_to_the_usable_cores(capsys):
     old = torch.get_num_threads()
     try:
-        info = select_device.fn(DeviceConfig(name="cpu"))
+        info = select_device(DeviceConfig(name="cpu"))
         assert info.device == "cpu" and info.torch_device == CPU
         assert info.threads == available_cores() == torch.get_num_threads()
-        info = select_device.fn(DeviceConfig(name="cpu", threads=1))
+        info = select_device(DeviceConfig(name="cpu", threads=1))
         assert info.threads == 1 == torch.get_num_threads()
-        info = select_device.fn(DeviceConfig(name="cpu", threads=available_cores() + 3))
+        info = select_device(DeviceConfig(name="cpu", threads=available_cores() + 3))
         assert info.threads == available_cores() == torch.get_num_threads()
         assert "is more than the" in capsys.readouterr().err
     finally:
@@ -212,9 +213,9 @@ def test_select_device_sets_threads_to_the_usable_cores(capsys):
 
 def _train_on(info: DeviceInfo, *overrides: str):
     config = load_config(None, tiny_overrides(**dict(o.split("=", 1) for o in overrides)))
-    data = prepare_data.fn(config.data, seed=0)
-    parts = build_model.fn(config.model, config.loss, config.optimizer, None, data.spec, CPU, 0, config.train.epochs)
-    return train_model.fn(parts, data, config.train, info, 0), parts
+    data = prepare_data(config.data, seed=0)
+    parts = build_model(ModelSetup.of(config), data.spec, CPU)
+    return train_model(parts, data, config.train, info, 0), parts
 
 
 def _info(**fields) -> DeviceInfo:
@@ -245,7 +246,7 @@ def test_bf16_autocast_trains_on_the_cpu_and_is_recorded():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_is_selected_when_requested():
-    info = select_device.fn(DeviceConfig(name="cuda"))
+    info = select_device(DeviceConfig(name="cuda"))
     assert info.device == "cuda:0"
     assert torch.zeros(1, device=info.torch_device).device.type == "cuda"
 
@@ -253,10 +254,10 @@ def test_cuda_is_selected_when_requested():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_auto_measures_cpu_and_cuda_for_real(tmp_path):
-    info = select_device.fn(_auto(tmp_path), _workload())
+    info = select_device(_auto(tmp_path), _workload())
     assert [c.device for c in info.candidates][:2] == ["cpu", "cuda:0"]
     assert all(c.ms_per_step and c.ms_per_step > 0 for c in info.candidates)
-    assert select_device.fn(_auto(tmp_path), _workload()).from_cache
+    assert select_device(_auto(tmp_path), _workload()).from_cache
 
 
 @pytest.mark.gpu
@@ -266,9 +267,9 @@ def test_auto_measures_cpu_and_cuda_for_real(tmp_path):
 def test_cuda_training_paths_learn(fields):
     info = decide_device(DeviceConfig(name="cuda", **fields), None, available_devices(), 1)
     config = load_config(None, tiny_overrides(**{"train.epochs": "15", "train.early_stopping.enabled": "false"}))
-    data = prepare_data.fn(config.data, seed=0)
-    parts = build_model.fn(config.model, config.loss, config.optimizer, None, data.spec, info.torch_device, 0, 15)
-    result = train_model.fn(parts, data, config.train, info, 0)
+    data = prepare_data(config.data, seed=0)
+    parts = build_model(ModelSetup.of(config), data.spec, info.torch_device)
+    result = train_model(parts, data, config.train, info, 0)
     assert result.history[-1].val_accuracy >= 0.8
     assert result.data_placement == ("host" if fields.get("data_on_device") == "never" else "device")
     assert result.precision == fields.get("precision", "fp32")
@@ -392,11 +393,11 @@ def test_threads_auto_measures_nothing_without_a_cpu_workload(tmp_path):
 def test_select_device_records_how_threads_were_chosen(tmp_path, capsys):
     old = torch.get_num_threads()
     try:
-        info = select_device.fn(DeviceConfig(name="cpu", cache_dir=str(tmp_path)), _workload())
+        info = select_device(DeviceConfig(name="cpu", cache_dir=str(tmp_path)), _workload())
         assert info.threads == torch.get_num_threads() and info.threads_reason.startswith("threads auto:")
         if available_cores() > 1:
             assert [c.threads for c in info.thread_candidates] == list(thread_counts(available_cores()))
-        assert select_device.fn(DeviceConfig(name="cpu", threads=1)).threads_reason == "device.threads set"
+        assert select_device(DeviceConfig(name="cpu", threads=1)).threads_reason == "device.threads set"
     finally:
         torch.set_num_threads(old)
 

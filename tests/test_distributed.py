@@ -18,6 +18,7 @@ import torch
 
 from schemas import ConfigError
 from schemas.errors import TrainingError
+from tasks.common.callbacks import LambdaCallback
 from tasks.common.retry import RankFailed, is_transient_error
 from tasks.train import train_model
 from tasks.train._checkpoint import load_checkpoint
@@ -86,7 +87,7 @@ def test_a_global_batch_smaller_than_the_ranks_is_refused_before_launching():
     cfg = config(**{"train.batch_size": "1"})
     data, parts = fresh(cfg)
     with pytest.raises(ConfigError, match="train.batch_size=1 is the global batch"):
-        train_model.fn(parts, data, cfg.train, CPU, cfg.seed)
+        train_model(parts, data, cfg.train, CPU, cfg.seed)
 
 
 def test_one_process_is_the_plain_loop():
@@ -142,7 +143,7 @@ def test_a_sweep_refuses_distributed_trials_it_cannot_give_processes(settings, w
 def test_two_gpus_train_on_nccl():  # pragma: no cover - no GPU on the machines this was written on
     cfg = config(**{"device": "cuda", "train.distributed.nproc_per_node": "auto"})
     data, parts = fresh(cfg)
-    result = train_model.fn(parts, data, cfg.train, torch.device("cuda"), cfg.seed)
+    result = train_model(parts, data, cfg.train, torch.device("cuda"), cfg.seed)
     assert result.ranks == torch.cuda.device_count()
 
 
@@ -153,7 +154,7 @@ def test_two_gpus_train_on_nccl():  # pragma: no cover - no GPU on the machines 
 def test_two_ranks_match_one_process_on_a_deterministic_model():
     one, one_parts = train(config(**{"train.distributed.nproc_per_node": "1"}))
     seen = []
-    two, two_parts = train(config(), callbacks=[seen.append])
+    two, two_parts = train(config(), callbacks=[LambdaCallback(on_epoch_end=seen.append)])
     assert two.ranks == 2 and [r.epoch for r in seen] == [1, 2, 3, 4]  # the callbacks ran here, in the parent
     for a, b in zip(one.history, two.history, strict=True):
         assert b.train_loss == pytest.approx(a.train_loss, rel=1e-5)
@@ -216,7 +217,7 @@ def test_a_rank_that_raises_fails_the_attempt_with_its_error(tmp_path, capfd):
     parts.model = FailOnRank(parts.model, rank=1, after=3)
     started = time.perf_counter()
     with pytest.raises(RankFailed, match=r"rank 1 of 2 failed: ValueError: injected failure in step 3"):
-        train_model.fn(parts, data, cfg.train, CPU, cfg.seed, tmp_path / "checkpoints")
+        train_model(parts, data, cfg.train, CPU, cfg.seed, tmp_path / "checkpoints")
     assert time.perf_counter() - started < 120
     assert "Traceback" not in capfd.readouterr().err
     assert (tmp_path / "checkpoints" / "last.pt").is_file()  # rank 0 wrote the first checkpoint: a retry resumes
@@ -233,7 +234,7 @@ def test_an_endpoint_nobody_answers_fails_within_the_timeout():
     data, parts = fresh(cfg)
     started = time.perf_counter()
     with pytest.raises(TrainingError, match=r"no node 0 answered at train.distributed.rdzv_endpoint=127\.0\.0\.1"):
-        train_model.fn(parts, data, cfg.train, CPU, cfg.seed)
+        train_model(parts, data, cfg.train, CPU, cfg.seed)
     assert time.perf_counter() - started < 60
 
 

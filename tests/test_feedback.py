@@ -63,7 +63,7 @@ def test_train_data_error_answers_before_the_server_with_the_stages_message(case
     monkeypatch.chdir(tmp_path)
     override = DATA_CASES[case](tmp_path)
     with pytest.raises(DataError) as stage:
-        prepare_data.fn(load_config(None, [override]).data, 0)
+        prepare_data(load_config(None, [override]).data, 0)
     monkeypatch.setattr(flows.train, "prefect_session", no_prefect_session)
     assert flows.train.main(["--set", override]) == 3
     assert capsys.readouterr().err == f"error: {stage.value}\n"
@@ -117,8 +117,8 @@ def iris_bundle(tmp_path_factory) -> Path:
 
     config = load_config(None, tiny_overrides())
     data, parts = prepared(config, CPU)
-    train_model.fn(parts, data, config.train, CPU, config.seed)
-    report = evaluate_model.fn(parts.model, data, CPU, config.evaluate.batch_size)
+    train_model(parts, data, config.train, CPU, config.seed)
+    report = evaluate_model(parts.model, data, CPU, config.evaluate)
     folder = tmp_path_factory.mktemp("feedback")
     write_bundle(parts.model, config, data.spec, report, folder / "model", {})
     from sklearn.datasets import load_iris
@@ -183,7 +183,7 @@ def test_history_rows_are_appended_as_epochs_finish_in_record_results_format(tmp
     history = HistoryCsv(tmp_path)
     records = [_record(e, regression) for e in (1, 2, 3)]
     for i, record in enumerate(records, 1):
-        history(record)
+        history.on_epoch_end(record)
         assert (tmp_path / "history.csv").read_bytes() == csv_text(records[:i]).encode()
     assert ("val_r2" in (tmp_path / "history.csv").read_text().splitlines()[0]) == regression
 
@@ -193,11 +193,11 @@ def test_a_resumed_history_drops_rows_past_the_checkpoint_and_never_repeats_an_e
     text = csv_text(killed)
     (tmp_path / "history.csv").write_bytes((text + "5,0.2,0.3,0.5").encode())  # a row cut short by the kill
     resumed = HistoryCsv(tmp_path)  # a new process: the checkpoint held epochs 1 and 2
-    resumed(_record(3, seconds=9.0))
-    resumed(_record(4, seconds=9.0))
+    resumed.on_epoch_end(_record(3, seconds=9.0))
+    resumed.on_epoch_end(_record(4, seconds=9.0))
     expected = [*killed[:2], _record(3, seconds=9.0), _record(4, seconds=9.0)]
     assert (tmp_path / "history.csv").read_bytes() == csv_text(expected).encode()
-    resumed(_record(2, seconds=7.0))  # a retried attempt in the same process, from a checkpoint after epoch 1
+    resumed.on_epoch_end(_record(2, seconds=7.0))  # a retried attempt in the same process, from a checkpoint after epoch 1
     assert (tmp_path / "history.csv").read_bytes() == csv_text([killed[0], _record(2, seconds=7.0)]).encode()
 
 
@@ -262,8 +262,8 @@ def test_the_plain_predict_path_imports_no_prefect(iris_bundle, tmp_path):
         "except SystemExit as exit:\n"
         "    assert exit.code == 0, exit.code\n"
         "assert 'prefect' not in sys.modules, 'Prefect was imported'\n"
-        "from flows.predict import predict_flow\n"
-        "from tasks.bundle import load_model_task, save_model\n"
+        "from flows.predict import load_model_task, predict_flow\n"
+        "from flows.stages import save_model\n"
         "print(predict_flow.name, load_model_task.name, save_model.name)\n"
     )
     out = subprocess.run(

@@ -11,6 +11,8 @@ import safetensors.torch
 import torch
 
 from schemas import ConfigError, load_config
+from schemas.recipe import ModelSetup
+from tasks.common.callbacks import LambdaCallback
 from tasks.bundle import write_bundle
 from tasks.data import prepare_data
 from tasks.data.shapes import make_shapes
@@ -36,14 +38,13 @@ def _config(root: Path, *overrides: str):
 
 
 def _build(config, data):
-    return build_model.fn(config.model, config.loss, config.optimizer, config.scheduler, data.spec, CPU,
-                          config.seed, config.train.epochs, config.train.monitor, config.train.finetune)
+    return build_model(ModelSetup.of(config), data.spec, CPU)
 
 
 def _train(config, data=None, checkpoint_dir=None, callbacks=()):
-    data = data if data is not None else prepare_data.fn(config.data, config.seed)
+    data = data if data is not None else prepare_data(config.data, config.seed)
     parts = _build(config, data)
-    result = train_model.fn(parts, data, config.train, CPU, config.seed, checkpoint_dir, callbacks)
+    result = train_model(parts, data, config.train, CPU, config.seed, checkpoint_dir, callbacks)
     return data, parts, result
 
 
@@ -61,7 +62,7 @@ def pretrained(sets, tmp_path_factory):
     """A bundle trained on the first set."""
     config = _config(sets[0])
     data, parts, _ = _train(config)
-    report = evaluate_model.fn(parts.model, data, CPU)
+    report = evaluate_model(parts.model, data, CPU)
     return write_bundle(parts.model, config, data.spec, report, tmp_path_factory.mktemp("bundle") / "model")
 
 
@@ -71,7 +72,7 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def test_fine_tuning_a_bundle_replaces_the_head_freezes_the_backbone_and_records_it(sets, pretrained, tmp_path):
     config = _config(sets[1], f"model.init_from={pretrained}", "model.freeze=backbone")
-    data = prepare_data.fn(config.data, config.seed)
+    data = prepare_data(config.data, config.seed)
     parts = _build(config, data)
     init = parts.init
     assert init.source_kind == "bundle" and init.head == "head.2"
@@ -85,8 +86,8 @@ def test_fine_tuning_a_bundle_replaces_the_head_freezes_the_backbone_and_records
     assert in_optimizer == trainable == {id(parts.model.head[2].weight), id(parts.model.head[2].bias)}
     assert init.frozen == ("stem", "stages") and init.trainable_parameters == 16 * 4 + 4
 
-    train_model.fn(parts, data, config.train.model_copy(update={"epochs": 3}), CPU, config.seed)
-    report = evaluate_model.fn(parts.model, data, CPU)
+    train_model(parts, data, config.train.model_copy(update={"epochs": 3}), CPU, config.seed)
+    report = evaluate_model(parts.model, data, CPU)
     bundle = write_bundle(parts.model, config, data.spec, report, tmp_path / "model", {"init": init.model_dump()})
     saved = _tensors(bundle / "weights.safetensors")
     for name in init.loaded:  # weights and batch-norm statistics of the frozen backbone, byte for byte
@@ -116,11 +117,11 @@ def test_gradual_unfreezing_changes_the_backbone_only_from_the_set_epoch(sets, p
         sets[1], f"model.init_from={pretrained}", "model.freeze=backbone", "train.epochs=4",
         "train.finetune.unfreeze_at_epoch=3", "train.finetune.backbone_lr_scale=0.1",
     )
-    data = prepare_data.fn(config.data, config.seed)
+    data = prepare_data(config.data, config.seed)
     parts = _build(config, data)
     stem = parts.model.stem[0].weight
     snapshots = [stem.detach().clone()]
-    train_model.fn(parts, data, config.train, CPU, config.seed, None, [lambda r: snapshots.append(stem.detach().clone())])
+    train_model(parts, data, config.train, CPU, config.seed, None, [LambdaCallback(on_epoch_end=lambda r: snapshots.append(stem.detach().clone()))])
     assert torch.equal(snapshots[0], snapshots[1]) and torch.equal(snapshots[1], snapshots[2])  # epochs 1, 2
     assert not torch.equal(snapshots[2], snapshots[3])  # epoch 3 trains it
     lrs = [g["lr"] for g in parts.optimizer.param_groups]
@@ -130,7 +131,7 @@ def test_gradual_unfreezing_changes_the_backbone_only_from_the_set_epoch(sets, p
 
 def test_a_backbone_learning_rate_without_freezing_makes_two_groups(sets, pretrained):
     config = _config(sets[1], f"model.init_from={pretrained}", "train.finetune.backbone_lr_scale=0.5")
-    parts = _build(config, prepare_data.fn(config.data, config.seed))
+    parts = _build(config, prepare_data(config.data, config.seed))
     assert [g["lr"] for g in parts.optimizer.param_groups] == [0.01, 0.005]
     assert all(p.requires_grad for p in parts.model.parameters())
 
@@ -146,7 +147,7 @@ def test_resuming_a_fine_tuning_run_mid_way_is_bit_identical(sets, pretrained, t
         if record.epoch == 4:
             raise KeyboardInterrupt  # after epoch 3's checkpoint, which holds the unfrozen groups
     with pytest.raises(KeyboardInterrupt):
-        _train(config, data, tmp_path / "b", [stop_at_epoch_4])
+        _train(config, data, tmp_path / "b", [LambdaCallback(on_epoch_end=stop_at_epoch_4)])
     _, resumed, result = _train(config, data, tmp_path / "b")  # fresh parts, as `flows.train --resume` builds them
     assert result.resumed_from_epoch == 3
     assert [r.train_loss for r in result.history] == [r.train_loss for r in ref_result.history]
@@ -163,12 +164,12 @@ class _Payload:
 def test_init_from_errors_name_the_path_and_the_fix(sets, pretrained, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data_config = _config(sets[1]).data
-    data = prepare_data.fn(data_config, 0)
+    data = prepare_data(data_config, 0)
 
     def error(*overrides: str) -> str:
         config = _config(sets[1], *overrides)
         with pytest.raises(ConfigError) as caught:
-            _build(config, data if config.data == data_config else prepare_data.fn(config.data, 0))
+            _build(config, data if config.data == data_config else prepare_data(config.data, 0))
         return str(caught.value)
 
     assert "no such file or folder" in error("model.init_from=missing.pt")
@@ -193,14 +194,14 @@ def test_init_from_errors_name_the_path_and_the_fix(sets, pretrained, tmp_path, 
 
 def test_init_strict_false_keeps_mismatched_tensors_fresh(sets, pretrained):
     config = _config(sets[1], f"model.init_from={pretrained}", "model.channels=[8, 32]", "model.init_strict=false")
-    parts = _build(config, prepare_data.fn(config.data, config.seed))
+    parts = _build(config, prepare_data(config.data, config.seed))
     assert "stages.1.conv1.weight (16, 8, 3, 3) vs (32, 8, 3, 3)" in parts.init.mismatched
     assert "stem.0.weight" in parts.init.loaded
 
 
 def test_a_bundle_of_another_task_is_refused(pretrained, tmp_path):
     config = load_config(None, ["data.source.name=diabetes", f"model.init_from={pretrained}", "device=cpu"])
-    data = prepare_data.fn(config.data, 0)
+    data = prepare_data(config.data, 0)
     with pytest.raises(ConfigError, match="the bundle's task is classification, this data's is regression"):
         _build(config, data)
 
@@ -246,12 +247,12 @@ def test_the_frozen_feature_cache_trains_the_head_as_the_uncached_path_does(sets
 
 def test_train_bn_leaves_batch_norm_layers_training_inside_a_frozen_backbone(sets, pretrained):
     config = _config(sets[1], f"model.init_from={pretrained}", "model.freeze=backbone", "model.train_bn=true")
-    data = prepare_data.fn(config.data, config.seed)
+    data = prepare_data(config.data, config.seed)
     parts = _build(config, data)
     bn = parts.model.stem[1]
     assert bn.weight.requires_grad and not parts.model.stem[0].weight.requires_grad
     before = bn.running_mean.clone()
-    result = train_model.fn(parts, data, config.train.model_copy(update={"epochs": 1}), CPU, config.seed)
+    result = train_model(parts, data, config.train.model_copy(update={"epochs": 1}), CPU, config.seed)
     assert not result.features_cached and not torch.equal(bn.running_mean, before)
 
 
@@ -293,13 +294,13 @@ def test_a_custom_model_names_its_head(tmp_path, monkeypatch):
         sets = ["data.source.name=iris", "device=cpu", "model.kind=custom", "model.target=ft_models:make",
                 f"model.init_from={tmp_path / 'two.safetensors'}", "model.freeze=backbone"]
         config = load_config(None, [*sets, "model.head=classifier.1"])
-        parts = _build(config, prepare_data.fn(config.data, 0))
+        parts = _build(config, prepare_data(config.data, 0))
         assert parts.init.source_kind == "state_dict"
         assert parts.init.head_note == "head classifier.1 re-initialised because 2 classes became 3"
         assert parts.init.frozen == ("body",)
         config = load_config(None, [*sets, "model.head=classifier.2"])
         with pytest.raises(ConfigError, match="model.head = 'classifier.2'.*top-level modules are: body, classifier"):
-            _build(config, prepare_data.fn(config.data, 0))
+            _build(config, prepare_data(config.data, 0))
     finally:
         sys.modules.pop("ft_models", None)
 

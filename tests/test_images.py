@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 
 from schemas import DataError, load_config
+from schemas.recipe import ModelSetup
+from tasks.common.callbacks import LambdaCallback
 from tasks.bundle import Predictor, load_model, write_bundle
 from tasks.data import peek_shape, prepare_data
 from tasks.data.shapes import make_shapes
@@ -44,10 +46,9 @@ def _config(root: Path, *overrides: str, cache_dir: Path | None = None):
 
 
 def _train(config, data=None, **kwargs):
-    data = data if data is not None else prepare_data.fn(config.data, config.seed)
-    parts = build_model.fn(config.model, config.loss, config.optimizer, config.scheduler, data.spec, CPU,
-                           config.seed, config.train.epochs, config.train.monitor)
-    result = train_model.fn(parts, data, config.train, CPU, config.seed, **kwargs)
+    data = data if data is not None else prepare_data(config.data, config.seed)
+    parts = build_model(ModelSetup.of(config), data.spec, CPU)
+    result = train_model(parts, data, config.train, CPU, config.seed, **kwargs)
     return data, parts, result
 
 
@@ -82,20 +83,20 @@ def test_a_cnn_learns_the_shapes_in_a_few_epochs(shapes, tmp_path, model, floor)
     data, parts, result = _train(config)
     assert data.spec.input_shape == (3, 24, 24) and data.spec.class_names == ("circle", "square", "triangle")
     assert (data.spec.n_train, data.spec.n_val, data.spec.n_test) == (314, 68, 68)
-    report = evaluate_model.fn(parts.model, data, CPU)
+    report = evaluate_model(parts.model, data, CPU)
     assert report.metrics["accuracy"] >= floor > report.baseline["accuracy"]
 
 
 def test_decoding_is_cached_and_a_rerun_says_so(shapes, tmp_path, capsys):
     config = _config(shapes, cache_dir=tmp_path / "cache")
-    first = prepare_data.fn(config.data, 0)
+    first = prepare_data(config.data, 0)
     assert "images: decoded 450 images" in capsys.readouterr().err
-    second = prepare_data.fn(config.data, 0)
+    second = prepare_data(config.data, 0)
     err = capsys.readouterr().err
     assert "images: loaded 450 decoded images from the cache" in err and "(decoding skipped)" in err
     assert torch.equal(first.X_train, second.X_train) and torch.equal(first.y_test, second.y_test)
     assert first.spec.data_hash == second.spec.data_hash
-    uncached = prepare_data.fn(_config(shapes, "data.source.cache=false").data, 0)
+    uncached = prepare_data(_config(shapes, "data.source.cache=false").data, 0)
     assert torch.equal(first.X_train, uncached.X_train)
 
 
@@ -104,7 +105,7 @@ def test_the_lazy_path_trains_exactly_like_the_in_memory_one(shapes, tmp_path, c
     memory = _config(shapes, *augmented, cache_dir=tmp_path)
     lazy = _config(shapes, *augmented, "data.source.lazy_above_mb=0.1", "data.source.workers=1", cache_dir=tmp_path)
     _, memory_parts, in_memory = _train(memory)
-    lazy_data = prepare_data.fn(lazy.data, 0)
+    lazy_data = prepare_data(lazy.data, 0)
     assert "the training split streams through a DataLoader (1 worker)" in capsys.readouterr().err
     assert lazy_data.X_train.shape == (314, 0)  # no training pixels held
     _, lazy_parts, streamed = _train(lazy, lazy_data)
@@ -118,7 +119,7 @@ def test_the_lazy_path_trains_exactly_like_the_in_memory_one(shapes, tmp_path, c
 def test_an_image_that_breaks_in_a_loader_worker_is_a_one_line_error(shapes, tmp_path):
     root = _copy_small(shapes, tmp_path / "small")
     config = _config(root, "train.epochs=1", "data.source.lazy_above_mb=0", "data.source.workers=1", cache_dir=tmp_path)
-    data = prepare_data.fn(config.data, 0)
+    data = prepare_data(config.data, 0)
     broken = Path(data.train_batches.dataset.files[0])
     broken.write_bytes(b"overwritten after the data stage read it")
     with pytest.raises(DataError) as info:
@@ -130,7 +131,7 @@ def test_an_image_that_breaks_in_a_loader_worker_is_a_one_line_error(shapes, tmp
 def test_augmentation_is_seeded_and_survives_a_resume(shapes, tmp_path):
     config = _config(shapes, "train.epochs=4", "data.source.augment.hflip=true",
                      "data.source.augment.rotation_degrees=15", "data.source.augment.crop_padding=2", cache_dir=tmp_path)
-    data = prepare_data.fn(config.data, 0)
+    data = prepare_data(config.data, 0)
     *_, a = _train(config, data)
     *_, b = _train(config, data)
     *_, plain = _train(_config(shapes, "train.epochs=4", cache_dir=tmp_path))
@@ -145,7 +146,7 @@ def test_augmentation_is_seeded_and_survives_a_resume(shapes, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        _train(config, data, checkpoint_dir=tmp_path / "ckpt", callbacks=[stop_at_two])
+        _train(config, data, checkpoint_dir=tmp_path / "ckpt", callbacks=[LambdaCallback(on_epoch_end=stop_at_two)])
     *_, resumed = _train(config, data, checkpoint_dir=tmp_path / "ckpt")
     assert resumed.resumed_from_epoch == 1  # the checkpoint before the interrupted epoch's callback
     assert [r.train_loss for r in resumed.history] == [r.train_loss for r in a.history]
@@ -163,11 +164,11 @@ def test_mixed_modes_and_sizes_are_converted_and_non_images_ignored(tmp_path, ca
         (root / cls / "notes.txt").write_text("not an image")
     (root / "README.md").write_text("loose file")
     config = _config(root, "data.split.stratify=false", "data.split.val=0.2", "data.split.test=0.2", cache_dir=tmp_path)
-    data = prepare_data.fn(config.data, 0)
+    data = prepare_data(config.data, 0)
     err = capsys.readouterr().err
     assert "images: 18 images in 2 classes under" in err and "3 non-image files" in err
     assert data.X_train.shape[1] == 3 * 24 * 24
-    gray = prepare_data.fn(_config(root, "data.source.mode=grayscale", "data.split.val=0.2", "data.split.test=0.2",
+    gray = prepare_data(_config(root, "data.source.mode=grayscale", "data.split.val=0.2", "data.split.test=0.2",
                                    cache_dir=tmp_path).data, 0)
     assert gray.spec.input_shape == (1, 24, 24)
 
@@ -183,7 +184,7 @@ def _copy_small(shapes: Path, dest: Path, per_class: int = 12) -> Path:
 def test_bad_image_folders_are_clear_errors(shapes, tmp_path):
     def error(root: Path, *overrides: str) -> str:
         with pytest.raises(DataError) as info:
-            prepare_data.fn(_config(root, *overrides, cache_dir=tmp_path / "cache").data, 0)
+            prepare_data(_config(root, *overrides, cache_dir=tmp_path / "cache").data, 0)
         assert info.value.exit_code == 3  # what the train and predict commands exit with
         return str(info.value)
 
@@ -210,7 +211,7 @@ def test_bad_image_folders_are_clear_errors(shapes, tmp_path):
 def test_a_corrupt_image_can_be_skipped_with_a_warning(shapes, tmp_path, capsys):
     corrupt = _copy_small(shapes, tmp_path / "corrupt")
     (corrupt / "square" / "broken.png").write_bytes(b"garbage")
-    data = prepare_data.fn(_config(corrupt, "data.source.on_bad_image=skip", cache_dir=tmp_path).data, 0)
+    data = prepare_data(_config(corrupt, "data.source.on_bad_image=skip", cache_dir=tmp_path).data, 0)
     assert "warning: skipped 1 unreadable image (data.source.on_bad_image=skip): square/broken.png" in capsys.readouterr().err
     assert data.spec.n_train + data.spec.n_val + data.spec.n_test == 36
 
@@ -221,7 +222,7 @@ def test_the_bundle_reloads_and_predicts_images_exactly(tmp_path):
     config = _config(root, "train.epochs=3", cache_dir=tmp_path)
     data, parts, _ = _train(config)
     assert (data.spec.n_train, data.spec.n_val, data.spec.n_test) == (81, 15, 24)  # val: 15% of the 96 in train/
-    report = evaluate_model.fn(parts.model, data, CPU)
+    report = evaluate_model(parts.model, data, CPU)
     write_bundle(parts.model, config, data.spec, report, tmp_path / "model")
     bundle = load_model(tmp_path / "model")
     from tasks.data import decode_for_prediction, prediction_images

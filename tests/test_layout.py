@@ -1,12 +1,13 @@
 """The code layout's rules, checked on every run of the suite.
 
 - The layers contract in pyproject.toml (`[tool.importlinter]`) holds:
-  schemas < tasks.common | tasks.nets < the stage packages < tasks.run <
-  tasks.sweep < flows < deployments | benchmarks, with the stages independent
-  of each other.
+  schemas < tasks.common < tasks.nets < the stage packages | tasks.run <
+  tasks.recipe < tasks.sweep < flows < deployments | benchmarks, with the
+  stages independent of each other.
 - No import cycles among the project's modules, lazy (function-level) imports
   included; imports under `if TYPE_CHECKING:` do not run, so they do not count.
 - No function in flows/, tasks/, schemas/ or deployments/ is longer than 80 lines.
+- Every stage function is a Prefect task in flows/stages.py.
 """
 
 from __future__ import annotations
@@ -141,22 +142,28 @@ def test_no_function_is_longer_than_80_lines(package):
     assert long == []
 
 
-def test_every_stage_exposes_its_task_and_imports_no_other_stage():
+STAGES = ("device", "data", "model", "train", "evaluate", "bundle")
+
+
+def test_every_stage_is_a_prefect_task_of_the_flows_and_imports_no_other_stage():
     import importlib
 
     from prefect import Task
 
-    stages = ("device", "data", "model", "train", "evaluate", "bundle")
-    for stage in stages:
+    import flows.stages
+
+    made = {id(value.fn) for value in vars(flows.stages).values() if isinstance(value, Task)}
+    for stage in STAGES:
         assert (ROOT / "tasks" / stage / "__init__.py").is_file(), f"tasks/{stage} is not a package"
         package = importlib.import_module(f"tasks.{stage}")
-        public = [getattr(package, name) for name in getattr(package, "__all__", vars(package))]  # made on use, too
-        assert any(isinstance(v, Task) for v in public), f"tasks.{stage} exposes no Prefect task"
+        public = [getattr(package, name) for name in getattr(package, "__all__", vars(package))]
+        assert not any(isinstance(v, Task) for v in public), f"tasks.{stage} makes a Prefect task itself"
+        assert any(id(v) in made for v in public), f"no function of tasks.{stage} is a Prefect task in flows/stages.py"
     modules = {_module_name(p) for p in _project_files()}
-    for stage in stages:
+    for stage in STAGES:
         for path in (ROOT / "tasks" / stage).rglob("*.py"):
             others = {
                 m for m in _imports(path, modules)
-                if m.startswith("tasks.") and m.split(".")[1] in stages and m.split(".")[1] != stage
+                if m.startswith("tasks.") and m.split(".")[1] in STAGES and m.split(".")[1] != stage
             }
             assert not others, f"{path.relative_to(ROOT)} imports another stage: {sorted(others)}"

@@ -1,4 +1,4 @@
-"""Model builders, the training loop and evaluation, through `.fn` on tiny data."""
+"""Model builders, the training loop and evaluation, as plain functions on tiny data."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from schemas import ConfigError, TrainingError, load_config
+from schemas.recipe import ModelSetup, check_fits_data
+from tasks.common.callbacks import LambdaCallback
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate_model
 from tasks.model import build_model
@@ -23,17 +25,15 @@ CPU = torch.device("cpu")
 
 def _setup(*overrides: str):
     config = load_config(None, tiny_overrides(**dict(o.split("=", 1) for o in overrides)))
-    data = prepare_data.fn(config.data, seed=config.seed)
-    parts = build_model.fn(
-        config.model, config.loss, config.optimizer, config.scheduler, data.spec, CPU,
-        config.seed, config.train.epochs, config.train.monitor,
-    )
+    data = prepare_data(config.data, seed=config.seed)
+    check_fits_data(config, data.spec)  # as the recipe does before building
+    parts = build_model(ModelSetup.of(config), data.spec, CPU)
     return config, data, parts
 
 
 def _train(*overrides: str):
     config, data, parts = _setup(*overrides)
-    result = train_model.fn(parts, data, config.train, CPU, config.seed)
+    result = train_model(parts, data, config.train, CPU, config.seed)
     return config, data, parts, result
 
 
@@ -108,7 +108,7 @@ def test_training_learns():
     _, data, parts, result = _train("train.epochs=40", "train.early_stopping.enabled=false")
     assert result.epochs_run == 40
     assert result.history[-1].train_loss < result.history[0].train_loss / 3
-    report = evaluate_model.fn(parts.model, data, CPU)
+    report = evaluate_model(parts.model, data, CPU)
     assert report.metrics["accuracy"] >= 0.9 > report.baseline["accuracy"]
 
 
@@ -147,21 +147,21 @@ def test_nan_loss_stops_with_a_clear_error():
     with torch.no_grad():
         parts.model.net[0].weight[0, 0] = float("nan")
     with pytest.raises(TrainingError, match=r"training loss became (nan|inf) in epoch 1; lower optimizer.lr \(now 0.01\)"):
-        train_model.fn(parts, data, config.train, CPU, config.seed)
+        train_model(parts, data, config.train, CPU, config.seed)
 
 
 def test_gradient_clipping_bounds_the_update():
     config, data, parts = _setup("train.grad_clip_norm=0.001", "optimizer.name=sgd", "optimizer.momentum=0",
                                  "optimizer.lr=1", "train.epochs=1", "train.batch_size=200")
     before = [p.detach().clone() for p in parts.model.parameters()]
-    train_model.fn(parts, data, config.train, CPU, config.seed)
+    train_model(parts, data, config.train, CPU, config.seed)
     step = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(parts.model.parameters(), before)))
     assert float(step) <= 0.001 + 1e-6
 
 
 def test_progress_prints_one_line_per_epoch(capsys):
     config, data, parts = _setup("train.progress=true", "train.epochs=3", "train.early_stopping.enabled=false")
-    train_model.fn(parts, data, config.train, CPU, config.seed)
+    train_model(parts, data, config.train, CPU, config.seed)
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3
     assert lines[0].startswith("epoch 1/3") and "val_accuracy" in lines[0] and "train_loss" in lines[0]
@@ -170,7 +170,7 @@ def test_progress_prints_one_line_per_epoch(capsys):
 def test_regression_metrics_are_in_target_units():
     _, data, parts, result = _train("data.source.name=diabetes", "train.monitor=val_mae", "train.epochs=30",
                                     "model.hidden_sizes=[16]")
-    report = evaluate_model.fn(parts.model, data, CPU)
+    report = evaluate_model(parts.model, data, CPU)
     assert set(report.metrics) == {"mse", "rmse", "mae", "r2"}
     assert report.metrics["rmse"] == pytest.approx(math.sqrt(report.metrics["mse"]))
     # Diabetes targets run 25..346: errors are tens, not standardized units.
@@ -183,7 +183,7 @@ def test_classification_report_matches_sklearn():
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
     _, data, parts, _ = _train("train.epochs=10")
-    report = evaluate_model.fn(parts.model, data, CPU)
+    report = evaluate_model(parts.model, data, CPU)
     with torch.inference_mode():
         parts.model.eval()
         pred = parts.model(data.X_test).argmax(1).numpy()
@@ -209,7 +209,7 @@ def test_build_network_is_deterministic_under_a_seed():
 def test_callbacks_see_every_epoch_and_can_stop_training():
     config, data, parts = _setup("train.epochs=4", "train.early_stopping.enabled=false")
     seen = []
-    result = train_model.fn(parts, data, config.train, CPU, config.seed, callbacks=[seen.append])
+    result = train_model(parts, data, config.train, CPU, config.seed, callbacks=[LambdaCallback(on_epoch_end=seen.append)])
     assert seen == list(result.history) and len(seen) == 4
 
     class Stop(Exception):
@@ -221,7 +221,7 @@ def test_callbacks_see_every_epoch_and_can_stop_training():
 
     config, data, parts = _setup("train.epochs=4", "train.early_stopping.enabled=false")
     with pytest.raises(Stop):
-        train_model.fn(parts, data, config.train, CPU, config.seed, callbacks=[stop_after_two])
+        train_model(parts, data, config.train, CPU, config.seed, callbacks=[LambdaCallback(on_epoch_end=stop_after_two)])
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
@@ -247,12 +247,12 @@ def test_conv_nets_train_channels_last_on_the_cpu_and_come_back_contiguous():
         conv = [m for m in parts.model.modules() if isinstance(m, torch.nn.Conv2d)][-1]  # 4 input channels
         seen.append(conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous())
 
-    train_model.fn(parts, data, config.train, CPU, config.seed, callbacks=[layout])
+    train_model(parts, data, config.train, CPU, config.seed, callbacks=[LambdaCallback(on_epoch_end=layout)])
     assert seen and all(seen)  # trained in channels_last
     assert all(p.is_contiguous() for p in parts.model.parameters())  # returned in the default layout
     # The same config trains to the same weights again (determinism holds in channels_last).
     _, _, again = _setup(*cnn)
-    train_model.fn(again, data, config.train, CPU, config.seed)
+    train_model(again, data, config.train, CPU, config.seed)
     assert all(torch.equal(a, b) for a, b in zip(parts.model.state_dict().values(), again.model.state_dict().values()))
 
 
@@ -261,10 +261,10 @@ def test_channels_last_training_matches_the_default_layout(monkeypatch):
 
     cnn = ("data.source.name=digits", "model.kind=cnn", "model.channels=[4, 8]")
     config, data, fast = _setup(*cnn)
-    train_model.fn(fast, data, config.train, CPU, config.seed)
+    train_model(fast, data, config.train, CPU, config.seed)
     monkeypatch.setattr(tasks.train._epochs, "training_memory_format", lambda model, device: torch.contiguous_format)
     _, _, plain = _setup(*cnn)
-    train_model.fn(plain, data, config.train, CPU, config.seed)
+    train_model(plain, data, config.train, CPU, config.seed)
     for (name, a), b in zip(fast.model.state_dict().items(), plain.model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), name  # the same training, up to summation order
 
@@ -312,6 +312,6 @@ def test_a_custom_conv_net_that_flattens_with_view_trains(tmp_path, monkeypatch)
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     config, data, parts = _setup("data.source.name=digits", "model.kind=custom", "model.target=view_models:Net")
-    result = train_model.fn(parts, data, config.train, CPU, config.seed)
+    result = train_model(parts, data, config.train, CPU, config.seed)
     assert math.isfinite(result.history[-1].train_loss)
     sys.modules.pop("view_models", None)

@@ -58,7 +58,7 @@ def _fail_validation(monkeypatch, at_call: int, error: BaseException) -> None:
 
 def _uninterrupted(config, tmp_path: Path):
     data, parts = _fresh(config)
-    result = train_model.fn(parts, data, config.train, CPU, config.seed, tmp_path / "reference")
+    result = train_model(parts, data, config.train, CPU, config.seed, tmp_path / "reference")
     return result, _state(parts), parts.optimizer.state_dict()
 
 
@@ -72,10 +72,10 @@ def test_failure_at_an_epoch_then_resume_is_bit_for_bit(tmp_path, monkeypatch, s
     data, parts = _fresh(config)
     ckpt = tmp_path / "interrupted"
     with pytest.raises(OSError):
-        train_model.fn(parts, data, config.train, CPU, config.seed, ckpt)
+        train_model(parts, data, config.train, CPU, config.seed, ckpt)
     assert load_checkpoint(ckpt, config.seed, data.spec.data_hash)["epoch"] == 2
     # The retry gets the same (now half-trained) objects, as Prefect passes them.
-    resumed = train_model.fn(parts, data, config.train, CPU, config.seed, ckpt)
+    resumed = train_model(parts, data, config.train, CPU, config.seed, ckpt)
     assert resumed.resumed_from_epoch == 2
     assert _same(_state(parts), ref_weights)
     assert [r.train_loss for r in resumed.history] == [r.train_loss for r in reference.history]
@@ -101,10 +101,10 @@ def test_failure_mid_epoch_resumes_from_the_batch(tmp_path):
     parts.loss_fn = flaky_loss
     ckpt = tmp_path / "interrupted"
     with pytest.raises(ConnectionError):
-        train_model.fn(parts, data, config.train, CPU, config.seed, ckpt)
+        train_model(parts, data, config.train, CPU, config.seed, ckpt)
     saved = load_checkpoint(ckpt, config.seed, data.spec.data_hash)
     assert (saved["epoch"], saved["batch"]) == (3, 4)
-    resumed = train_model.fn(parts, data, config.train, CPU, config.seed, ckpt)
+    resumed = train_model(parts, data, config.train, CPU, config.seed, ckpt)
     assert _same(_state(parts), ref_weights)
     assert [r.train_loss for r in resumed.history] == [r.train_loss for r in reference.history]
 
@@ -114,26 +114,26 @@ def test_time_limit_leaves_a_resumable_checkpoint(tmp_path):
     data, parts = _fresh(config)
     ckpt = tmp_path / "run" / "checkpoints"
     with pytest.raises(TimeLimitReached, match=f"resume it with: python -m flows.train --resume {tmp_path / 'run'}"):
-        train_model.fn(parts, data, config.train, CPU, config.seed, ckpt)
+        train_model(parts, data, config.train, CPU, config.seed, ckpt)
     assert load_checkpoint(ckpt, config.seed, data.spec.data_hash)["batch"] == 1
     reference, ref_weights, _ = _uninterrupted(_config(), tmp_path)
     unlimited = config.train.model_copy(update={"time_limit_seconds": None})
-    train_model.fn(parts, data, unlimited, CPU, config.seed, ckpt)
+    train_model(parts, data, unlimited, CPU, config.seed, ckpt)
     assert _same(_state(parts), ref_weights)
 
 
 def test_a_checkpoint_of_another_seed_is_refused(tmp_path):
     config = _config()
     data, parts = _fresh(config)
-    train_model.fn(parts, data, config.train, CPU, config.seed, tmp_path)
+    train_model(parts, data, config.train, CPU, config.seed, tmp_path)
     with pytest.raises(ConfigError, match="checkpoint was made with seed=0, this run has seed=5"):
-        train_model.fn(parts, data, config.train, CPU, 5, tmp_path)
+        train_model(parts, data, config.train, CPU, 5, tmp_path)
 
 
 def test_checkpoints_load_without_pickle(tmp_path):
     config = _config()
     data, parts = _fresh(config)
-    train_model.fn(parts, data, config.train, CPU, config.seed, tmp_path)
+    train_model(parts, data, config.train, CPU, config.seed, tmp_path)
     state = torch.load(tmp_path / "last.pt", weights_only=True)  # raises on any pickled object
     assert state["epoch"] == 8 and state["finished"] is True
 
@@ -289,9 +289,9 @@ def test_out_of_memory_retries_with_half_the_batch(tmp_path):
     data, parts = _fresh(config)
     _oom_on_call(parts, 3 * 8 + 2)  # inside epoch 4 (7 batches and 1 validation pass per epoch)
     with pytest.raises(RetryWithSmallerBatch, match="continues from epoch 3 with batch size 8") as info:
-        train_model.fn(parts, data, config.train, CPU, config.seed, tmp_path)
+        train_model(parts, data, config.train, CPU, config.seed, tmp_path)
     assert is_transient_error(info.value)
-    result = train_model.fn(parts, data, config.train, CPU, config.seed, tmp_path)
+    result = train_model(parts, data, config.train, CPU, config.seed, tmp_path)
     assert result.resumed_from_epoch == 3 and result.epochs_run == 8
     assert json.loads((tmp_path / "batch_size.json").read_text()) == {"batch_size": 8}
 
@@ -304,7 +304,7 @@ def test_out_of_memory_without_the_option_is_a_clear_error(tmp_path):
     data, parts = _fresh(config)
     _oom_on_call(parts, 5)
     with pytest.raises(TrainingError, match="out of memory with train.batch_size=16: lower it, or set train.oom_smaller_batch") as info:
-        train_model.fn(parts, data, config.train, CPU, config.seed, tmp_path)
+        train_model(parts, data, config.train, CPU, config.seed, tmp_path)
     assert not is_transient_error(info.value)
 
 
@@ -321,11 +321,11 @@ def test_a_checkpoint_of_an_unfused_optimizer_resumes_into_the_fused_one(tmp_pat
     parts.optimizer = torch.optim.Adam(parts.model.parameters(), lr=config.optimizer.lr, foreach=False)
     _fail_validation(monkeypatch, 3, OSError("disk went away"))
     with pytest.raises(OSError):
-        train_model.fn(parts, data, config.train, CPU, config.seed, ckpt)
+        train_model(parts, data, config.train, CPU, config.seed, ckpt)
     assert torch.load(ckpt / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]["fused"] is None
 
     _, fused = _fresh(config)  # the library's optimizer: fused
-    resumed = train_model.fn(fused, data, config.train, CPU, config.seed, ckpt)
+    resumed = train_model(fused, data, config.train, CPU, config.seed, ckpt)
     assert resumed.resumed_from_epoch == 2 and len(resumed.history) == config.train.epochs
     group = fused.optimizer.param_groups[0]
     assert group["fused"] is True and group["foreach"] is None  # this optimizer's implementation, kept

@@ -38,7 +38,7 @@ def make_net(in_features, out_features):
 def _custom_bundle(folder: Path, target: str) -> Path:
     """A valid bundle (hashes recomputed, as any maker can) whose config names the custom model `target`."""
     config = load_config(None, tiny_overrides(**{"model.kind": "custom", "model.target": target}))
-    spec = prepare_data.fn(config.data, 0).spec
+    spec = prepare_data(config.data, 0).spec
     torch.manual_seed(0)
     return write_bundle(nn.Linear(spec.n_features, spec.n_outputs), config, spec, None, folder / "bundle")
 
@@ -160,7 +160,7 @@ def test_with_a_bundle_key_only_bundles_signed_with_it_load(tmp_path, monkeypatc
     from tasks.nets.networks import build_network
 
     config = load_config(None, tiny_overrides())
-    spec = prepare_data.fn(config.data, 0).spec
+    spec = prepare_data(config.data, 0).spec
     monkeypatch.delenv("PYTORCH_WORKFLOW_BUNDLE_KEY", raising=False)
     unsigned = write_bundle(build_network(config.model, spec), config, spec, None, tmp_path / "unsigned")
     monkeypatch.setenv("PYTORCH_WORKFLOW_BUNDLE_KEY", "team secret")

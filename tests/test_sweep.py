@@ -49,7 +49,7 @@ def sweep(**settings) -> SweepConfig:
 @pytest.fixture(scope="module")
 def iris():
     torch.set_num_threads(1)
-    return prepare_data.fn(load_config(None, ["data.source.name=iris"]).data, 0)
+    return prepare_data(load_config(None, ["data.source.name=iris"]).data, 0)
 
 
 class Counting:
@@ -422,7 +422,7 @@ def test_dask_local_cluster_gives_the_serial_results(prefect_api, tmp_path):
     settings = {"name": "iris-dask", "base": BASE, "space": SPACE, "n_trials": 4, "trials_per_round": 2,
                 "sampler": {"name": "tpe", "n_startup_trials": 2}}
     serial_config = validate_sweep(settings)
-    serial, _ = run_engine(serial_config, prepare_data.fn(serial_config.base.data, 0), tmp_path / "serial")
+    serial, _ = run_engine(serial_config, prepare_data(serial_config.base.data, 0), tmp_path / "serial")
     config = validate_sweep({**settings, "parallelism": 2, "executor": "dask"})
     result = sweep_flow(config=config, sweep_dir=str(tmp_path / "dask"))
     assert result.executor == "Dask LocalCluster, 2 workers x 1 thread(s)"
@@ -450,7 +450,7 @@ def test_the_sweeps_device_decision_and_precision_reach_the_trials(iris, tmp_pat
                  base={**BASE, "device": {"name": "cpu", "threads": 1, "precision": "bf16"}})
     results = []
     for config, name in ((fp32, "fp32"), (bf16, "bf16")):
-        chosen = select_device.fn(config.base.device, probe_workload(config.base))  # as the flow does, once
+        chosen = select_device(config.base.device, probe_workload(config.base))  # as the flow does, once
         path, _ = open_sweep_dir(tmp_path / name, config, iris.spec)
         study = open_study(path, config)
         run_rounds(study, config, path, 1, plain_dispatch(InProcessExecutor(iris, 1), 1), device=chosen)
@@ -593,7 +593,7 @@ DIABETES = {**BASE, "name": "diabetes-sweep-base", "data": {"source": {"kind": "
 @pytest.fixture(scope="module")
 def diabetes():
     torch.set_num_threads(1)
-    return prepare_data.fn(load_config(None, ["data.source.name=diabetes"]).data, 0)
+    return prepare_data(load_config(None, ["data.source.name=diabetes"]).data, 0)
 
 
 def test_epoch_metric_follows_the_task_and_direction_of_the_metric():

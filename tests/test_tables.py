@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from schemas import DataError
+from schemas.recipe import ModelSetup
 from schemas.data import CsvSource, DataConfig
 from schemas.loading import load_config
 from tasks.bundle import Predictor, load_model, write_bundle
@@ -59,16 +60,15 @@ def _train(path, *overrides: str, **source: object):
         f"data.source={source_yaml}", "model.hidden_sizes=[16]", "train.epochs=3", "train.batch_size=32",
         "train.progress=false", "device=cpu", "name=table-test", *overrides,
     ])
-    data = prepare_data.fn(config.data, seed=config.seed)
-    parts = build_model.fn(config.model, config.loss, config.optimizer, config.scheduler, data.spec, CPU,
-                           config.seed, config.train.epochs, config.train.monitor)
-    train_model.fn(parts, data, config.train, CPU, config.seed)
+    data = prepare_data(config.data, seed=config.seed)
+    parts = build_model(ModelSetup.of(config), data.spec, CPU)
+    train_model(parts, data, config.train, CPU, config.seed)
     return config, data, parts.model
 
 
 def _problem(config: DataConfig, *parts: str) -> str:
     with pytest.raises(DataError) as info:
-        prepare_data.fn(config, seed=0)
+        prepare_data(config, seed=0)
     message = str(info.value)
     for part in parts:
         assert part in message, message
@@ -80,7 +80,7 @@ def _problem(config: DataConfig, *parts: str) -> str:
 
 
 def test_a_raw_table_prepares_with_defaults(tmp_path, capsys):
-    data = prepare_data.fn(_data_config(_csv(tmp_path, _frame()), id_columns=["pid"]), seed=0)
+    data = prepare_data(_data_config(_csv(tmp_path, _frame()), id_columns=["pid"]), seed=0)
     table = data.spec.preprocessing.table
     kinds = {c.name: (c.kind, c.encoding) for c in table.columns}
     assert kinds == {
@@ -97,7 +97,7 @@ def test_a_raw_table_prepares_with_defaults(tmp_path, capsys):
 
 
 def test_one_hot_columns_pass_unscaled_and_numbers_are_imputed_then_scaled(tmp_path):
-    data = prepare_data.fn(_data_config(_csv(tmp_path, _frame()), exclude=["pid"]), seed=0)
+    data = prepare_data(_data_config(_csv(tmp_path, _frame()), exclude=["pid"]), seed=0)
     names = data.spec.feature_names
     onehot = [i for i, n in enumerate(names) if "=" in n]
     assert set(torch.unique(data.X_train[:, onehot]).tolist()) == {0.0, 1.0}
@@ -112,7 +112,7 @@ def test_features_choose_columns_and_numeric_columns_may_be_categorical(tmp_path
     frame = _frame()
     frame["grade"] = np.arange(len(frame)) % 4
     config = _data_config(_csv(tmp_path, frame), features=["island", "grade"], categorical=["grade"])
-    table = prepare_data.fn(config, seed=0).spec.preprocessing.table
+    table = prepare_data(config, seed=0).spec.preprocessing.table
     assert [(c.name, c.kind) for c in table.columns] == [("island", "categorical"), ("grade", "categorical")]
     assert set(table.columns[1].categories) == {"0", "1", "2", "3"}
 
@@ -124,7 +124,7 @@ def test_vocabulary_comes_from_the_training_split_only_and_is_capped(tmp_path):
         source=CsvSource(path=_csv(tmp_path, frame), target="label", exclude=["pid"]),
         categorical={"max_categories": 5, "columns": {"island": "embedding"}},
     )
-    data = prepare_data.fn(config, seed=0)
+    data = prepare_data(config, seed=0)
     table = data.spec.preprocessing.table
     city = next(c for c in table.columns if c.name == "city")
     assert len(city.categories) == 5 and city.has_other and city.encoding == "onehot"
@@ -140,7 +140,7 @@ def test_parquet_category_and_datetime_dtypes(tmp_path):
     frame["when"] = pd.to_datetime(frame["when"])
     path = tmp_path / "t.parquet"
     frame.to_parquet(path, index=False)
-    table = prepare_data.fn(_data_config(path, exclude=["pid"]), seed=0).spec.preprocessing.table
+    table = prepare_data(_data_config(path, exclude=["pid"]), seed=0).spec.preprocessing.table
     kinds = {c.name: c.kind for c in table.columns}
     assert kinds["island"] == "categorical" and kinds["when"] == "date"
 
@@ -148,13 +148,13 @@ def test_parquet_category_and_datetime_dtypes(tmp_path):
 @pytest.mark.parametrize(("dates", "names"), [("epoch", ["when.epoch_seconds"]), ("exclude", [])])
 def test_dates_as_seconds_or_left_out(tmp_path, dates, names):
     config = DataConfig(source=CsvSource(path=_csv(tmp_path, _frame()), target="label", exclude=["pid"]), dates=dates)
-    data = prepare_data.fn(config, seed=0)
+    data = prepare_data(config, seed=0)
     assert [n for n in data.spec.feature_names if n.startswith("when")] == names
 
 
 def test_missing_indicator_columns(tmp_path):
     config = DataConfig(source=CsvSource(path=_csv(tmp_path, _frame()), target="label"), missing_indicator=True)
-    names = prepare_data.fn(config, seed=0).spec.feature_names
+    names = prepare_data(config, seed=0).spec.feature_names
     assert "bill__missing" in names and "when__missing" not in names
 
 
@@ -227,7 +227,7 @@ def test_column_and_split_problems_come_in_one_message_before_the_server(tmp_pat
     )
     assert not (tmp_path / "runs").exists()
     with pytest.raises(DataError) as stage:  # the data stage says the same
-        prepare_data.fn(_data_config(path), seed=0)
+        prepare_data(_data_config(path), seed=0)
     assert err == f"error: {stage.value}\n"
 
 
@@ -292,7 +292,7 @@ def trained(tmp_path_factory):
     frame["city"] = [f"c{i % 30}" for i in range(len(frame))]
     path = _csv(folder, frame)
     config, data, model = _train(path, "data.categorical.onehot_max=10", id_columns=["pid"])
-    report = evaluate_model.fn(model, data, CPU)
+    report = evaluate_model(model, data, CPU)
     bundle = write_bundle(model, config, data.spec, report, folder / "model")
     return frame, data, model, bundle
 
@@ -368,9 +368,8 @@ def saved_iris(tmp_path):
     from sklearn.datasets import load_iris
 
     config = load_config(None, ["data.source.name=iris", "train.epochs=1", "train.progress=false", "device=cpu"])
-    data = prepare_data.fn(config.data, seed=0)
-    parts = build_model.fn(config.model, config.loss, config.optimizer, config.scheduler, data.spec, CPU,
-                           config.seed, 1, config.train.monitor)
+    data = prepare_data(config.data, seed=0)
+    parts = build_model(ModelSetup.of(config), data.spec, CPU)
     bundle = write_bundle(parts.model, config, data.spec, None, tmp_path / "model")
     rows = load_iris().data[:5]
     return bundle, rows, Predictor(parts.model, data.spec).predict_proba(rows)
@@ -378,7 +377,7 @@ def saved_iris(tmp_path):
 
 def test_same_table_and_seed_give_the_same_tensors_and_spec(tmp_path):
     config = _data_config(_csv(tmp_path, _frame()), id_columns=["pid"], categorical=[])
-    a, b = prepare_data.fn(config, seed=3), prepare_data.fn(config, seed=3)
+    a, b = prepare_data(config, seed=3), prepare_data(config, seed=3)
     assert a.spec == b.spec
     for x, y in ((a.X_train, b.X_train), (a.X_val, b.X_val), (a.X_test, b.X_test), (a.y_train, b.y_train)):
         assert torch.equal(x, y)
@@ -389,7 +388,7 @@ def test_an_image_model_on_embedded_columns_is_a_config_error(tmp_path):
 
     frame = _frame()
     frame["city"] = [f"c{i % 30}" for i in range(len(frame))]
-    data = prepare_data.fn(_data_config(_csv(tmp_path, frame), exclude=["pid"]), seed=0)
+    data = prepare_data(_data_config(_csv(tmp_path, frame), exclude=["pid"]), seed=0)
     config = load_config(None, ["model.kind=tinyvgg", "device=cpu"])
     with pytest.raises(ConfigError, match="cannot take embedded category columns; use model.kind=mlp or linear"):
-        build_model.fn(config.model, config.loss, config.optimizer, config.scheduler, data.spec, CPU, 0, 1, "val_loss")
+        build_model(ModelSetup.of(config), data.spec, CPU)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from schemas import ConfigError, load_config
+from schemas.recipe import ModelSetup
 from schemas.tracking import TrackingConfig
 from tests.conftest import tiny_overrides
 
@@ -106,11 +107,10 @@ def _train_fn(*overrides: str):
     from tasks.train import train_model
 
     config = load_config(None, tiny_overrides(**dict(o.split("=", 1) for o in overrides)))
-    data = prepare_data.fn(config.data, config.seed)
+    data = prepare_data(config.data, config.seed)
     cpu = torch.device("cpu")
-    parts = build_model.fn(config.model, config.loss, config.optimizer, config.scheduler, data.spec, cpu,
-                           config.seed, config.train.epochs, config.train.monitor)
-    return train_model.fn(parts, data, config.train, cpu, config.seed)
+    parts = build_model(ModelSetup.of(config), data.spec, cpu)
+    return train_model(parts, data, config.train, cpu, config.seed)
 
 
 class _Terminal(io.StringIO):
@@ -271,12 +271,13 @@ def test_failed_run_ends_the_mlflow_run_failed(prefect_api, tmp_path, monkeypatc
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     import flows.train
+    import tasks.run.outputs
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(flows.train, "record_results", broken)
+    monkeypatch.setattr(tasks.run.outputs, "record_results", broken)
     uri = mlflow_uri
     config = load_config(None, tiny_overrides(**MLFLOW_ON, **{"tracking.mlflow_uri": uri}))
     with pytest.raises(OSError, match="disk full"):

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from schemas import ConfigError, load_config
+from schemas.recipe import ModelSetup
 from tasks.bundle import load_model, write_bundle
 from tasks.data import decode_for_prediction, prediction_images, prepare_data
 from tasks.data.shapes import make_shapes
@@ -106,8 +107,7 @@ def _config(root: Path, *overrides: str):
 
 
 def _build(config, data):
-    return build_model.fn(config.model, config.loss, config.optimizer, config.scheduler, data.spec, CPU,
-                          config.seed, config.train.epochs, config.train.monitor, config.train.finetune)
+    return build_model(ModelSetup.of(config), data.spec, CPU)
 
 
 def _pretrained_file(path: Path) -> dict[str, torch.Tensor]:
@@ -124,14 +124,14 @@ def test_without_torchvision_the_error_names_the_install_command(images, monkeyp
     monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision raises ImportError
     config = _config(images)
     with pytest.raises(ConfigError, match=r"needs torchvision.*pip install 'pytorch-workflow\[vision\]'") as caught:
-        _build(config, prepare_data.fn(config.data, 0))
+        _build(config, prepare_data(config.data, 0))
     assert caught.value.exit_code == 2
 
 
 def test_an_unknown_model_name_lists_close_matches(fake_torchvision, images):
     config = _config(images, "model.name=resnet19")
     with pytest.raises(ConfigError, match="'resnet19' is not a torchvision classification model; close matches: resnet18, resnet34"):
-        _build(config, prepare_data.fn(config.data, 0))
+        _build(config, prepare_data(config.data, 0))
     with pytest.raises(ConfigError, match="has no such weights; choose one of DEFAULT, IMAGENET1K_V1 or none"):
         vision.resolve_weights(_config(images, "model.weights=IMAGENET1K_V9").model)
 
@@ -143,7 +143,7 @@ def test_offline_with_no_cached_file_names_the_file_and_where_to_put_it(fake_tor
     monkeypatch.setattr(vision, "download_weights", offline)
     config = _config(images, "model.weights=DEFAULT")
     with pytest.raises(ConfigError) as caught:
-        _build(config, prepare_data.fn(vision.weights_data_config(config.model, config.data), 0))
+        _build(config, prepare_data(vision.weights_data_config(config.model, config.data), 0))
     message = str(caught.value)
     assert "tinynet-imagenet.pth is not in torch's hub cache" in message
     assert f"put it at {fake_torchvision}" in message and "Name or service not known" in message
@@ -157,15 +157,15 @@ def test_weights_from_the_hub_cache_their_preprocessing_and_a_bundle_that_predic
     data_config = vision.weights_data_config(config.model, config.data)
     source = data_config.source
     assert (source.size, source.resize, source.mean) == ((16, 16), 20, (0.485, 0.456, 0.406))
-    data = prepare_data.fn(data_config, 0)
+    data = prepare_data(data_config, 0)
     assert data.spec.preprocessing.image.resize == 20 and data.spec.preprocessing.image.std == (0.229, 0.224, 0.225)
     parts = _build(config, data)
     init = parts.init
     assert init.source == "ResNet18_Weights.IMAGENET1K_V1" and init.source_kind == "torchvision"
     assert init.head_note == "head net.fc re-initialised because 1000 classes became 4"
     assert torch.equal(parts.model.net.features[0].weight, state["features.0.weight"])
-    train_model.fn(parts, data, config.train, CPU, config.seed)
-    bundle = write_bundle(parts.model, config, data.spec, evaluate_model.fn(parts.model, data, CPU),
+    train_model(parts, data, config.train, CPU, config.seed)
+    bundle = write_bundle(parts.model, config, data.spec, evaluate_model(parts.model, data, CPU),
                           tmp_path / "model", {"init": init.model_dump()})
     assert json.loads((bundle / "bundle.json").read_text())["init"]["source"] == "ResNet18_Weights.IMAGENET1K_V1"
 
@@ -188,7 +188,7 @@ def test_a_missing_file_is_downloaded_through_the_seam(fake_torchvision, images,
 
     monkeypatch.setattr(vision, "download_weights", download)
     config = _config(images, "model.weights=IMAGENET1K_V1")
-    parts = _build(config, prepare_data.fn(vision.weights_data_config(config.model, config.data), 0))
+    parts = _build(config, prepare_data(vision.weights_data_config(config.model, config.data), 0))
     assert parts.init.source == "ResNet18_Weights.IMAGENET1K_V1" and fake_torchvision.is_file()
 
 

@@ -21,34 +21,18 @@ The format itself (file names, the manifest, the hashes) is
 tasks.common.bundle_format, shared with `model.init_from`. The parts here:
 `_write` (`write_bundle`), `_verify` (the record of verified weights),
 `_load` (`load_model`), `_predictor` (`Predictor`, `LoadedBundle`),
-`_trust` (custom code and signatures).
+`_trust` (custom code and signatures). As Prefect tasks, `write_bundle` and
+`load_model` are `save-model` (flows.stages) and `load-model` (flows.predict).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from tasks.bundle._load import load_model
 from tasks.bundle._predictor import LoadedBundle, Predictor
 from tasks.bundle._write import write_bundle
 from tasks.common.bundle_format import CONFIG, FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS
 
-# The Prefect tasks are made on first use (PEP 562), so that loading a bundle
-# to predict, in a plain process, does not import Prefect (about a second).
-_TASKS = {"save_model": (write_bundle, "save-model"), "load_model_task": (load_model, "load-model")}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _TASKS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from prefect import task
-    from prefect.cache_policies import NO_CACHE
-
-    fn, task_name = _TASKS[name]
-    made = globals()[name] = task(fn, name=task_name, cache_policy=NO_CACHE)
-    return made
-
 __all__ = [
     "CONFIG", "FORMAT", "FORMAT_VERSION", "LoadedBundle", "MANIFEST", "Predictor", "WEIGHTS",
-    "load_model", "load_model_task", "save_model", "write_bundle",
+    "load_model", "write_bundle",
 ]

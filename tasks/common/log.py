@@ -7,7 +7,13 @@ import sys
 
 
 def in_prefect_run() -> bool:
-    """Whether this code runs inside a Prefect flow run or task run."""
+    """Whether this code runs inside a Prefect flow run or task run.
+
+    A process that has not imported Prefect (a rank of distributed training,
+    a sweep worker, a script) runs inside none, and does not import it here.
+    """
+    if "prefect" not in sys.modules:
+        return False
     from prefect.context import FlowRunContext, TaskRunContext
 
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
@@ -15,6 +21,8 @@ def in_prefect_run() -> bool:
 
 def log_to_prefect(line: str, level: int = logging.INFO) -> None:
     """Send the line to the Prefect run's log (the UI) when running inside Prefect."""
+    if "prefect" not in sys.modules:  # not imported: no run to log to (see in_prefect_run)
+        return
     from prefect.exceptions import MissingContextError
     from prefect.logging import get_run_logger
 

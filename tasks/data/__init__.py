@@ -1,7 +1,7 @@
 """Stage 2: load, validate, split and scale the data, and turn it into tensors.
 
     from tasks.data import prepare_data
-    data = prepare_data.fn(DataConfig(), seed=0)
+    data = prepare_data(DataConfig(), seed=0)
     data.X_train.shape, data.spec.class_names
 
 Sources: scikit-learn's built-in sets, CSV, Parquet and NPZ files, and
@@ -15,12 +15,8 @@ prediction applies exactly the same transform.
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from schemas.data import BuiltinSource, DataConfig, ImageFolderSource, PreparedData
+from schemas.data import DataConfig, ImageFolderSource, PreparedData
 from schemas.device import ProbeWorkload
 from schemas.run import RunConfig
 from tasks.data._images import (
@@ -39,15 +35,6 @@ __all__ = [
 ]
 
 
-def _run_name() -> str:
-    from prefect.runtime import task_run
-
-    source = task_run.parameters["config"].source
-    label = source.name if isinstance(source, BuiltinSource) else Path(source.path).name
-    return f"prepare-data[{label}]"
-
-
-@task(name="prepare-data", task_run_name=_run_name, cache_policy=NO_CACHE)
 def prepare_data(config: DataConfig, seed: int) -> PreparedData:
     """Load `config.source`, validate it, split with `seed`, scale, and return tensors."""
     if isinstance(config.source, ImageFolderSource):

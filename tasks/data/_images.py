@@ -2,7 +2,7 @@
 
     from schemas.data import DataConfig, ImageFolderSource
     from tasks.data import prepare_data
-    data = prepare_data.fn(DataConfig(source=ImageFolderSource(path="data/shapes", size=32)), seed=0)
+    data = prepare_data(DataConfig(source=ImageFolderSource(path="data/shapes", size=32)), seed=0)
     data.spec.class_names, data.spec.input_shape        # ('circle', 'square', 'triangle'), (3, 32, 32)
 
 Layout: `<root>/<class>/<image>` (images may sit in nested folders below the

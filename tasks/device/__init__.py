@@ -2,7 +2,7 @@
 
     from tasks.device import select_device
     from tasks.data import probe_workload
-    info = select_device.fn(config.device, probe_workload(config))
+    info = select_device(config.device, probe_workload(config))
     info.torch_device  # e.g. torch.device("cpu")
 
 `auto` times a warm-up and a few real training steps (host-to-device copy of
@@ -23,8 +23,6 @@ from __future__ import annotations
 import sys
 
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from schemas.device import DeviceConfig, DeviceInfo, ProbeWorkload
 from tasks.device._decide import (
@@ -41,6 +39,7 @@ __all__ = [
     "choose",
     "decide_device",
     "decide_threads",
+    "given_device",
     "probe_device",
     "resolve_threads",
     "select_device",
@@ -58,18 +57,18 @@ def apply_backend_flags(info: DeviceInfo) -> None:
     torch.backends.cudnn.allow_tf32 = info.tf32
 
 
-def _publish(info: DeviceInfo) -> None:
-    """A table artifact of the measurement, when running inside a Prefect run."""
-    from prefect.context import TaskRunContext
+def given_device(name: str, config: DeviceConfig | None = None, threads: int | None = None,
+                 reason: str = "given by the caller") -> DeviceInfo:
+    """The decision for a device the caller names, measuring and setting nothing: a benchmark's, a sweep trial's.
 
-    if not info.candidates or TaskRunContext.get() is None:
-        return
-    from prefect.artifacts import create_table_artifact
-
-    create_table_artifact(
-        table=info.table(),
-        key="device-selection",
-        description=f"Device selection: **{info.device}**. {info.reason}",
+    The accelerator settings (precision, data placement, cuDNN, TF32) are
+    `config`'s; `threads` is torch's current count unless given.
+    """
+    config = config if config is not None else DeviceConfig(name=name)
+    return DeviceInfo(
+        requested=name, device=name, available=(name,), reason=reason, torch_version=torch.__version__,
+        threads=threads if threads is not None else torch.get_num_threads(), precision=config.precision,
+        data_on_device=config.data_on_device, cudnn_benchmark=config.cudnn_benchmark, tf32=config.tf32,
     )
 
 
@@ -83,7 +82,6 @@ def check_device_present(config: DeviceConfig) -> None:
         check_precision(config.precision, check_available(config.name, available_devices()))
 
 
-@task(name="select-device", cache_policy=NO_CACHE)
 def select_device(config: DeviceConfig, workload: ProbeWorkload | None = None) -> DeviceInfo:
     """Resolve `config.name` to a present device (measuring for auto) and set torch's CPU threads.
 
@@ -115,5 +113,4 @@ def select_device(config: DeviceConfig, workload: ProbeWorkload | None = None) -
         )
     if info.proposal() is not None:
         print(f"device: {info.proposal()}", file=sys.stderr)
-    _publish(info)
     return info

@@ -23,7 +23,6 @@ import torch
 
 from schemas.device import Candidate, DeviceConfig, DeviceInfo, InputShape, ProbeWorkload
 from schemas.errors import ConfigError
-from schemas.run import check_task_compatibility
 from tasks.common.files import atomic_write_text, user_cache_dir
 from tasks.device._probe import probe_device, warm_process
 from tasks.device._threads import available_cores
@@ -250,10 +249,6 @@ def decide_threads(
     shape = workload.shape()
     if shape is None:
         return cores, f"threads auto: the {cores} usable core(s) (no input shape to measure with)", (), False
-    try:  # as build_model would, before any step is timed with a loss that does not fit the task
-        check_task_compatibility(shape.task, loss=workload.loss.name)
-    except ValueError as exc:
-        raise ConfigError(f"{exc} (task inferred from {shape.source})") from None
     key = decision_key(workload, shape, config, -1, ("cpu",))  # -1: the thread-count decision, not a device one
     cache_file = cache_root(config) / "device" / f"threads-{key[:32]}.json"
     candidates = None if config.remeasure else _read_cached(cache_file, key)

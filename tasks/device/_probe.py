@@ -11,6 +11,7 @@ host-to-device copy of the batch, so the probe times what the run will do.
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 
@@ -40,7 +41,10 @@ def probe_device(
     else:
         rng = torch.random.fork_rng(devices=[torch_device.index or 0], device_type=torch_device.type)
     try:
-        with rng:  # leave the run's random streams (init, dropout) untouched
+        # The run's random streams (init, dropout) stay untouched, and the measuring steps say nothing: what is
+        # wrong with them (a loss that does not fit the task, say) the run reports itself, once.
+        with rng, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             ms, steps = _time_steps(torch_device, workload, shape, config, budget_seconds, started)
     except Exception as exc:  # a device that cannot run the model loses; it never ends the run
         return Candidate(

@@ -1,7 +1,7 @@
 """Stage 5: metrics on the held-out test split, each beside a trivial baseline.
 
     from tasks.evaluate import evaluate_model
-    report = evaluate_model.fn(model, data, device=torch.device("cpu"))   # data: a PreparedData
+    report = evaluate_model(model, data, torch.device("cpu"), config.evaluate)   # data: a PreparedData
     report.metrics["accuracy"], report.baseline["accuracy"]
 
 The baseline is what a model that learned nothing scores: the training split's
@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from torch import nn
 
 from schemas.data import DataSpec, PreparedData
-from schemas.evaluate import ClassReport, EvalReport
+from schemas.evaluate import ClassReport, EvalReport, EvaluateConfig
 from tasks.nets.steps import model_outputs
 
 
-@task(name="evaluate-model", cache_policy=NO_CACHE)
-def evaluate_model(model: nn.Module, data: PreparedData, device: torch.device, batch_size: int = 4096) -> EvalReport:
-    """Test-split metrics of `model`, beside the trivial baseline's."""
-    outputs = model_outputs(model, data.X_test, device, batch_size)
+def evaluate_model(
+    model: nn.Module, data: PreparedData, device: torch.device, config: EvaluateConfig = EvaluateConfig()
+) -> EvalReport:
+    """Test-split metrics of `model`, beside the trivial baseline's (`config.batch_size` rows per forward pass)."""
+    outputs = model_outputs(model, data.X_test, device, config.batch_size)
     if data.spec.task == "classification":
         return _classification_report(data.spec, outputs, data.y_test, data.y_train)
     return _regression_report(data.spec, outputs, data.y_test, data.y_train)

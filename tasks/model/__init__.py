@@ -1,10 +1,8 @@
 """Stage 3: build the model and what trains it (loss, optimizer, LR scheduler).
 
-    from schemas.model import MLPConfig
-    from schemas.optim import AdamConfig, LossConfig
+    from schemas.recipe import ModelSetup
     from tasks.model import build_model
-    parts = build_model.fn(MLPConfig(), LossConfig(), AdamConfig(), None, spec,
-                           device=torch.device("cpu"), seed=0, epochs=30, monitor="val_loss")  # spec: a DataSpec
+    parts = build_model(ModelSetup.of(config), spec, torch.device("cpu"))  # config: a RunConfig, spec: a DataSpec
     parts.model, parts.loss_fn, parts.optimizer, parts.scheduler
     parts.init.line()   # where the weights started (model.init_from), what is frozen (model.freeze)
 
@@ -17,15 +15,10 @@ weights and freezing are in `_pretrained.py` (reading `model.init_from` in
 from __future__ import annotations
 
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from schemas.data import DataSpec
-from schemas.errors import ConfigError
 from schemas.model import ModelConfig, TorchvisionConfig, TrainingComponents
-from schemas.optim import LossConfig, OptimizerConfig, SchedulerConfig
-from schemas.run import check_task_compatibility
-from schemas.train import FinetuneConfig
+from schemas.recipe import ModelSetup
 from tasks.model._init_from import locate_init_source
 from tasks.model._pretrained import start_and_freeze
 from tasks.nets.vision import check_torchvision
@@ -44,41 +37,29 @@ def check_model_first(model: ModelConfig) -> None:
         check_torchvision(model)
 
 
-@task(name="build-model", task_run_name="build-model[{model.kind}]", cache_policy=NO_CACHE)
-def build_model(
-    model: ModelConfig,
-    loss: LossConfig,
-    optimizer: OptimizerConfig,
-    scheduler: SchedulerConfig | None,
-    spec: DataSpec,
-    device: torch.device,
-    seed: int,
-    epochs: int,
-    monitor: str = "val_loss",
-    finetune: FinetuneConfig | None = None,
-) -> TrainingComponents:
+def build_model(setup: ModelSetup, spec: DataSpec, device: torch.device) -> TrainingComponents:
     """Seeded model init on `device`, with its loss, optimizer and optional scheduler.
 
-    With `model.init_from`, the network starts from those weights (loaded by
-    name; a head whose size differs is re-initialised); `model.freeze` leaves
-    parameters out of the optimizer, and `finetune` (train.finetune) says when
-    they unfreeze and the backbone's learning rate.
+    With `setup.model.init_from`, the network starts from those weights
+    (loaded by name; a head whose size differs is re-initialised);
+    `model.freeze` leaves parameters out of the optimizer, and
+    `setup.train.finetune` says when they unfreeze and the backbone's
+    learning rate. The scheduler's length is `train.epochs`, its mode that of
+    `train.monitor`. That the loss, monitor and kind suit the data's task is
+    the recipe's check (`schemas.recipe.check_fits_data`), made before this.
     """
-    try:
-        check_task_compatibility(spec.task, loss=loss.name, monitor=monitor, model_kind=model.kind)
-    except ValueError as exc:
-        raise ConfigError(f"{exc} (task inferred from {spec.source})") from None
-    torch.manual_seed(seed)
+    model, train = setup.model, setup.train
+    torch.manual_seed(setup.seed)
     network = build_network(model, spec)
-    init, plan, params = start_and_freeze(model, finetune or FinetuneConfig(), network, spec, optimizer.lr)
+    init, plan, params = start_and_freeze(model, train.finetune, network, spec, setup.optimizer.lr)
     network.to(device)
-    opt = build_optimizer(optimizer, params)
-    mode = monitor_mode(monitor)
+    opt = build_optimizer(setup.optimizer, params)
+    mode = monitor_mode(train.monitor)
     return TrainingComponents(
         model=network,
-        loss_fn=build_loss(loss, spec.task),
+        loss_fn=build_loss(setup.loss, spec.task),
         optimizer=opt,
-        scheduler=build_scheduler(scheduler, opt, epochs, mode),
+        scheduler=build_scheduler(setup.scheduler, opt, train.epochs, mode),
         monitor_mode=mode,
         init=init,
         finetune=plan,

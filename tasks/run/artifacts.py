@@ -1,6 +1,6 @@
 """What a flow run shows in the Prefect UI once it has finished: report, plots, history, model, links.
 
-    publish_run_artifacts(config, summary, result.history, tracked)    # after the run
+    publish_run_artifacts(config, summary, result.history, tracked)    # after the run (task publish-report)
 
 Every artifact is keyed by the run name, so the UI's Artifacts page keeps one
 versioned entry per preset: `<name>-report` (the markdown of report.md, with
@@ -10,8 +10,9 @@ files have not), `<name>-history` (the per-epoch table), `<name>-model` (the
 bundle's path and the command that predicts with it) and, only where there is
 an http(s) address to open, `<name>-mlflow` (a link to the MLflow run). Paths
 are shown as text, never as file:// links a browser will not open. Published
-only inside a Prefect run; called elsewhere (tests calling `.fn`, the
-library) it does nothing. Training progress is tasks.run.progress.
+only inside a Prefect run; called elsewhere (tests, the library) it does
+nothing. The flows publish them at the run's end (flows._callbacks.PrefectReport,
+as the task `publish-report`); training progress is flows._callbacks.PrefectProgress.
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ import base64
 import re
 from pathlib import Path
 from typing import Any, Sequence
-
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from schemas.train import EpochRecord
 from tasks.common.log import in_prefect_run
@@ -93,7 +91,6 @@ def model_markdown(summary: Any) -> str:
     )
 
 
-@task(name="publish-report", cache_policy=NO_CACHE)
 def publish_run_artifacts(config: Any, summary: Any, history: Sequence[EpochRecord], tracking: Any | None = None) -> None:
     """The report, plots, history, model and link artifacts on the current flow run (module docstring)."""
     if not in_prefect_run():

@@ -1,14 +1,15 @@
 """The files a run writes into its run directory besides run.json (tasks.run.rundir) and the bundle.
 
-    record_config(run_dir, config)                      # config.yaml, at the start
-    record_device(run_dir, device)                      # device.json
-    history = HistoryCsv(run_dir)                       # history.csv, a row per epoch as training goes
-    summary = record_results(run_dir, device, spec, result, report, bundle)   # metrics.json, history.csv
-    tracked = record_outputs(tracker, config, run_dir, summary, result, report, model, data, torch_device)
+    record_config(run_dir, config)                      # config.yaml, before the run starts
+    run_recipe(config, run_dir, callbacks=[RunFolder(run_dir, tracking), HistoryCsv(run_dir), ...])
+    summary = run_summary(run, run_dir)                 # what the run produced, as the flow returns it
 
-`record_outputs` writes plots/*.png (unless `tracking.plots` is false) and
-report.md (tasks.run.report_md), then hands both to the trackers
-(tasks.run.tracking.finish_tracking, which writes tracking.json).
+Two callbacks: `HistoryCsv` appends a row to history.csv per epoch as training
+goes; `RunFolder` writes device.json once the device is chosen and, when the
+run ends, metrics.json, history.csv (whole), plots/*.png (unless
+`tracking.plots` is false), report.md (tasks.run.report_md) and, where a
+tracker is on, tracking.json with the plots and report in it. In a callback
+list, `RunFolder` comes before the loggers that upload those files.
 """
 
 from __future__ import annotations
@@ -19,21 +20,21 @@ from typing import TYPE_CHECKING, Any
 from schemas.loading import config_to_yaml
 from schemas.run import RunSummary
 from schemas.tracking import TrackingResult
+from tasks.common.callbacks import Callback
 from tasks.common.files import atomic_write_text, csv_text, write_csv, write_json
 from tasks.run.plots import PLOTS_DIR, write_plots
 from tasks.run.report_md import write_report_md
-from tasks.run.tracking import Tracker, finish_tracking
+from tasks.run.tracking import TRACKING_FILE, Tracking
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from schemas.data import DataSpec, PreparedData
+    from schemas.data import PreparedData
     from schemas.device import DeviceInfo
-    from schemas.evaluate import EvalReport
-    from schemas.model import InitReport
+    from schemas.recipe import RunResult
     from schemas.run import RunConfig
-    from schemas.train import EpochRecord, TrainResult
+    from schemas.train import EpochRecord
 
 HISTORY_FILE = "history.csv"  # one row per epoch: appended as training goes (HistoryCsv), rewritten whole at the end
 
@@ -48,17 +49,11 @@ def record_device(run_dir: Path, device: "DeviceInfo") -> None:
     write_json(run_dir / "device.json", {**device.model_dump(), "table": device.table()})
 
 
-def record_results(
-    run_dir: Path,
-    device: "DeviceInfo",
-    spec: "DataSpec",
-    result: "TrainResult",
-    report: "EvalReport",
-    bundle: Path | None,
-    init: "InitReport | None" = None,
-) -> RunSummary:
-    """Write metrics.json and history.csv; return the run summary (with `init`: where the weights started)."""
-    summary = RunSummary(
+def run_summary(run: "RunResult", run_dir: Path) -> RunSummary:
+    """What the run in `run_dir` produced: the flow's return value, and the numbers of metrics.json."""
+    device, spec, result, report = run.device, run.data.spec, run.train, run.report
+    assert report is not None, "a pruned run has no summary"
+    return RunSummary(
         run_dir=str(run_dir),
         device=device.device,
         device_reason=device.reason,
@@ -78,9 +73,16 @@ def record_results(
         test=report.metrics,
         baseline=report.baseline,
         baseline_kind=report.baseline_kind,
-        bundle=None if bundle is None else str(bundle),
-        init=init,
+        bundle=None if run.bundle is None else str(run.bundle),
+        init=run.parts.init,
     )
+
+
+def record_results(run_dir: Path, run: "RunResult") -> RunSummary:
+    """Write metrics.json and history.csv; return the run summary."""
+    summary = run_summary(run, run_dir)
+    device, spec, result, report, init = run.device, run.data.spec, run.train, run.report, run.parts.init
+    assert report is not None
     write_json(
         run_dir / "metrics.json",
         {
@@ -110,8 +112,8 @@ def record_results(
     return summary
 
 
-class HistoryCsv:
-    """history.csv as training goes: an epoch callback that appends one row per finished epoch and flushes it.
+class HistoryCsv(Callback):
+    """history.csv as training goes: a callback that appends one row per finished epoch and flushes it.
 
         result = train_model(..., callbacks=[HistoryCsv(run_dir)])
 
@@ -128,7 +130,7 @@ class HistoryCsv:
         self.path = Path(run_dir) / HISTORY_FILE
         self._last: int | None = None
 
-    def __call__(self, record: "EpochRecord") -> None:
+    def on_epoch_end(self, record: "EpochRecord") -> None:
         header, row = csv_text([record]).splitlines(keepends=True)
         if self._last is None or record.epoch != self._last + 1:
             atomic_write_text(self.path, header + "".join(self._rows_before(record.epoch, header)))
@@ -162,39 +164,40 @@ def regression_pairs(model: "nn.Module", data: "PreparedData", device: "torch.de
     return pre.inverse_target(data.y_test.numpy()), pre.inverse_target(outputs.squeeze(-1).numpy())
 
 
-def record_plots(
-    config: "RunConfig",
-    run_dir: Path,
-    result: "TrainResult",
-    report: "EvalReport",
-    model: "nn.Module",
-    data: "PreparedData",
-    device: "torch.device",
-) -> dict[str, Path]:
+def record_plots(run_dir: Path, run: "RunResult") -> dict[str, Path]:
     """plots/*.png, unless `tracking.plots` is false; returns {title: path} in report order."""
-    if not config.tracking.plots:
+    config, report = run.config, run.report
+    if not config.tracking.plots or report is None:
         return {}
     pairs = None
     if report.task == "regression":
-        pairs = regression_pairs(model, data, device, config.evaluate.batch_size)
+        pairs = regression_pairs(run.parts.model, run.data, run.device.torch_device, config.evaluate.batch_size)
     return write_plots(
-        Path(run_dir) / PLOTS_DIR, result.history, report, best_epoch=result.best_epoch,
-        class_names=data.spec.class_names, regression=pairs,
+        Path(run_dir) / PLOTS_DIR, run.train.history, report, best_epoch=run.train.best_epoch,
+        class_names=run.data.spec.class_names, regression=pairs,
     )
 
 
-def record_outputs(
-    tracker: Tracker,
-    config: "RunConfig",
-    run_dir: Path,
-    summary: RunSummary,
-    result: "TrainResult",
-    report: "EvalReport",
-    model: "nn.Module",
-    data: "PreparedData",
-    device: "torch.device",
-) -> TrackingResult:
-    """After record_results: plots/ and report.md, then the trackers' final records; closes the tracker."""
-    plots = record_plots(config, run_dir, result, report, model, data, device)
-    report_md = write_report_md(run_dir, config, summary, plots)
-    return finish_tracking(tracker, run_dir, summary, result.history, plots, report_md)
+class RunFolder(Callback):
+    """The run folder's outputs as a run goes (see the module docstring); `tracking`: the run's loggers.
+
+    Once the run has ended, `summary` is the run summary and `tracked` where
+    the run was tracked, with its plots and report.md.
+    """
+
+    def __init__(self, run_dir: Path, tracking: Tracking | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.tracking = tracking if tracking is not None else Tracking()
+        self.summary: RunSummary | None = None
+        self.tracked: TrackingResult | None = None
+
+    def on_device(self, device: "DeviceInfo") -> None:
+        record_device(self.run_dir, device)
+
+    def on_run_end(self, run: "RunResult") -> None:
+        self.summary = record_results(self.run_dir, run)
+        plots = record_plots(self.run_dir, run)
+        report_md = write_report_md(self.run_dir, run.config, self.summary, plots)
+        self.tracked = self.tracking.result(plots, report_md)
+        if self.tracking.enabled:
+            write_json(self.run_dir / TRACKING_FILE, self.tracked.model_dump(mode="json"))

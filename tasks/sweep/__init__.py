@@ -12,8 +12,8 @@ One module per job (flows.sweep wires them together):
 
     executors.py    TrialExecutor, the Protocol every executor implements (description, run, close),
                     and the executors: in this process, local worker processes, a Dask cluster
-    trial.py        one trial: build, train with pruning, evaluate; load a finished trial's model
-    dispatch.py     a round's requests to the executor: as Prefect task runs (run_trial) or threads
+    trial.py        one trial: the recipe with a pruning callback; load a finished trial's model
+    dispatch.py     a round's requests to the executor, in threads (the flow's: Prefect task runs)
     rounds.py       ask, run and tell rounds of trials; each trial's files in trials/NNNN/
     study.py        the Optuna study: space, sampler, pruner, resume (re-queue), counts, best trial
     folder.py       the sweep folder: its file names, created or reopened; a failed setup leaves none
@@ -25,7 +25,7 @@ One module per job (flows.sweep wires them together):
     labels.py       how a trial and a value are written (`trial-3[lr=0.01,batch_size=64]`)
 """
 
-from tasks.sweep.dispatch import Dispatch, plain_dispatch, prefect_dispatch, run_trial
+from tasks.sweep.dispatch import Dispatch, Dispatcher, plain_dispatch
 from tasks.sweep.executors import (
     DaskExecutor,
     InProcessExecutor,
@@ -77,12 +77,12 @@ from tasks.sweep.trial import execute_trial, load_trial_model
 
 __all__ = [
     "BEST_CONFIG", "BEST_MODEL", "LEADERBOARD", "PARAM_PLOT", "PLOT", "SWEEP_FILE", "TRIALS",
-    "DaskExecutor", "Dispatch", "InProcessExecutor", "LocalPoolExecutor", "SweepTracking", "TrialExecutor",
+    "DaskExecutor", "Dispatch", "Dispatcher", "InProcessExecutor", "LocalPoolExecutor", "SweepTracking", "TrialExecutor",
     "WorkerLost", "best_trial", "count_states", "decode_params", "default_sweep_dir", "distributions",
     "execute_trial", "finished_trials", "format_leaderboard", "format_summary", "format_value", "holds_trials",
     "journal_holds_trials", "leaderboard", "leaderboard_records", "load_trial_model", "make_executor", "open_study",
-    "open_sweep_dir", "plain_dispatch", "plan_threads", "prefect_dispatch", "publish_results", "requeue_interrupted",
-    "resolve_sweep_dir", "run_pending", "run_rounds", "run_trial", "save_best_model", "sweep_folder",
+    "open_sweep_dir", "plain_dispatch", "plan_threads", "publish_results", "requeue_interrupted",
+    "resolve_sweep_dir", "run_pending", "run_rounds", "save_best_model", "sweep_folder",
     "sweep_outputs", "target_trials", "trial_folder", "trial_label",
     "write_leaderboard_csv", "write_param_plot", "write_plot",
 ]

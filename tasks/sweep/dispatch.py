@@ -1,59 +1,26 @@
-"""How a round's trial requests reach the executor: as Prefect task runs, or as plain threads.
+"""How a round's trial requests reach the executor: plainly, `workers` threads at a time.
 
-    from tasks.sweep.dispatch import prefect_dispatch
-    dispatch = prefect_dispatch(executor, workers=2, retry={"retries": 1})
+    from tasks.sweep.dispatch import plain_dispatch
+    dispatch = plain_dispatch(executor, workers=2)
     results = dispatch(requests)   # per request, its TrialOutcome or the exception it ended with
 
 A `Dispatch` never raises for one trial's failure: the exception takes the
-trial's place in the list, and the round records it as a failed trial.
+trial's place in the list, and the round records it as a failed trial. The
+sweep flow dispatches each trial as a Prefect task run instead
+(`flows.stages.prefect_dispatch`), through the same `Dispatcher` signature.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
-
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
+from typing import Callable, Sequence
 
 from schemas.trial import TrialOutcome, TrialRequest
 from tasks.sweep.executors import TrialExecutor
-from tasks.sweep.labels import trial_label
 
 # A dispatch function runs a round's requests and returns, per request, its outcome or the exception.
 Dispatch = Callable[[Sequence[TrialRequest]], list["TrialOutcome | BaseException"]]
-
-
-def _trial_run_name() -> str:
-    from prefect.runtime import task_run
-
-    request = task_run.parameters["request"]
-    return trial_label(request.number, request.params)
-
-
-@task(name="trial", task_run_name=_trial_run_name, cache_policy=NO_CACHE)
-def run_trial(request: TrialRequest, executor: TrialExecutor) -> TrialOutcome:
-    """Run one trial on `executor` and wait for it; a pruned trial completes with state "pruned"."""
-    return executor.run(request)
-
-
-def prefect_dispatch(executor: TrialExecutor, workers: int, retry: dict[str, Any]) -> Dispatch:
-    """Run each request as its own Prefect task run, `workers` at a time."""
-
-    def dispatch(requests: Sequence[TrialRequest]) -> list[TrialOutcome | BaseException]:
-        results: list[TrialOutcome | BaseException] = []
-        with ThreadPoolTaskRunner(max_workers=workers) as runner:
-            futures = [
-                runner.submit(run_trial.with_options(**retry), {"request": r, "executor": executor}) for r in requests
-            ]
-            for future in futures:
-                try:
-                    results.append(future.result())
-                except Exception as exc:  # the trial failed after its retries: recorded, the sweep goes on
-                    results.append(exc)
-        return results
-
-    return dispatch
+# What makes one for an executor and a number of workers (plain_dispatch, or the flow's Prefect task runs).
+Dispatcher = Callable[[TrialExecutor, int], Dispatch]
 
 
 def plain_dispatch(executor: TrialExecutor, workers: int) -> Dispatch:

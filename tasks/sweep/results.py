@@ -3,16 +3,14 @@ config and the best model's bundle, and the list of what was written where.
 
     from tasks.sweep.results import publish_results, save_best_model, sweep_outputs
     rows, records = publish_results(study, config, path)   # leaderboard.csv, the two plots, a table artifact
-    best, params, evaluation = save_best_model(study, config, path, data.spec, save_retry)
+    best, params, evaluation = save_best_model(study, config, path, data.spec, save=save_model_task)
     outputs = sweep_outputs(path, tracking)                # {"leaderboard": ".../leaderboard.csv", ...}
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from prefect.artifacts import create_table_artifact
+from typing import TYPE_CHECKING, Any, Callable
 
 from schemas.data import DataSpec
 from schemas.errors import ConfigError, TrainingError
@@ -20,8 +18,9 @@ from schemas.evaluate import EvalReport
 from schemas.loading import config_to_yaml
 from schemas.sweep import SweepConfig
 from schemas.trial import LeaderboardRow
-from tasks.bundle import save_model
+from tasks.bundle import write_bundle
 from tasks.common.files import MARKER, atomic_write_text, marker_kind, replace_dir, temporary_path
+from tasks.common.log import in_prefect_run
 from tasks.sweep.folder import BEST_CONFIG, BEST_MODEL, DEVICE_FILE, LEADERBOARD, PARAM_PLOT, PLOT
 from tasks.sweep.leaderboard import leaderboard, leaderboard_records, write_leaderboard_csv
 from tasks.sweep.plots import write_param_plot, write_plot
@@ -40,17 +39,22 @@ def publish_results(study: Any, config: SweepConfig, path: Path) -> tuple[list[L
     write_leaderboard_csv(path / LEADERBOARD, records)
     write_plot(path / PLOT, rows, config)
     write_param_plot(path / PARAM_PLOT, rows, config)
-    create_table_artifact(
-        table=records, key=artifact_key("sweep", config.name),
-        description=f"Sweep {config.name}: {config.metric} ({config.resolved_direction}), {len(rows)} trials",
-    )
+    if in_prefect_run():
+        from prefect.artifacts import create_table_artifact
+
+        create_table_artifact(
+            table=records, key=artifact_key("sweep", config.name),
+            description=f"Sweep {config.name}: {config.metric} ({config.resolved_direction}), {len(rows)} trials",
+        )
     return rows, records
 
 
 def save_best_model(
-    study: Any, config: SweepConfig, path: Path, spec: DataSpec, retry: dict[str, Any]
+    study: Any, config: SweepConfig, path: Path, spec: DataSpec, save: Callable[..., Path] = write_bundle
 ) -> tuple[Any, dict[str, Any], EvalReport]:
     """Write best_config.yaml and the best trial's bundle as best_model/; (best trial, its params, its evaluation).
+
+    `save` writes the bundle (the flow's: the save-model task, with its retries).
 
     The bundle is written beside the folder and swapped in whole
     (`replace_dir`), so an older best_model/ stays until the new one is
@@ -68,7 +72,7 @@ def save_best_model(
     atomic_write_text(path / BEST_CONFIG, config_to_yaml(best_config))
     model, evaluation = load_trial_model(path, best.number, best_config, spec)
     staging = temporary_path(path / BEST_MODEL)
-    save_model.with_options(**retry)(
+    save(
         model, best_config, spec, evaluation, staging,
         {"sweep": {"name": config.name, "trial": best.number, "metric": config.metric, "value": best.value,
                    "params": params}},

@@ -30,7 +30,7 @@ from schemas.sweep import SweepConfig
 from schemas.trial import PruningPlan, RoundReport, TrialOutcome, TrialRequest
 from tasks.common.files import atomic_write_bytes, atomic_write_text, csv_text, write_json
 from tasks.common.log import say
-from tasks.sweep.dispatch import Dispatch, prefect_dispatch
+from tasks.sweep.dispatch import Dispatch, Dispatcher, plain_dispatch
 from tasks.sweep.executors import make_executor
 from tasks.sweep.folder import trial_folder
 from tasks.sweep.labels import trial_label
@@ -52,19 +52,22 @@ if TYPE_CHECKING:
 
 def run_pending(
     study: Any, config: SweepConfig, path: Path, data: "PreparedData", device: "DeviceInfo",
-    workers: int, threads: int | None, retry: dict[str, Any], on_trial: Callable[[int], None] = lambda number: None,
+    workers: int, threads: int | None, dispatcher: Dispatcher = plain_dispatch,
+    on_trial: Callable[[int], None] = lambda number: None,
 ) -> tuple[RoundReport, str]:
-    """Run the trials the study still lacks, each as a Prefect task run; (rounds run, executor description).
+    """Run the trials the study still lacks; (rounds run, executor description).
 
-    `workers` and `threads` are `plan_threads(config)`. The executor the
-    config asks for is started only when there is something to run, and closed.
+    `workers` and `threads` are `plan_threads(config)`; `dispatcher` makes
+    how each round reaches the executor (the sweep flow's: a Prefect task
+    run per trial). The executor the config asks for is started only when
+    there is something to run, and closed.
     """
     if finished_trials(study) >= target_trials(config):
         return RoundReport(), "nothing to run"
     executor = make_executor(config, data)
     try:
         rounds = run_rounds(
-            study, config, path, threads, prefect_dispatch(executor, workers, retry),
+            study, config, path, threads, dispatcher(executor, workers),
             log=say if config.base.train.progress else (lambda line: None), device=device, on_trial=on_trial,
         )
     finally:

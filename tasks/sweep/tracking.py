@@ -26,7 +26,7 @@ from tasks.sweep.leaderboard import count_states
 
 if TYPE_CHECKING:
     from schemas.tracking import TrackingResult
-    from tasks.run.tracking import Tracker
+    from tasks.run.tracking import Tracking
 
 _LOGGED_STATES = ("complete", "pruned", "failed")
 
@@ -60,7 +60,7 @@ class SweepTracking:
     epochs and the searched parameters as hparams beside the sweep metric.
     """
 
-    def __init__(self, config: SweepConfig, path: Path, parent: "Tracker") -> None:
+    def __init__(self, config: SweepConfig, path: Path, parent: "Tracking") -> None:
         self.config = config
         self.path = path
         self.parent = parent

@@ -1,17 +1,20 @@
-"""One sweep trial: build, train with pruning, evaluate; and the model a complete trial left.
+"""One sweep trial: the recipe on the sweep's device and data, with a pruning callback; and the model a
+complete trial left.
 
     from schemas.trial import TrialRequest
     from tasks.sweep.trial import execute_trial
     outcome = execute_trial(TrialRequest(number=0, params={...}, config=run_config, metric="val_loss"), data)
 
-A trial runs the same stage functions as `flows.train` (`build_model`,
-`train_model`, `evaluate_model`) on data prepared once per sweep; where it
-runs is the executor's business (tasks.sweep.executors).
+A trial is `run_recipe` (tasks.recipe) given the device chosen and the data
+prepared once per sweep, without a run folder (no checkpoints, no bundle, no
+record-keeping callbacks): the same stage code as `flows.train`. Where it runs
+is the executor's business (tasks.sweep.executors).
 
-Pruning is decided where the trial runs, against a snapshot of the trials
-that finished before the trial's round was asked (`PruningPlan.history`), so
-the decision does not depend on which other trials happen to be running: the
-same seeds give the same results serially and in parallel.
+Pruning (`Pruning`, a callback) is decided where the trial runs, against a
+snapshot of the trials that finished before the trial's round was asked
+(`PruningPlan.history`), so the decision does not depend on which other
+trials happen to be running: the same seeds give the same results serially
+and in parallel. A pruned trial stops after that epoch and is not evaluated.
 """
 
 from __future__ import annotations
@@ -28,14 +31,15 @@ from schemas.data import DataSpec, PreparedData
 from schemas.device import DeviceInfo
 from schemas.errors import ConfigError
 from schemas.evaluate import EvalReport
+from schemas.recipe import RunResult
 from schemas.run import RunConfig
 from schemas.train import EpochRecord
 from schemas.trial import PruningPlan, TrialOutcome, TrialRequest
-from tasks.evaluate import evaluate_model
-from tasks.model import build_model
+from tasks.common.callbacks import Callback, Stop
+from tasks.device import given_device
+from tasks.recipe import run_recipe
 from tasks.sweep.folder import trial_folder
 from tasks.sweep.study import RUNG_PREFIX, make_pruner
-from tasks.train import train_model
 
 
 def kept_epoch_value(history: tuple[EpochRecord, ...], best_epoch: int, restore_best: bool, metric: str) -> float:
@@ -47,80 +51,73 @@ def kept_epoch_value(history: tuple[EpochRecord, ...], best_epoch: int, restore_
     return float(value)
 
 
-def execute_trial(request: TrialRequest, data: PreparedData, data_loads: int = 1) -> TrialOutcome:
-    """Build, train and evaluate one trial's model on `data`; prune it when the plan says so."""
-    import optuna
+def trial_value(metric: str, run: RunResult) -> float:
+    """The sweep's `metric` of a complete trial: a validation metric of the kept epoch, or a test metric."""
+    if metric.startswith("val_"):
+        return kept_epoch_value(run.train.history, run.train.best_epoch, run.config.train.restore_best, metric)
+    assert run.report is not None
+    name = metric.removeprefix("test_")
+    if name not in run.report.metrics:
+        raise ConfigError(f"metric = {metric!r} is not reported for a {run.report.task} task")
+    return float(run.report.metrics[name])
 
+
+class Pruning(Callback):
+    """Asks the plan's pruner after every epoch; a `Stop(prune=True)` when it says stop.
+
+    The pruner judges a trial of a throwaway study that holds the plan's
+    history; `reported` keeps each epoch's value of the plan's metric, and
+    `rung_attrs()` what the pruner recorded (successive halving's rungs).
+    """
+
+    def __init__(self, plan: PruningPlan) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.metric = plan.metric
+        self.study = optuna.create_study(
+            direction=plan.direction, pruner=make_pruner(plan.pruner), sampler=optuna.samplers.RandomSampler(seed=0)
+        )
+        self.study.add_trials(plan.history)
+        self.trial = self.study.ask()
+        self.reported: list[float] = []
+
+    def on_epoch_end(self, record: EpochRecord) -> Stop | None:
+        value = float(getattr(record, self.metric))
+        self.reported.append(value)
+        self.trial.report(value, record.epoch)
+        if self.trial.should_prune():
+            return Stop(f"pruned after epoch {record.epoch}: {self.metric} {value:.4g}", prune=True)
+        return None
+
+    def rung_attrs(self) -> dict[str, float]:
+        attrs = self.study.get_trials(deepcopy=False)[-1].system_attrs
+        return {k: v for k, v in attrs.items() if k.startswith(RUNG_PREFIX)}
+
+
+def execute_trial(request: TrialRequest, data: PreparedData, data_loads: int = 1) -> TrialOutcome:
+    """Run one trial's config through the recipe on `data`; pruned when the plan says so."""
     started = time.perf_counter()
     if request.threads is not None:
         torch.set_num_threads(request.threads)
     config = request.config
+    config = config.model_copy(update={"train": config.train.model_copy(update={"progress": False})})  # one line each
     info = trial_device(request.device, config, torch.get_num_threads())
-    device = info.torch_device
-    records: list[EpochRecord] = []
-    reported: list[float] = []
-    pruning_study, prune = (None, None) if request.pruning is None else _pruning(request.pruning, reported)
-    callbacks: list[Any] = [records.append] + ([] if prune is None else [prune])
-
-    parts = build_model.fn(
-        config.model, config.loss, config.optimizer, config.scheduler, data.spec, device,
-        config.seed, config.train.epochs, config.train.monitor, config.train.finetune,
-    )
-    train_config = config.train.model_copy(update={"progress": False})  # the sweep prints one line per trial
-    common = dict(
-        number=request.number, history=tuple(records), threads=torch.get_num_threads(),
-        worker=f"pid {os.getpid()} on {socket.gethostname()}", data_loads=data_loads,
-        device=info.device, precision=info.precision,
-    )
-    try:
-        result = train_model.fn(parts, data, train_config, info, config.seed, None, callbacks)
-    except optuna.TrialPruned:
-        return TrialOutcome(
-            state="pruned", value=None, epoch_values=tuple(reported), pruned_at=len(records),
-            rung_attrs=_rung_attrs(pruning_study), best_epoch=None, report=None, weights=None,
-            seconds=time.perf_counter() - started, **{**common, "history": tuple(records)},
-        )
-    report = evaluate_model.fn(parts.model, data, device, config.evaluate.batch_size)
-    if request.metric.startswith("val_"):
-        value = kept_epoch_value(result.history, result.best_epoch, config.train.restore_best, request.metric)
-    else:
-        name = request.metric.removeprefix("test_")
-        if name not in report.metrics:
-            raise ConfigError(f"metric = {request.metric!r} is not reported for a {report.task} task")
-        value = float(report.metrics[name])
+    pruning = None if request.pruning is None else Pruning(request.pruning)
+    where = dict(number=request.number, threads=torch.get_num_threads(), data_loads=data_loads,
+                 worker=f"pid {os.getpid()} on {socket.gethostname()}", device=info.device, precision=info.precision)
+    run = run_recipe(config, callbacks=[] if pruning is None else [pruning], prepared=(info, data))
+    reported = dict(history=run.train.history, epoch_values=() if pruning is None else tuple(pruning.reported),
+                    rung_attrs={} if pruning is None else pruning.rung_attrs())
+    if run.pruned:
+        return TrialOutcome(state="pruned", value=None, pruned_at=len(run.train.history), best_epoch=None, report=None,
+                            weights=None, seconds=time.perf_counter() - started, **where, **reported)
+    value = trial_value(request.metric, run)
     import safetensors.torch
 
-    weights = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in parts.model.state_dict().items()})
-    return TrialOutcome(
-        state="complete", value=value, epoch_values=tuple(reported), pruned_at=None,
-        rung_attrs=_rung_attrs(pruning_study), best_epoch=result.best_epoch, report=report, weights=weights,
-        seconds=time.perf_counter() - started, **{**common, "history": result.history},
-    )
-
-
-def _pruning(plan: PruningPlan, reported: list[float]) -> tuple[Any, Any]:
-    """A throwaway study holding the plan's history, and the epoch callback that asks its pruner.
-
-    The callback appends each reported value to `reported` and raises
-    `optuna.TrialPruned` when the pruner says stop.
-    """
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pruning_study = optuna.create_study(
-        direction=plan.direction, pruner=make_pruner(plan.pruner), sampler=optuna.samplers.RandomSampler(seed=0)
-    )
-    pruning_study.add_trials(plan.history)
-    pruning_trial = pruning_study.ask()
-
-    def prune(record: EpochRecord) -> None:
-        value = getattr(record, plan.metric)
-        reported.append(float(value))
-        pruning_trial.report(float(value), record.epoch)
-        if pruning_trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {record.epoch}: {plan.metric} {value:.4g}")
-
-    return pruning_study, prune
+    weights = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in run.parts.model.state_dict().items()})
+    return TrialOutcome(state="complete", value=value, pruned_at=None, best_epoch=run.train.best_epoch,
+                        report=run.report, weights=weights, seconds=time.perf_counter() - started, **where, **reported)
 
 
 def trial_device(chosen: DeviceInfo | str, config: RunConfig, threads: int) -> DeviceInfo:
@@ -130,23 +127,13 @@ def trial_device(chosen: DeviceInfo | str, config: RunConfig, threads: int) -> D
     `device.precision` or `device.data_on_device`, so those come from the
     trial's config. A bare name (tests, direct callers) is taken as is.
     """
+    if not isinstance(chosen, DeviceInfo):
+        return given_device(chosen, config.device, threads, reason="given to the trial")
     settings = {
         "precision": config.device.precision, "data_on_device": config.device.data_on_device,
         "cudnn_benchmark": config.device.cudnn_benchmark, "tf32": config.device.tf32, "threads": threads,
     }
-    if isinstance(chosen, DeviceInfo):
-        return chosen.model_copy(update=settings)
-    return DeviceInfo(
-        requested=chosen, device=chosen, available=(chosen,), reason="given to the trial",
-        torch_version=torch.__version__, **settings,
-    )
-
-
-def _rung_attrs(study: Any) -> dict[str, float]:
-    if study is None:
-        return {}
-    attrs = study.get_trials(deepcopy=False)[-1].system_attrs
-    return {k: v for k, v in attrs.items() if k.startswith(RUNG_PREFIX)}
+    return chosen.model_copy(update=settings)
 
 
 def load_trial_model(path: Path, number: int, run_config: RunConfig, spec: DataSpec) -> tuple[Any, EvalReport]:

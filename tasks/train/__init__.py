@@ -1,7 +1,7 @@
 """Stage 4: the plain training loop.
 
     from tasks.train import train_model
-    result = train_model.fn(parts, data, TrainConfig(epochs=5), device=torch.device("cpu"), seed=0)
+    result = train_model(parts, data, TrainConfig(epochs=5), device=torch.device("cpu"), seed=0)
     result.history[-1].val_loss
 
 Each epoch: `model.train()`, then per batch forward, loss, `zero_grad`,
@@ -10,7 +10,7 @@ In-memory data is batched by slicing tensors in a seeded permuted order (one
 gather per epoch, then views), which is faster than a per-sample DataLoader.
 
 Where the parts are: the batch sources in `_batches.py`, the epochs (early
-stopping, checkpoints, time limit, channels_last) in `_epochs.py`,
+stopping, checkpoints, time limit, channels_last, the callbacks' hooks) in `_epochs.py`,
 validation in `_validate.py`, the loop's state and its checkpoint keys in
 `_state.py`, checkpoint files in `_checkpoint.py`, running out of memory in
 `_oom.py`, the terminal display in `_console.py`, the frozen-feature cache
@@ -22,18 +22,15 @@ Data-parallel training (`train.distributed`): launching the ranks in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from schemas.data import DataSpec, PreparedData
+from schemas.data import PreparedData
 from schemas.device import DeviceInfo
-from schemas.errors import ConfigError
 from schemas.model import TrainingComponents
-from schemas.run import check_task_compatibility
-from schemas.train import EpochRecord, TrainConfig, TrainResult
+from schemas.train import TrainConfig, TrainResult
+from tasks.common.callbacks import Callback, CallbackList
 from tasks.nets.steps import grad_scaler
 from tasks.train._batches import BatchSource, batch_source
 from tasks.train._checkpoint import start_or_resume
@@ -49,7 +46,6 @@ from tasks.train._validate import EVAL_CHUNK
 __all__ = ["EVAL_CHUNK", "TimeLimitReached", "train_model"]  # what other layers, benchmarks and tests import
 
 
-@task(name="train-model", cache_policy=NO_CACHE)
 def train_model(
     parts: TrainingComponents,
     data: PreparedData,
@@ -57,7 +53,7 @@ def train_model(
     device: torch.device | DeviceInfo,
     seed: int,
     checkpoint_dir: Path | None = None,
-    callbacks: Sequence[Callable[[EpochRecord], None]] = (),
+    callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Train `parts.model` in place; restore the best weights by `config.monitor` at the end.
 
@@ -66,9 +62,12 @@ def train_model(
     batches; if one is already there (a Prefect retry, or `--resume`),
     training continues from it and ends exactly as an uninterrupted run would.
 
-    Each of `callbacks` is called with every new EpochRecord, after the epoch
-    is validated and before it is checkpointed (tracking, progress artifacts,
-    sweep pruning). An exception raised by a callback ends training with it.
+    `callbacks` (tasks.common.callbacks) get `on_fit_start`, then
+    `on_epoch_end` with every new EpochRecord, after the epoch is validated
+    and before it is checkpointed (history.csv, tracking, progress, sweep
+    pruning), then `on_fit_end`. An `on_epoch_end` that returns a `Stop` ends
+    training after that epoch; one that raises ends training with its error.
+    With `config.progress`, the terminal's display is the first callback.
 
     `device` is a torch.device, or the device stage's DeviceInfo, whose
     precision (bf16/fp16 autocast, GradScaler for fp16) and data placement
@@ -80,9 +79,20 @@ def train_model(
     launcher (see `_distributed.py`), and this process waits for them; the
     callbacks still run here, and `parts.model` ends with rank 0's weights.
     """
-    if is_distributed(config.distributed, device):
-        return train_distributed(train_on_rank, parts, data, config, device, seed, checkpoint_dir, callbacks)
-    return train_on_rank(parts, data, config, device, seed, checkpoint_dir, callbacks)
+    console = ConsoleProgress(config.epochs) if config.progress else None
+    hooks = CallbackList([*([console] if console is not None else []), *callbacks])
+    try:
+        hooks.on_fit_start(config)
+        if is_distributed(config.distributed, device):
+            ranks_config = config.model_copy(update={"progress": False})  # the display is this process's
+            result = train_distributed(train_on_rank, parts, data, ranks_config, device, seed, checkpoint_dir, hooks)
+        else:
+            result = train_on_rank(parts, data, config, device, seed, checkpoint_dir, hooks)
+        hooks.on_fit_end(result)
+    finally:
+        if console is not None:
+            console.close()
+    return result
 
 
 def train_on_rank(
@@ -92,14 +102,16 @@ def train_on_rank(
     device: torch.device | DeviceInfo,
     seed: int,
     checkpoint_dir: Path | None = None,
-    callbacks: Sequence[Callable[[EpochRecord], None]] = (),
+    hooks: Callback = Callback(),
     shard: Shard = SINGLE,
 ) -> TrainResult:
-    """The loop of `train_model`, in this process; with a data-parallel `shard`, as one of its ranks."""
+    """The loop of `train_model`, in this process; with a data-parallel `shard`, as one of its ranks.
+
+    `hooks` gets each epoch's `on_epoch_end` (on a rank: the relay to the launching process).
+    """
     plan = device if isinstance(device, DeviceInfo) else None
     device = plan.torch_device if plan is not None else torch.device(device)
     precision = plan.precision if plan is not None else "fp32"
-    _check_monitor(data.spec, config.monitor)
     cached = frozen_feature_cache(parts, data, config, device)
     if cached is not None:  # the backbone is frozen throughout: train the head on its features, computed once
         parts, data = cached
@@ -109,27 +121,16 @@ def train_on_rank(
                       scaler=grad_scaler(device, precision))
     torch.manual_seed(shard.seed(seed))  # dropout and any other sampling inside the model
     start_or_resume(state, directory, shard)
-    progress = ConsoleProgress(config.epochs) if config.progress else None
-    observers = [*([progress] if progress is not None else []), *callbacks]
-    loop = EpochLoop(parts, batches, config, state, directory, precision, data.spec, observers, shard)
+    loop = EpochLoop(parts, batches, config, state, directory, precision, data.spec, hooks, shard)
     try:
         with training_layout(parts.model, parts.optimizer, device):
             loop.run()
     except torch.OutOfMemoryError as exc:
         out_of_memory(exc, config, state, directory)
-    finally:
-        if progress is not None:
-            progress.close()
     return _result(state, config, batches, precision, features_cached=cached is not None).model_copy(
-        update={"ranks": shard.world_size}
+        update={"ranks": shard.world_size, "stop_reason": None if loop.stop is None else loop.stop.reason,
+                "pruned": loop.stop is not None and loop.stop.prune}
     )
-
-
-def _check_monitor(spec: DataSpec, monitor: str) -> None:
-    try:
-        check_task_compatibility(spec.task, monitor=monitor)
-    except ValueError as exc:
-        raise ConfigError(f"{exc} (task inferred from {spec.source})") from None
 
 
 def _result(

@@ -1,10 +1,10 @@
 """The terminal's view of training: one line per epoch, or a progress bar on a terminal.
 
-    progress = ConsoleProgress(total_epochs=20)
-    progress(record)  # after each epoch's EpochRecord
+    progress = ConsoleProgress(total_epochs=20)   # a callback: train_model adds it with train.progress
+    progress.on_epoch_end(record)                 # after each epoch's EpochRecord
     progress.close()
 
-(The Prefect UI's view, a progress artifact, is the run plumbing's: `tasks.run.progress.PrefectProgress`.)
+(The Prefect UI's view, a progress artifact, is the flows' callback `flows._callbacks.PrefectProgress`.)
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 
 from schemas.train import EpochRecord
+from tasks.common.callbacks import Callback
 from tasks.common.log import log_to_prefect, say
 
 
@@ -30,7 +31,7 @@ def epoch_line(record: EpochRecord, total_epochs: int) -> str:
     return "  ".join(parts)
 
 
-class ConsoleProgress:
+class ConsoleProgress(Callback):
     """Per-epoch progress on stderr: on a terminal, a tqdm bar showing the latest epoch's metrics;
     otherwise (CI logs, pipes) one plain line per epoch. Either way each epoch's line goes to the Prefect run log.
     """
@@ -43,11 +44,11 @@ class ConsoleProgress:
         except (AttributeError, ValueError):
             self.tty = False
 
-    def __call__(self, record: EpochRecord) -> None:
+    def on_epoch_end(self, record: EpochRecord) -> None:
         line = epoch_line(record, self.total)
         if not self.tty:
             say(line)
-            return
+            return None
         if self.bar is None:  # opened at the first epoch, after any "resumed from" line; a resumed run starts there
             from tqdm import tqdm
 
@@ -56,6 +57,7 @@ class ConsoleProgress:
         self.bar.update(record.epoch - self.bar.n)
         self.bar.set_postfix_str(line.split("  ", 1)[1].rsplit("  ", 1)[0])
         log_to_prefect(line)
+        return None
 
     def close(self) -> None:
         if self.bar is not None:

@@ -1,6 +1,6 @@
 """Data-parallel training through torch's elastic launcher (torchrun's engine), seen from the train task.
 
-    result = train_distributed(train_on_rank, parts, data, config, device, seed, run_dir / "checkpoints", callbacks)
+    result = train_distributed(train_on_rank, parts, data, config, device, seed, run_dir / "checkpoints", hooks)
 
 The task's process stays the parent: it holds the Prefect task run, its
 retries and the run directory. `elastic_launch` starts `nproc_per_node`
@@ -8,9 +8,10 @@ worker processes (spawned; static rendezvous at `rdzv_endpoint`, node 0
 hosting it) and waits for them. Each worker joins the process group and runs
 the same training loop on its `Shard` of every batch, through
 DistributedDataParallel. Rank 0 writes the checkpoints and sends each epoch's
-record to the parent, which calls the callbacks (history.csv, Prefect
-progress, tracking) and answers before rank 0 goes on, so a callback that
-raises (sweep pruning) ends training where it would in one process. The
+record to the parent, which calls the callbacks' `on_epoch_end` (history.csv,
+Prefect progress, tracking, pruning) and answers before rank 0 goes on, with
+the `Stop` one of them asked for, if any: training ends where it would in one
+process, and a callback that raises ends it with its error. The
 lowest rank on each machine returns the final weights and the TrainResult.
 
 A rank that raises or dies fails the attempt: the elastic agent stops the
@@ -37,7 +38,7 @@ import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -52,11 +53,12 @@ from schemas.distributed import DistributedConfig
 from schemas.errors import BundleError, ConfigError, DataError, PipelineError, TrainingError, first_line
 from schemas.model import TrainingComponents
 from schemas.train import EpochRecord, TrainConfig, TrainResult
+from tasks.common.callbacks import Callback, Stop
 from tasks.common.retry import RankFailed, RetryWithSmallerBatch
 from tasks.train._epochs import TimeLimitReached
 from tasks.train._shard import Shard
 
-Entry = Callable[..., TrainResult]  # train_on_rank(parts, data, config, device, seed, checkpoint_dir, callbacks, shard)
+Entry = Callable[..., TrainResult]  # train_on_rank(parts, data, config, device, seed, checkpoint_dir, hooks, shard)
 
 # A worker's error that keeps its type (and exit code) in the parent; anything else becomes RankFailed.
 _KEEP_TYPES: dict[str, type[BaseException]] = {
@@ -115,9 +117,12 @@ def train_distributed(
     device: torch.device | DeviceInfo,
     seed: int,
     checkpoint_dir: Path | None,
-    callbacks: Sequence[Callable[[EpochRecord], None]],
+    hooks: Callback,
 ) -> TrainResult:
-    """Train `parts.model` in `nproc_per_node` ranks (on each of `nnodes` machines); load rank 0's final weights."""
+    """Train `parts.model` in `nproc_per_node` ranks (on each of `nnodes` machines); load rank 0's final weights.
+
+    `hooks.on_epoch_end` runs here, on the epochs rank 0 reports.
+    """
     settings = config.distributed
     torch_device = _device(device)
     nproc = processes_per_node(settings, device)
@@ -130,7 +135,7 @@ def train_distributed(
                max(1, threads // nproc), backend, settings.timeout_seconds)
     launch = _launch_config(settings, nproc)
     failures: list[BaseException] = []
-    server = relay.serve(callbacks, failures)
+    server = relay.serve(hooks, failures)
     try:
         with _elastic_quietly():
             outputs = elastic_launch(launch, run_rank)(job)
@@ -273,7 +278,7 @@ class _ObserverFailed(TrainingError):
     """A callback in the parent raised; rank 0 stops (the parent raises the callback's own exception)."""
 
 
-class _Relay:
+class _Relay(Callback):
     """Rank 0 sends each EpochRecord to the parent and waits until the parent's callbacks have run."""
 
     def __init__(self, records: Any, answers: Any) -> None:
@@ -291,35 +296,34 @@ class _Relay:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["records"], state["answers"])
 
-    def __call__(self, record: EpochRecord) -> None:  # in rank 0
+    def on_epoch_end(self, record: EpochRecord) -> Stop | None:  # in rank 0
         self.records.put(record.model_dump())
-        ok, message = self.answers.get()
+        ok, message, stop = self.answers.get()
         if not ok:
             raise _ObserverFailed(message)
+        return None if stop is None else Stop(*stop)
 
-    def serve(self, callbacks: Sequence[Callable[[EpochRecord], None]], failures: list[BaseException]) -> threading.Thread:
-        """Run `callbacks` on every record, in a thread of the parent (in the task run's context)."""
+    def serve(self, hooks: Callback, failures: list[BaseException]) -> threading.Thread:
+        """Run `hooks.on_epoch_end` on every record, in a thread of the parent (in the task run's context)."""
         context = contextvars.copy_context()
-        thread = threading.Thread(target=context.run, args=(self._serve, callbacks, failures),
+        thread = threading.Thread(target=context.run, args=(self._serve, hooks, failures),
                                   name="epoch-relay", daemon=True)
         thread.start()
         return thread
 
-    def _serve(self, callbacks: Sequence[Callable[[EpochRecord], None]], failures: list[BaseException]) -> None:
+    def _serve(self, hooks: Callback, failures: list[BaseException]) -> None:
         while not self._stopping.is_set():
             try:
                 raw = self.records.get(timeout=0.1)
             except queue.Empty:
                 continue
             try:
-                record = EpochRecord(**raw)
-                for callback in callbacks:
-                    callback(record)
+                stop = hooks.on_epoch_end(EpochRecord(**raw))
             except BaseException as exc:
                 failures.append(exc)
-                self.answers.put((False, f"{type(exc).__name__}: {exc}"))
+                self.answers.put((False, f"{type(exc).__name__}: {exc}", None))
             else:
-                self.answers.put((True, ""))
+                self.answers.put((True, "", None if stop is None else (stop.reason, stop.prune)))
 
     def stop(self) -> None:
         self._stopping.set()
@@ -338,13 +342,12 @@ def run_rank(job: _Job) -> tuple[TrainResult, bytes] | None:
     dist.init_process_group(job.backend, timeout=timedelta(seconds=job.timeout_seconds))
     try:
         shard = Shard(rank, world, local_rank, str(device) if job.backend == "nccl" else "cpu")
-        config = job.config if shard.writes else job.config.model_copy(update={"progress": False})
         # The tensors arrive in memory shared with the parent and the other ranks: the data may stay there,
         # the weights and optimizer of each rank must be its own.
         parts = copy.deepcopy(job.parts)
         parts.model.to(device)
-        result = job.entry(parts, job.data, config, plan, job.seed, job.checkpoint_dir,
-                           [job.relay] if shard.writes else [], shard)
+        result = job.entry(parts, job.data, job.config, plan, job.seed, job.checkpoint_dir,
+                           job.relay if shard.writes else Callback(), shard)
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -1,12 +1,13 @@
 """The epochs themselves: batches and training steps, validation, early stopping, checkpoints, the time limit.
 
-    loop = EpochLoop(parts, batches, config, state, checkpoint_dir, "fp32", spec, observers=[print])
+    loop = EpochLoop(parts, batches, config, state, checkpoint_dir, "fp32", spec, hooks=CallbackList([...]))
     with training_layout(parts.model, parts.optimizer, device):
         loop.run()
+    loop.stop   # the Stop a callback returned, if one did
 
 Each epoch: `model.train()`, then `train_step` on every batch of the epoch's
-seeded order; then validation in eval mode, the observers, early stopping,
-the scheduler step and a checkpoint.
+seeded order; then validation in eval mode, the callbacks' `on_epoch_end`,
+early stopping, the scheduler step and a checkpoint.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator
 
 import torch
 
@@ -24,6 +25,7 @@ from schemas.data import DataSpec
 from schemas.errors import TrainingError
 from schemas.model import TrainingComponents
 from schemas.train import EpochRecord, TrainConfig
+from tasks.common.callbacks import Callback, Stop
 from tasks.nets.optim import match_state_layout
 from tasks.nets.steps import train_step, training_memory_format
 from tasks.train._batches import BatchSource
@@ -56,8 +58,9 @@ def training_layout(model: torch.nn.Module, optimizer: torch.optim.Optimizer, de
 class EpochLoop:
     """Runs epochs on `state` until training finishes, checkpointing into `checkpoint_dir` unless it is None.
 
-    Each of `observers` is called with every new EpochRecord, after the epoch is validated and before it is
-    checkpointed; an exception raised by one ends training with it.
+    `hooks.on_epoch_end` is called with every new EpochRecord, after the epoch is validated and before it is
+    checkpointed; a `Stop` it returns ends training after the epoch (kept in `stop`), an exception raised by
+    it ends training with it.
 
     With a data-parallel `shard`, steps are taken through DistributedDataParallel on this rank's rows of
     each batch, losses and metrics are summed over the ranks, and only rank 0 writes checkpoints.
@@ -70,9 +73,10 @@ class EpochLoop:
     checkpoint_dir: Path | None
     precision: str
     spec: DataSpec
-    observers: Sequence[Callable[[EpochRecord], None]] = ()
+    hooks: Callback = field(default_factory=Callback)
     shard: Shard = SINGLE
     net: torch.nn.Module | None = field(default=None, init=False, repr=False)  # what takes the steps
+    stop: Stop | None = field(default=None, init=False)  # what a callback's on_epoch_end asked for
 
     def run(self) -> None:
         state, config = self.state, self.config
@@ -129,11 +133,11 @@ class EpochLoop:
         return train_loss
 
     def _end_epoch(self, record: EpochRecord, score: float) -> None:
-        """The observers, early stopping, the scheduler step, then the epoch's checkpoint."""
+        """The callbacks, early stopping, the scheduler step, then the epoch's checkpoint."""
         state, config, scheduler = self.state, self.config, self.parts.scheduler
         state.history.append(record)
-        for observe in self.observers:
-            observe(record)
+        self.stop = self.hooks.on_epoch_end(record)
+        stopped = self.shard.any(self.stop is not None)  # rank 0 hears the callbacks; every rank stops with it
         improved = state.note_score(record.epoch, score, self.parts.monitor_mode, config.early_stopping.min_delta,
                                     config.restore_best)
         if scheduler is not None:
@@ -145,7 +149,7 @@ class EpochLoop:
         steps = record.epoch * math.ceil(self.batches.n / state.batch_size)
         stop_early = (config.early_stopping.enabled and state.stale >= config.early_stopping.patience
                       and steps >= config.early_stopping.min_steps)
-        state.end_epoch(record.epoch, finished=record.epoch >= config.epochs or stop_early)
+        state.end_epoch(record.epoch, finished=record.epoch >= config.epochs or stop_early or stopped)
         self._save(best=improved)
 
     def _save(self, best: bool = False) -> None:
