@@ -7,7 +7,10 @@
 - No import cycles among the project's modules, lazy (function-level) imports
   included; imports under `if TYPE_CHECKING:` do not run, so they do not count.
 - No function in flows/, tasks/, schemas/ or deployments/ is longer than 80 lines.
-- Every stage function is a Prefect task in flows/stages.py.
+- Every stage function is a Prefect task in flows/stages.py; importing the
+  stages and the recipe imports neither Prefect nor a tracking library.
+- Prefect is used through its public API only: no module imports, reads,
+  overrides or patches a private name of Prefect.
 """
 
 from __future__ import annotations
@@ -167,3 +170,120 @@ def test_every_stage_is_a_prefect_task_of_the_flows_and_imports_no_other_stage()
                 if m.startswith("tasks.") and m.split(".")[1] in STAGES and m.split(".")[1] != stage
             }
             assert not others, f"{path.relative_to(ROOT)} imports another stage: {sorted(others)}"
+
+
+def test_the_stages_and_the_recipe_import_neither_prefect_nor_a_tracking_library():
+    """What a rank of distributed training and a sweep worker import: no Prefect, MLflow or TensorBoard."""
+    code = (
+        "import sys\n"
+        "import tasks.device, tasks.data, tasks.model, tasks.train, tasks.evaluate, tasks.bundle, tasks.recipe\n"
+        "import tasks.sweep.executors\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'mlflow', 'tensorboard'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- Prefect's public API only
+
+# Modules that still use a private name of Prefect, each with the change that removes it. The test fails
+# for any other module, and for a module listed here that no longer does: then remove it from this list.
+PRIVATE_PREFECT_ALLOWED = {
+    "flows/_cli.py": "overrides SubprocessASGIServer._run_uvicorn_command and patches its module's subprocess; "
+    "the temporary server through Prefect's public API (#27, branch i27-startup) removes both",
+}
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _root_name(node: ast.AST) -> str | None:
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _attribute_chain(node: ast.Attribute) -> list[str]:
+    chain = []
+    while isinstance(node, ast.Attribute):
+        chain.append(node.attr)
+        node = node.value
+    return chain
+
+
+def _prefect_bindings(tree: ast.AST) -> tuple[set[str], list[tuple[int, str]]]:
+    """Names bound to Prefect's modules or objects, and the imports of private names."""
+    bound: set[str] = set()
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "prefect":
+                    bound.add(alias.asname or "prefect")
+                    if any(_private(part) for part in alias.name.split(".")):
+                        found.append((node.lineno, f"imports {alias.name}"))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "prefect" and not node.level:
+            for alias in node.names:
+                bound.add(alias.asname or alias.name)
+                if any(_private(part) for part in node.module.split(".")) or _private(alias.name):
+                    found.append((node.lineno, f"imports {alias.name} from {node.module}"))
+    return bound, found
+
+
+def private_prefect_uses(path: Path) -> list[str]:
+    """Where `path` imports a private name of Prefect, reads one (`prefect_server._x`), overrides one in a
+    subclass of a Prefect class, or assigns to an attribute of a Prefect module or class (patching it)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    bound, found = _prefect_bindings(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _root_name(node) in bound:
+            if any(_private(attr) for attr in _attribute_chain(node)):
+                found.append((node.lineno, f"reads {ast.unparse(node)}"))
+            if isinstance(node.ctx, ast.Store):
+                found.append((node.lineno, f"patches {ast.unparse(node)}"))
+        if isinstance(node, ast.ClassDef) and any(_root_name(base) in bound for base in node.bases):
+            for item in ast.walk(node):
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and _private(item.name):
+                    found.append((item.lineno, f"overrides {node.name}.{item.name} of a Prefect class"))
+                if (isinstance(item, ast.Attribute) and _private(item.attr) and isinstance(item.value, ast.Call)
+                        and isinstance(item.value.func, ast.Name) and item.value.func.id == "super"):
+                    found.append((item.lineno, f"calls super().{item.attr}"))
+    return [f"{path.relative_to(ROOT)}:{line}: {what}" for line, what in sorted(set(found))]
+
+
+def test_the_private_name_check_finds_each_kind_of_use(tmp_path, monkeypatch):
+    source = (
+        "import prefect.server.api.server as prefect_server\n"
+        "from prefect._internal.compatibility import deprecated\n"
+        "from prefect.flows import _private_helper\n"
+        "prefect_server.subprocess = None\n"
+        "x = prefect_server._hidden\n"
+        "class Mine(prefect_server.SubprocessASGIServer):\n"
+        "    def _run(self):\n"
+        "        return super()._run()\n"
+        "from prefect import flow, task\n"
+        "y = flow.__name__, task.with_options\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    (tmp_path / "m.py").write_text(source)
+    found = private_prefect_uses(tmp_path / "m.py")
+    assert [f.split(": ", 1)[1].split()[0] for f in found] == [
+        "imports", "imports", "patches", "reads", "overrides", "calls",
+    ], found
+    assert all(f.startswith("m.py:") for f in found)
+
+
+def test_no_module_uses_a_private_name_of_prefect():
+    offenders: dict[str, list[str]] = {}
+    for path in [*_project_files(), *sorted((ROOT / "tests").rglob("*.py"))]:
+        uses = private_prefect_uses(path)
+        if uses:
+            offenders[path.relative_to(ROOT).as_posix()] = uses
+    unexpected = {name: uses for name, uses in offenders.items() if name not in PRIVATE_PREFECT_ALLOWED}
+    assert unexpected == {}, "Prefect's private names are used (use its public API instead):\n" + "\n".join(
+        use for uses in unexpected.values() for use in uses
+    )
+    fixed = sorted(set(PRIVATE_PREFECT_ALLOWED) - set(offenders))
+    assert fixed == [], f"{fixed} no longer use a private name of Prefect: remove them from PRIVATE_PREFECT_ALLOWED"
