@@ -8,7 +8,8 @@
   included; imports under `if TYPE_CHECKING:` do not run, so they do not count.
 - No function in flows/, tasks/, schemas/ or deployments/ is longer than 80 lines.
 - Every stage function is a Prefect task in flows/stages.py; importing the
-  stages and the recipe imports neither Prefect nor a tracking library.
+  stages and the recipe imports neither Prefect nor a tracking library, and
+  a command's worker processes do not run the command's module again.
 - Prefect is used through its public API only: no module imports, reads,
   overrides or patches a private name of Prefect.
 """
@@ -172,6 +173,13 @@ def test_every_stage_is_a_prefect_task_of_the_flows_and_imports_no_other_stage()
             assert not others, f"{path.relative_to(ROOT)} imports another stage: {sorted(others)}"
 
 
+def _fresh_python(code: str) -> str:
+    """What `python -c code` prints in a fresh process started in the project root; an error fails the test."""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_the_stages_and_the_recipe_import_neither_prefect_nor_a_tracking_library():
     """What a rank of distributed training and a sweep worker import: no Prefect, MLflow or TensorBoard."""
     code = (
@@ -180,9 +188,26 @@ def test_the_stages_and_the_recipe_import_neither_prefect_nor_a_tracking_library
         "import tasks.sweep.executors\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'mlflow', 'tensorboard'}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert _fresh_python(code).strip() == "[]"
+
+
+def test_worker_processes_of_a_command_do_not_run_its_module_again():
+    """A sweep's worker processes, started while `python -m flows.sweep` is the main module, import no Prefect."""
+    code = (
+        "import importlib.machinery, multiprocessing, sys, types\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from tasks.common.processes import workers_skip_the_command_module\n"
+        "command = types.ModuleType('__main__')\n"
+        "command.__spec__ = importlib.machinery.ModuleSpec('flows.sweep', None)  # as under python -m flows.sweep\n"
+        "sys.modules['__main__'] = command\n"
+        "def prefect_in_a_worker():\n"
+        "    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn')) as pool:\n"
+        "        return pool.submit(eval, \"'prefect' in __import__('sys').modules\").result()\n"
+        "with workers_skip_the_command_module():\n"
+        "    skipped = prefect_in_a_worker()\n"
+        "print(skipped, prefect_in_a_worker())\n"
+    )
+    assert _fresh_python(code).split() == ["False", "True"]  # without it, the worker runs flows.sweep again: Prefect
 
 
 # --------------------------------------------------------------------------- Prefect's public API only

@@ -30,6 +30,7 @@ from schemas.sweep import SweepConfig
 from schemas.trial import PruningPlan, RoundReport, TrialOutcome, TrialRequest
 from tasks.common.files import atomic_write_bytes, atomic_write_text, csv_text, write_json
 from tasks.common.log import say
+from tasks.common.processes import workers_skip_the_command_module
 from tasks.sweep.dispatch import Dispatch, Dispatcher, plain_dispatch
 from tasks.sweep.executors import make_executor
 from tasks.sweep.folder import trial_folder
@@ -64,14 +65,15 @@ def run_pending(
     """
     if finished_trials(study) >= target_trials(config):
         return RoundReport(), "nothing to run"
-    executor = make_executor(config, data)
-    try:
-        rounds = run_rounds(
-            study, config, path, threads, dispatcher(executor, workers),
-            log=say if config.base.train.progress else (lambda line: None), device=device, on_trial=on_trial,
-        )
-    finally:
-        executor.close()
+    with workers_skip_the_command_module():  # a worker process needs tasks.sweep.trial, not the flow's module
+        executor = make_executor(config, data)
+        try:
+            rounds = run_rounds(
+                study, config, path, threads, dispatcher(executor, workers),
+                log=say if config.base.train.progress else (lambda line: None), device=device, on_trial=on_trial,
+            )
+        finally:
+            executor.close()
     return rounds, executor.description
 
 

@@ -54,6 +54,7 @@ from schemas.errors import BundleError, ConfigError, DataError, PipelineError, T
 from schemas.model import TrainingComponents
 from schemas.train import EpochRecord, TrainConfig, TrainResult
 from tasks.common.callbacks import Callback, Stop
+from tasks.common.processes import workers_skip_the_command_module
 from tasks.common.retry import RankFailed, RetryWithSmallerBatch
 from tasks.train._epochs import TimeLimitReached
 from tasks.train._shard import Shard
@@ -137,7 +138,7 @@ def train_distributed(
     failures: list[BaseException] = []
     server = relay.serve(hooks, failures)
     try:
-        with _elastic_quietly():
+        with _elastic_quietly(), workers_skip_the_command_module():  # a rank needs tasks.train, not the flow
             outputs = elastic_launch(launch, run_rank)(job)
     except ChildFailedError as exc:
         if failures:
