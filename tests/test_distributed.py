@@ -18,7 +18,7 @@ import torch
 
 from schemas import ConfigError
 from schemas.errors import TrainingError
-from tasks.common.callbacks import LambdaCallback
+from tasks.common.callbacks import LambdaCallback, Stop
 from tasks.common.retry import RankFailed, is_transient_error
 from tasks.train import train_model
 from tasks.train._checkpoint import load_checkpoint
@@ -162,6 +162,19 @@ def test_two_ranks_match_one_process_on_a_deterministic_model():
         assert b.val_accuracy == a.val_accuracy
     for key, value in _weights(one_parts).items():
         torch.testing.assert_close(two_parts.model.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_stop_asked_for_in_the_parent_ends_every_rank_after_that_epoch():
+    seen = []
+
+    def stop_at_two(record):
+        seen.append(record.epoch)
+        return Stop("enough", prune=True) if record.epoch == 2 else None
+
+    result, _ = train(config(), callbacks=[LambdaCallback(on_epoch_end=stop_at_two)])
+    assert result.ranks == 2 and seen == [1, 2] and [r.epoch for r in result.history] == [1, 2]
+    assert result.stop_reason == "enough" and result.pruned and result.stopped_early
 
 
 @pytest.fixture(scope="module")
