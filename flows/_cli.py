@@ -23,9 +23,13 @@ if TYPE_CHECKING:
 
 # Modules the training stages import on first use (scikit-learn and matplotlib are
 # imported inside functions; torch.optim pulls in torch's compiler stack when the
-# first optimizer is built): imports that can run while a temporary Prefect
-# server starts, instead of after it.
+# first optimizer is built), and those a flow call imports (Prefect's engines):
+# imports that can run while a temporary Prefect server starts, instead of after it.
 TRAINING_IMPORTS = (
+    "prefect.flow_engine",
+    "prefect.task_engine",
+    "prefect.artifacts",
+    "fastapi.encoders",  # Prefect's flow call encodes parameters with it
     "torch._dynamo",
     "sklearn.datasets",
     "sklearn.impute",
@@ -50,10 +54,11 @@ def prefect_session(debug: bool, warm_imports: Sequence[str] = ()) -> Iterator[N
     or when PREFECT_LOGGING_LEVEL is set. Run logs still reach the Prefect
     API (and UI) in full.
 
-    With the temporary server, flow-run heartbeats are off (unless
-    PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set anywhere): they let a lasting
-    server mark a crashed run, but this server ends with the process, and
-    stopping the heartbeat thread delays the end of each flow run.
+    With our own servers, temporary or reusable, flow-run heartbeats are off
+    (unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set anywhere): they serve an
+    automation that marks silent runs crashed, which a temporary server does
+    not outlive and a reusable one does not have, and stopping the heartbeat
+    thread delays the end of each flow run by up to a second.
     """
     from prefect.logging.handlers import PrefectConsoleHandler
     from prefect.settings import (
@@ -76,11 +81,9 @@ def prefect_session(debug: bool, warm_imports: Sequence[str] = ()) -> Iterator[N
         stop_temporary_server()  # started on a guess that the settings (prefect.toml, .env) overrule
     else:
         url = None if server_started() else reusable_server_url()
-        if url is None:
-            url = _temporary_server_url(warm_imports, quiet)
-            if "heartbeat_frequency" not in get_current_settings().flows.model_fields_set:
-                updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None  # unless set (environment, profile, prefect.toml)
-        updates[PREFECT_API_URL] = url
+        updates[PREFECT_API_URL] = url or _temporary_server_url(warm_imports, quiet)
+        if "heartbeat_frequency" not in get_current_settings().flows.model_fields_set:
+            updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None  # unless set (environment, profile, prefect.toml)
     with temporary_settings(updates=updates):
         yield
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -42,13 +43,18 @@ from pathlib import Path
 from typing import IO
 
 LOG_TAIL_LINES = 12
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*: ")  # `sqlite3.OperationalError: ...`
 STATE_FILE = "pytorch-workflow-server.json"  # in PREFECT_HOME: the reusable server of `python -m flows.server`
 
 # Prefect settings of the temporary server: the services of Prefect's own temporary server (task runs,
-# events, logs, automations) and none of the loops that schedule, expire or clean up runs over time.
+# events, logs, automations) and none of the loops that schedule, expire or clean up runs over time; no block
+# type registration at start (it imports every installed Prefect collection, prefect-dask's Dask among them;
+# the pipeline saves no blocks, and a later `prefect server start` on the same database registers them).
 TEMPORARY_SERVER_SETTINGS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_UI_ENABLED": "false",
+    "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+    "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
     "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
     "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
     "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED": "false",
@@ -153,11 +159,13 @@ class ServerProcess:
         return "\n".join(line.rstrip() for line in text.splitlines()[-lines:] if line.strip())
 
     def _failure(self, what: str) -> str:
-        """One line: what happened, the last lines of the server's output, where the whole log is."""
-        tail = " | ".join(self.log_tail(3).splitlines())
-        shown = f"; its output ends: {tail}" if tail else ""
+        """One line: what happened, the error the server logged, its last lines, where the whole log is."""
+        lines = self.log_tail(400).splitlines()
+        cause = next((line.strip() for line in reversed(lines) if _EXCEPTION_LINE.match(line)), None)
+        tail = " | ".join(line.strip() for line in lines[-2:])
+        said = (f": {cause}" if cause else "") + (f"; its output ends: {tail}" if tail else "")
         where = f" (whole log: {self.log_path})" if self.log_path is not None else " (its output is above)"
-        return f"Prefect's server (prefect server start, {self.api_url}) {what}{shown}{where}"
+        return f"Prefect's server (prefect server start, {self.api_url}) {what}{said}{where}"
 
 
 class TemporaryServer:
@@ -334,10 +342,12 @@ class ServerWatchdog:
     def _start(self) -> None:
         read, write = os.pipe()  # not inheritable: later children (the server itself) do not hold the write end
         try:
-            # its own session: a hang-up of the terminal or a Ctrl-C to the command's group does not end it first
+            # Its own session: a hang-up of the terminal or a Ctrl-C to the command's group does not end it first.
+            # None of the command's output streams: a pipe reading them (`| tee`) ends with the command.
             self.process = subprocess.Popen(
                 [sys.executable, str(Path(__file__).with_name("_watchdog.py")), str(read)],
-                pass_fds=(read,), stdin=subprocess.DEVNULL, start_new_session=True,
+                pass_fds=(read,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True,
             )
         except BaseException:
             os.close(write)
