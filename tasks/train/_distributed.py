@@ -33,7 +33,9 @@ import queue
 import re
 import signal
 import socket
+import sys
 import threading
+import types
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -132,7 +134,7 @@ def train_distributed(
     failures: list[BaseException] = []
     server = relay.serve(callbacks, failures)
     try:
-        with _elastic_quietly():
+        with _elastic_quietly(), _ranks_skip_the_command_module():
             outputs = elastic_launch(launch, run_rank)(job)
     except ChildFailedError as exc:
         if failures:
@@ -231,6 +233,31 @@ def _elastic_quietly() -> Iterator[None]:
         if threading.current_thread() is threading.main_thread():
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _ranks_skip_the_command_module() -> Iterator[None]:
+    """Start the ranks without running the command's module again in each of them.
+
+    A spawned process runs its parent's `__main__` module again (as
+    `__mp_main__`), so that what is defined there can be unpickled. Under
+    `python -m flows.train` that module is the flow's, and with it Prefect,
+    the tracking libraries and every stage: seconds of imports in each rank
+    for nothing, since the job a rank receives refers to `tasks`, `schemas`
+    and torch only. So while the ranks start and run, `__main__` is a bare
+    module, which spawn leaves alone. Any other main module (a user's script
+    may define the model's class) is run again as usual.
+    """
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None) or ""
+    if not name.startswith("flows."):
+        yield
+        return
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 def _rank_error(exc: ChildFailedError, world: int) -> BaseException:
