@@ -1,15 +1,17 @@
-"""Helpers the benchmark modules share: memory sampling, the machine line, spans."""
+"""Helpers the benchmark modules share: memory sampling, the machine line, spans, a running Prefect server."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -97,3 +99,20 @@ def emit_report(report: str, output: Path | None) -> None:
     print(report)
     if output is not None:
         output.write_text(report, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def reusable_server(env: dict[str, str]) -> Iterator[str]:
+    """`python -m flows.server start --port 0` on `env`'s PREFECT_HOME for the block; yields its API URL."""
+    from flows._server import read_state
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "flows.server", "start", "--port", "0"], cwd=root, env=env, check=True,
+                   capture_output=True, timeout=300)
+    try:
+        state = read_state(Path(env["PREFECT_HOME"]))
+        assert state is not None, "python -m flows.server start recorded no server"
+        yield state["api_url"]
+    finally:
+        subprocess.run([sys.executable, "-m", "flows.server", "stop"], cwd=root, env=env, capture_output=True,
+                       timeout=120)

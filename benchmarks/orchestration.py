@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from benchmarks._common import emit_report, median, span
+from benchmarks._common import emit_report, median, reusable_server, span
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.20  # Prefect's share of a cold run, at most
@@ -182,19 +182,10 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def running_server(env: dict[str, str]) -> Iterator[dict[str, str]]:
-    """A Prefect server kept running on `env`'s PREFECT_HOME (`python -m flows.server start --port 0`, the user's
-    way); yields an environment whose PREFECT_API_URL points at it."""
-    from flows._server import read_state
-
-    subprocess.run([sys.executable, "-m", "flows.server", "start", "--port", "0"], cwd=ROOT, env=env,
-                   check=True, capture_output=True, timeout=300)
-    try:
-        state = read_state(Path(env["PREFECT_HOME"]))
-        assert state is not None, "python -m flows.server start recorded no server"
-        yield {**env, "PREFECT_API_URL": state["api_url"]}
-    finally:
-        subprocess.run([sys.executable, "-m", "flows.server", "stop"], cwd=ROOT, env=env, capture_output=True,
-                       timeout=120)
+    """A Prefect server kept running on `env`'s PREFECT_HOME (`python -m flows.server start`, the user's way);
+    yields an environment whose PREFECT_API_URL points at it."""
+    with reusable_server(env) as api_url:
+        yield {**env, "PREFECT_API_URL": api_url}
 
 
 def plain_run(
