@@ -109,6 +109,7 @@ class ServerProcess:
         command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
         env = {**os.environ, **self.settings}
         env.pop("PREFECT_API_URL", None)  # the server's own client settings do not matter; keep it from calling another
+        env.setdefault("PREFECT_UI_API_URL", self.api_url)  # its UI (when on) calls this server, whatever a profile says
         log: IO[bytes] | int | None = None
         if self.log_path is not None:
             log = open(self.log_path, "ab")
