@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import IO
@@ -81,10 +80,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a local server: never through a proxy
+
+
 def healthy(api_url: str, timeout: float = 1.0) -> bool:
     """Whether the Prefect API at `api_url` answers its health check."""
     try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as response:
+        with _DIRECT.open(f"{api_url}/health", timeout=timeout) as response:
             return response.status == 200
     except (OSError, ValueError):  # refused, reset, timed out, not HTTP yet
         return False
