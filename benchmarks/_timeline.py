@@ -8,6 +8,7 @@ Marks, written to OUT.json at exit (time.time() values):
   server_start   `flows._server` launched `prefect server start` (absent: no temporary server)
   server_healthy its API first answered (a thread here polls it every 50 ms)
   session        `flows._cli.prefect_session` entered: imports done, the data checked
+  waiting        the temporary server is waited for: the imports made meanwhile are done
   server_ready   the session's server is known to answer (the flow run starts next)
   flow_returned  the flow call returned (its own start and end are in Prefect's database)
 
@@ -50,6 +51,13 @@ def install(marks: dict[str, float]) -> None:
         threading.Thread(target=_watch_health, args=(self.api_url, marks), daemon=True).start()
 
     server.ServerProcess.start = timed_start  # type: ignore[method-assign]
+    wait = server.TemporaryServer.wait_until_healthy
+
+    def timed_wait(self: server.TemporaryServer, timeout: float) -> None:
+        marks["waiting"] = time.time()
+        wait(self, timeout)
+
+    server.TemporaryServer.wait_until_healthy = timed_wait  # type: ignore[method-assign]
     session = cli.prefect_session
 
     @contextlib.contextmanager
