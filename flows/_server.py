@@ -111,7 +111,7 @@ class ServerProcess:
         command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
         env = {**os.environ, **self.settings}
         env.pop("PREFECT_API_URL", None)  # the server's own client settings do not matter; keep it from calling another
-        env.setdefault("PREFECT_UI_API_URL", self.api_url)  # its UI (when on) calls this server, whatever a profile says
+        env.setdefault("PREFECT_UI_API_URL", self.api_url)  # its UI (when on) calls this server, not a profile's
         log: IO[bytes] | int | None = None
         if self.log_path is not None:
             log = open(self.log_path, "ab")
@@ -281,7 +281,7 @@ def _settings_name_a_server() -> bool:
             settings = {**{k: str(v) for k, v in profiles.get("profiles", {}).get(active, {}).items()}, **settings}
         except (OSError, ValueError, AttributeError):
             pass
-    ephemeral = settings.get("PREFECT_SERVER_EPHEMERAL_ENABLED", settings.get("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", ""))
+    ephemeral = settings.get("PREFECT_SERVER_EPHEMERAL_ENABLED") or settings.get("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "")
     return bool(settings.get("PREFECT_API_URL")) or ephemeral.strip().lower() in ("false", "0", "no", "off")
 
 
@@ -289,7 +289,7 @@ def _settings_name_a_server() -> bool:
 
 
 def reusable_server_url(home: Path | None = None) -> str | None:
-    """The API URL of the server that `python -m flows.server start` left running on this PREFECT_HOME, if it answers."""
+    """The API URL of the server `python -m flows.server start` left running on this PREFECT_HOME, if it answers."""
     state = read_state(home)
     if state is None or not process_alive(state.get("pid"), state.get("started")):
         return None

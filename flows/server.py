@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     started = commands.add_parser("start", help="start it in the background (no-op if it runs)")
-    started.add_argument("--port", type=int, default=DEFAULT_PORT, help="port on 127.0.0.1 (0: any free one; default %(default)s)")
+    started.add_argument("--port", type=int, default=DEFAULT_PORT,
+                         help="port on 127.0.0.1 (0: any free one; default %(default)s)")
     started.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for it to answer (default %(default)s)")
     commands.add_parser("stop", help="stop it")
     commands.add_parser("status", help="say whether it runs, and where (exit 1 if not)")
