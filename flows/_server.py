@@ -199,10 +199,15 @@ class TemporaryServer:
         atexit.register(self.stop)
 
     def wait_until_healthy(self, timeout: float) -> None:
-        """Wait for the API; start again on another port if the one chosen was taken meanwhile (twice at most)."""
+        """Wait for the API; start again on another port if the one chosen was taken meanwhile (twice at most).
+
+        Once it answers, its log file is unlinked (the server writes on into the unlinked file), so none is
+        left behind however the command ends; a failed start keeps it, for the error message to point to.
+        """
         for attempt in range(3):
             try:
                 self.server.wait_until_healthy(timeout)
+                self._remove_log()
                 return
             except ServerStartError:
                 if attempt == 2 or not self.server.port_was_taken():
@@ -218,11 +223,12 @@ class TemporaryServer:
     def stop(self) -> None:
         """Ask the server to stop and return: the watchdog sends SIGKILL if it has not exited within seconds."""
         self.server.stop()
-        if self.log_path is not None and not self.keep_log:
-            try:
-                self.log_path.unlink()
-            except OSError:
-                pass
+        if not self.keep_log:
+            self._remove_log()
+
+    def _remove_log(self) -> None:
+        if self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- this process's temporary server
