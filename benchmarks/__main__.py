@@ -21,7 +21,7 @@ from pathlib import Path
 
 # Registry: module names under benchmarks/, run in this order. Each has main(argv) and accepts --quick and --output.
 MODULES = (
-    "train_throughput", "orchestration", "bundle_io", "device_selection", "sweep_scaling", "finetune", "raw_tables",
+    "train_throughput", "startup", "orchestration", "bundle_io", "device_selection", "sweep_scaling", "finetune", "raw_tables",
     "distributed_training",
     "busy_machine", "feedback",
 )

@@ -1,16 +1,18 @@
-"""Helpers the benchmark modules share: memory sampling, the machine line, spans."""
+"""Helpers the benchmark modules share: memory sampling, the machine line, spans, a running Prefect server."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -115,3 +117,20 @@ def timed_stages(times: dict[str, float], **names: str) -> Any:
         return call
 
     return Stages(**{stage: timed(name, getattr(PLAIN, stage)) for stage, name in names.items()})
+
+
+@contextlib.contextmanager
+def reusable_server(env: dict[str, str]) -> Iterator[str]:
+    """`python -m flows.server start --port 0` on `env`'s PREFECT_HOME for the block; yields its API URL."""
+    from flows._server import read_state
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "flows.server", "start", "--port", "0"], cwd=root, env=env, check=True,
+                   capture_output=True, timeout=300)
+    try:
+        state = read_state(Path(env["PREFECT_HOME"]))
+        assert state is not None, "python -m flows.server start recorded no server"
+        yield state["api_url"]
+    finally:
+        subprocess.run([sys.executable, "-m", "flows.server", "stop"], cwd=root, env=env, capture_output=True,
+                       timeout=120)

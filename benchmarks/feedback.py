@@ -1,7 +1,7 @@
 """Fast feedback: whole commands against the imports or the plain script they cannot beat.
 
-    python -m benchmarks.feedback                  # 3 rounds, with the running-server case
-    python -m benchmarks.feedback --quick          # 1 round, no running-server case
+    python -m benchmarks.feedback                  # 3 rounds
+    python -m benchmarks.feedback --quick          # 1 round
     python -m benchmarks.feedback --rounds 5 --output /tmp/feedback.md
 
 Each case is a fresh process (wall and CPU time of it and the children it
@@ -13,12 +13,10 @@ round to round. Pairs, each with its goal:
       against `python -c "import torch"`: <= 2x
   predict 5 rows             `python -m flows.predict` with a digits bundle, no server
       against `python -c "import torch, pandas, safetensors"`: <= 1.5x
-  cold train                 `python -m flows.train` (default config), no server configured
-      against `python benchmarks/plain_train.py` (the same job, course style): <= 1.5x wall
-  cold train, running server the same with PREFECT_API_URL at a running server: <= 1.2x wall
 
-All share a temporary PREFECT_HOME whose database a first, untimed training
-run migrates (that run also makes the bundle predict uses).
+The whole training job against a plain script, cold and with a running
+server, is `benchmarks.startup`. All share a temporary PREFECT_HOME; a first,
+untimed training run makes the bundle predict uses.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks._common import emit_report, median, span
-from benchmarks.orchestration import ROOT, _env, running_server
+from benchmarks.orchestration import ROOT, _env
 
 MISSING = "data.source={kind: csv, path: missing.csv, target: y}"
 
@@ -43,7 +41,6 @@ class Case:
     label: str
     args: list[str]
     exit_code: int = 0
-    server: bool = False  # run with PREFECT_API_URL at a running server
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
 
@@ -52,8 +49,6 @@ PAIRS = (  # (case, baseline, goal on the wall-time ratio)
     ("data error, missing file", "import torch", 2.0),
     ("data error, bad column", "import torch", 2.0),
     ("predict 5 rows", "import torch, pandas, safetensors", 1.5),
-    ("cold flows.train, no server", "plain script", 1.5),
-    ("cold flows.train, running server", "plain script", 1.2),
 )
 
 
@@ -72,7 +67,7 @@ def run_once(case: Case, env: dict[str, str]) -> None:
     case.cpu.append(usage.ru_utime + usage.ru_stime)
 
 
-def make_cases(tmp: Path, env: dict[str, str], with_server: bool) -> list[Case]:
+def make_cases(tmp: Path, env: dict[str, str]) -> list[Case]:
     """The cases; trains the bundle predict uses (the untimed first run that migrates PREFECT_HOME)."""
     import pandas as pd
 
@@ -86,8 +81,7 @@ def make_cases(tmp: Path, env: dict[str, str], with_server: bool) -> list[Case]:
     names = load_model(bundle_run / "model").spec.feature_names
     pd.DataFrame(0.5, index=range(5), columns=list(names)).to_csv(tmp / "five.csv", index=False)
     pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [0.0, 1.0, 0.0]}).to_csv(tmp / "nolabel.csv", index=False)
-    runs = tmp / "runs"
-    cases = [
+    return [
         Case("import torch", ["-c", "import torch"]),
         Case("data error, missing file", ["-m", "flows.train", "--set", MISSING], exit_code=3),
         Case("data error, bad column", [
@@ -98,36 +92,22 @@ def make_cases(tmp: Path, env: dict[str, str], with_server: bool) -> list[Case]:
             "-m", "flows.predict", "--model", str(bundle_run / "model"), "--input", str(tmp / "five.csv"),
             "--output", str(tmp / "predictions.csv"),
         ]),
-        Case("plain script", [str(ROOT / "benchmarks" / "plain_train.py"), str(tmp / "plain")]),
-        Case("cold flows.train, no server", ["-m", "flows.train", "--run-dir", str(runs / "{n}")]),
     ]
-    if with_server:
-        cases.append(Case("cold flows.train, running server", ["-m", "flows.train", "--run-dir", str(runs / "{n}")], server=True))
-    return cases
 
 
-def run_benchmark(rounds: int, with_server: bool) -> list[Case]:
+def run_benchmark(rounds: int) -> list[Case]:
     with tempfile.TemporaryDirectory(prefix="feedback-") as name:
         tmp = Path(name)
         env = {k: v for k, v in _env(tmp / "prefect-home").items() if k != "OMP_WAIT_POLICY"}
-        cases = make_cases(tmp, env, with_server)
-        count = 0
+        cases = make_cases(tmp, env)
         for r in range(rounds):
-            order = cases[r % len(cases):] + cases[: r % len(cases)]
-            server = running_server(env) if with_server else None
-            served = server.__enter__() if server is not None else None
-            try:
-                for case in order:
-                    count += 1
-                    timed = Case(case.label, [a.replace("{n}", str(count)) for a in case.args], case.exit_code)
-                    run_once(timed, served if case.server else env)
-                    case.wall += timed.wall
-                    case.cpu += timed.cpu
-                    print(f"  round {r + 1} {case.label}: {timed.wall[0]:.2f} s wall, {timed.cpu[0]:.2f} s CPU",
-                          file=sys.stderr, flush=True)
-            finally:
-                if server is not None:
-                    server.__exit__(None, None, None)
+            for case in cases[r % len(cases):] + cases[: r % len(cases)]:
+                timed = Case(case.label, case.args, case.exit_code)
+                run_once(timed, env)
+                case.wall += timed.wall
+                case.cpu += timed.cpu
+                print(f"  round {r + 1} {case.label}: {timed.wall[0]:.2f} s wall, {timed.cpu[0]:.2f} s CPU",
+                      file=sys.stderr, flush=True)
     return cases
 
 
@@ -156,13 +136,12 @@ def format_report(cases: list[Case], rounds: int) -> str:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.feedback", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 round, no running-server case")
+    parser.add_argument("--quick", action="store_true", help="1 round")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3; --quick 1)")
-    parser.add_argument("--no-server", action="store_true", help="leave out the running-server case")
     parser.add_argument("--output", type=Path, help="also write the markdown report here")
     args = parser.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 3)
-    cases = run_benchmark(rounds, with_server=not (args.quick or args.no_server))
+    cases = run_benchmark(rounds)
     report = format_report(cases, rounds)
     emit_report(report, args.output)
     return report

@@ -11,9 +11,9 @@ Cases, each a fresh process, the order rotating from round to round (F R P, R P 
               `benchmarks.device_selection.cold_run`; its training time is
               read from metrics.json.
   R running   the same cold `python -m flows.train`, with PREFECT_API_URL
-              pointing at a server that is already running (the setup the
-              docs recommend for repeated runs; here Prefect's own
-              server process, started by the benchmark before the run and
+              pointing at a server that is already running (the reusable
+              server of `python -m flows.server start`, the setup for
+              repeated runs, started by the benchmark before the run and
               stopped after it, outside the timing).
   P plain     the same recipe with plain stages, without Prefect, in a fresh
               process (`python -m benchmarks.orchestration --plain-run DIR`):
@@ -34,8 +34,9 @@ Its parts, each measured on its own in a fresh process:
     of each module charged to the nearest enclosing import among prefect,
     torch, sklearn, pandas, matplotlib, our packages (flows, tasks,
     schemas), and the rest;
-  - the temporary server: `SubprocessASGIServer` start (until /health
-    answers) and stop, on the benchmark's already-migrated PREFECT_HOME;
+  - the temporary server: `flows._server.TemporaryServer` start (until
+    /health answers) and stop (until it has exited), on the benchmark's
+    already-migrated PREFECT_HOME;
   - per-task overhead: in one process, against a temporary server, with the
     Prefect settings of `python -m flows.train` (`flows._cli.prefect_session`), a flow
     calling N no-op tasks against the same flow calling none, interleaved;
@@ -55,7 +56,6 @@ import json
 import os
 import re
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from benchmarks._common import emit_report, median, span, timed_stages
+from benchmarks._common import emit_report, median, reusable_server, span, timed_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.20  # Prefect's share of a cold run, at most
@@ -181,20 +181,10 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def running_server(env: dict[str, str]) -> Iterator[dict[str, str]]:
-    """A Prefect server kept running (the temporary server's process, on `env`'s PREFECT_HOME); yields an
-    environment whose PREFECT_API_URL points at it."""
-    from prefect.server.api.server import SubprocessASGIServer
-
-    with _environment(env):  # the server process inherits this environment
-        with socket.socket() as probe:  # a port of its own: SubprocessASGIServer keeps one instance per port
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        server = SubprocessASGIServer(port=port)
-        server.start(timeout=120)
-    try:
-        yield {**env, "PREFECT_API_URL": server.api_url}
-    finally:
-        server.stop()
+    """A Prefect server kept running on `env`'s PREFECT_HOME (`python -m flows.server start`, the user's way);
+    yields an environment whose PREFECT_API_URL points at it."""
+    with reusable_server(env) as api_url:
+        yield {**env, "PREFECT_API_URL": api_url}
 
 
 def plain_run(
@@ -289,10 +279,10 @@ def _group(module: str) -> str | None:
 
 SERVER_SCRIPT = """
 import json, time
-from prefect.server.api.server import SubprocessASGIServer
-server = SubprocessASGIServer()
-t = time.perf_counter(); server.start(); start = time.perf_counter() - t
-t = time.perf_counter(); server.stop(); stop = time.perf_counter() - t
+from flows._server import TemporaryServer
+server = TemporaryServer()
+t = time.perf_counter(); server.start(); server.wait_until_healthy(300); start = time.perf_counter() - t
+t = time.perf_counter(); server.stop(); server.server.process.wait(); stop = time.perf_counter() - t
 print(json.dumps({"start": start, "stop": stop}))
 """
 

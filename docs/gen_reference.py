@@ -41,6 +41,7 @@ COMMANDS = (
     ("flows.train", "Train, evaluate and save one model: the default job and every run config."),
     ("flows.predict", "Predict with a saved bundle, in one process or as a Prefect flow."),
     ("flows.sweep", "Search hyperparameters: many trials of one base config."),
+    ("flows.server", "A reusable local Prefect server that later commands use: start, status, stop."),
     ("deployments.serve", "Serve the deployments (schedules, runs started from the Prefect UI)."),
     ("tasks.data.shapes", "Draw the example image folders the image tutorials train on."),
     ("benchmarks", "Run the performance cases and write benchmarks/results.md."),

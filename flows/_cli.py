@@ -3,31 +3,33 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import gc
 import importlib
 import logging
 import os
 import signal
-import subprocess
 import sys
-import threading
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, Sequence
 
+from flows._server import (
+    ServerStartError, reusable_server_url, server_started, stop_temporary_server, temporary_server,
+)
 from schemas.errors import PipelineError
 
 if TYPE_CHECKING:
-    from prefect.server.api.server import SubprocessASGIServer
-
     from schemas.data import DataConfig
 
 # Modules the training stages import on first use (scikit-learn and matplotlib are
 # imported inside functions; torch.optim pulls in torch's compiler stack when the
-# first optimizer is built): imports that can run while a temporary Prefect
-# server starts, instead of after it.
+# first optimizer is built), and those a flow call imports (Prefect's engines):
+# imports that can run while a temporary Prefect server starts, instead of after it.
 TRAINING_IMPORTS = (
+    "prefect.flow_engine",
+    "prefect.task_engine",
+    "prefect.artifacts",
+    "fastapi.encoders",  # Prefect's flow call encodes parameters with it
     "torch._dynamo",
     "sklearn.datasets",
     "sklearn.impute",
@@ -41,19 +43,22 @@ TRAINING_IMPORTS = (
 
 @contextlib.contextmanager
 def prefect_session(debug: bool, warm_imports: Sequence[str] = ()) -> Iterator[None]:
-    """Prefect settings for a command-line run.
+    """Prefect settings for a command-line run, and the server it talks to.
 
-    With no server set up, Prefect starts a temporary local one. Here it
-    gets time to start on a slow machine, sends no telemetry, and keeps the
-    terminal to our own output: Prefect's console logs are shown with
-    `--debug` or when PREFECT_LOGGING_LEVEL is set. Run logs still reach the
-    Prefect API (and UI) in full.
+    The server is the one Prefect's settings name (PREFECT_API_URL); else a
+    reusable local one (`python -m flows.server start`) while it answers;
+    else a temporary one for this command (flows/_server.py), started by the
+    command's first lines (`flows._server.start_early`) or here, while this
+    thread imports `warm_imports`. It sends no telemetry, and the terminal
+    keeps to our own output: Prefect's console logs are shown with `--debug`
+    or when PREFECT_LOGGING_LEVEL is set. Run logs still reach the Prefect
+    API (and UI) in full.
 
-    In that temporary-server mode the server is started here, in a thread,
-    while this thread imports `warm_imports`; and flow-run heartbeats are off
-    (unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set anywhere): they let a lasting
-    server mark a crashed run, but this server ends with the process, and
-    stopping the heartbeat thread delays the end of each flow run.
+    With our own servers, temporary or reusable, flow-run heartbeats are off
+    (unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set anywhere): they serve an
+    automation that marks silent runs crashed, which a temporary server does
+    not outlive and a reusable one does not have, and stopping the heartbeat
+    thread delays the end of each flow run by up to a second.
     """
     from prefect.logging.handlers import PrefectConsoleHandler
     from prefect.settings import (
@@ -61,156 +66,50 @@ def prefect_session(debug: bool, warm_imports: Sequence[str] = ()) -> Iterator[N
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
         PREFECT_SERVER_ANALYTICS_ENABLED,
         PREFECT_SERVER_EPHEMERAL_ENABLED,
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
         get_current_settings,
         temporary_settings,
     )
 
     updates: dict = {PREFECT_SERVER_ANALYTICS_ENABLED: False}
-    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
-        updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = 90
-    temporary_server = not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value()
-    if temporary_server and "heartbeat_frequency" not in get_current_settings().flows.model_fields_set:
-        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None  # unless set (environment, profile, prefect.toml)
     quiet = not debug and "PREFECT_LOGGING_LEVEL" not in os.environ
     if quiet:
-        # Left quiet until exit: the temporary server logs its shutdown at exit.
+        # Left quiet until exit: Prefect's workers flush their last events and logs at exit.
         for handler in logging.getLogger().handlers:
             if isinstance(handler, PrefectConsoleHandler):
                 handler.setLevel(logging.CRITICAL)
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        stop_temporary_server()  # started on a guess that the settings (prefect.toml, .env) overrule
+    else:
+        url = None if server_started() else reusable_server_url()
+        updates[PREFECT_API_URL] = url or _temporary_server_url(warm_imports, quiet)
+        if "heartbeat_frequency" not in get_current_settings().flows.model_fields_set:
+            updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None  # unless set (environment, profile, prefect.toml)
     with temporary_settings(updates=updates):
-        if temporary_server:
-            _start_temporary_server(warm_imports, quiet)
         yield
 
 
-def _start_temporary_server(warm_imports: Sequence[str], quiet: bool = False) -> None:
-    """Start Prefect's temporary server (as the first flow call would) while importing `warm_imports`.
+def _temporary_server_url(warm_imports: Sequence[str], quiet: bool) -> str:
+    """This process's temporary server's API URL, once it answers; `warm_imports` are imported meanwhile.
 
-    The server is a subprocess that takes a while to become healthy; the
-    imports hold this process's interpreter meanwhile. The flow call then
-    finds the server running (SubprocessASGIServer is one instance per
-    process, and `start` does nothing once it has started).
+    It waits PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS where that is
+    set (environment, profile, prefect.toml), else 90 s (a cold start on a
+    busy machine takes longer than Prefect's default of 20 s).
     """
-    server = _watched_server(quiet)
-    failure: list[BaseException] = []
+    from prefect.settings import get_current_settings
 
-    def start() -> None:
+    ephemeral = get_current_settings().server.ephemeral
+    timeout = ephemeral.startup_timeout_seconds if "startup_timeout_seconds" in ephemeral.model_fields_set else 90
+    server = temporary_server(quiet)
+    for name in warm_imports:
         try:
-            server.start()
-        except BaseException as exc:  # re-raised in the calling thread
-            failure.append(exc)
-
-    # The thread sees this context's settings (the startup timeout) only through a copy of it. A daemon: an
-    # interrupted start (Ctrl-C also stops the server process) must not hold the exit for the whole timeout.
-    thread = threading.Thread(
-        target=contextvars.copy_context().run, args=(start,), name="prefect-server-start", daemon=True
-    )
-    thread.start()
+            importlib.import_module(name)
+        except Exception:  # only a head start: the stage that needs the module reports any problem
+            pass
     try:
-        for name in warm_imports:
-            try:
-                importlib.import_module(name)
-            except Exception:  # only a head start: the stage that needs the module reports any problem
-                pass
-        thread.join()
-    except BaseException:
-        server.stop()
-        thread.join(1)  # interrupted before the thread launched the server process: let it, then stop that
-        server.stop()
-        raise
-    if failure:
-        raise failure[0]
-
-
-def _watched_server(quiet: bool = False) -> "SubprocessASGIServer":
-    """Prefect's temporary server, each process of it in a process group of its own and watched by flows/_watchdog.py.
-
-    Its own group: a Ctrl-C at the terminal (SIGINT to the foreground group)
-    reaches the command only, which then stops the server itself, instead of
-    the server dying mid-write while the command still sends it events. The
-    watchdog stops it should the command be killed outright. With `quiet`,
-    the server's own output (its errors while being stopped with events still
-    to write, say) stays off the terminal, as Prefect's logs do.
-    Prefect keeps one instance per port and its flow calls look it up by
-    port, so an instance made here (port None, as theirs) is the one they use.
-    """
-    import prefect.server.api.server as prefect_server
-
-    class WatchedServer(prefect_server.SubprocessASGIServer):
-        def _run_uvicorn_command(self):  # type: ignore[no-untyped-def]
-            # Prefect builds the command and calls its module's `subprocess.Popen`; only for this call, that
-            # name gives the new process a session (and process group) of its own.
-            prefect_server.subprocess = _OwnSession(quiet)  # type: ignore[assignment]
-            try:
-                process = super()._run_uvicorn_command()
-            finally:
-                prefect_server.subprocess = subprocess
-            _WATCHDOG.watch(process.pid)
-            return process
-
-    return WatchedServer()
-
-
-class _OwnSession:
-    """The `subprocess` module, but `Popen` starts the process in a new session (output discarded if `quiet`)."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(subprocess, name)
-
-    def Popen(self, *args, **kwargs):  # type: ignore[no-untyped-def]  # noqa: N802 (subprocess's name)
-        extra: dict = {"start_new_session": True}
-        if self.quiet:
-            extra.update(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return subprocess.Popen(*args, **{**kwargs, **extra})
-
-
-class ServerWatchdog:
-    """This command's end of flows/_watchdog.py: the write end of a pipe that only this process holds.
-
-    Started with the first server it is told about; when this process ends
-    (kill -9 included), the pipe closes and the watchdog stops the servers.
-    """
-
-    def __init__(self) -> None:
-        self.fd: int | None = None
-        self.process: subprocess.Popen | None = None
-
-    def watch(self, pid: int) -> None:
-        from flows._watchdog import start_time
-
-        line = f"{pid} {start_time(pid)}\n".encode()
-        for _ in range(2):  # a watchdog that already exited (its servers had all stopped): start another
-            if self.fd is None:
-                self._start()
-            assert self.fd is not None
-            try:
-                os.write(self.fd, line)
-                return
-            except BrokenPipeError:
-                os.close(self.fd)
-                self.fd = None
-
-    def _start(self) -> None:
-        read, write = os.pipe()  # not inheritable: later children (the server itself) do not hold the write end
-        try:
-            # its own session: a hang-up of the terminal or a Ctrl-C to the command's group does not end it first
-            self.process = subprocess.Popen(
-                [sys.executable, str(Path(__file__).with_name("_watchdog.py")), str(read)],
-                pass_fds=(read,), stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        except BaseException:
-            os.close(write)
-            raise
-        finally:
-            os.close(read)
-        self.fd = write
-
-
-_WATCHDOG = ServerWatchdog()
+        server.wait_until_healthy(timeout)
+    except ServerStartError as exc:
+        raise PipelineError(str(exc)) from None
+    return server.api_url
 
 
 def exit_quickly(code: int) -> NoReturn:

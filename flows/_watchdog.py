@@ -1,22 +1,23 @@
 """Stop a command's temporary Prefect server when the command is gone, however it ended (kill -9 included).
 
-    python flows/_watchdog.py FD      # started by flows._cli, not by hand; standard library only
+    python flows/_watchdog.py FD      # started by flows._server, not by hand; standard library only
 
-Prefect stops its temporary server when the command exits, on Ctrl-C and on
-SIGTERM (an atexit handler and its signal handling); SIGKILL, or a crash of
-the interpreter, runs none of that, and the server would keep its port and
-database for good. So each command that starts one also starts this small
-process (about 10 MB), handing it the read end of a pipe whose write end only
-the command holds, and writing `PID START_TIME` lines for each server process
-it launches. When the command ends, for any reason, the kernel closes its end
-and the read here returns: every listed server still alive (the same PID with
-the same start time, so a reused PID is never signalled) gets SIGTERM, then
-SIGKILL after GRACE_SECONDS. When all listed servers have exited on their own
-(the normal stop), this process exits too.
+A command stops its temporary server as it exits, on Ctrl-C and on SIGTERM
+too (an atexit handler sends the server SIGTERM and does not wait);
+SIGKILL, or a crash of the interpreter, runs none of that, and the server
+would keep its port and database for good. So each command that starts one
+also starts this small process (about 10 MB), handing it the read end of a
+pipe whose write end only the command holds, and writing `PID START_TIME`
+lines for each server process it launches. When the command ends, for any
+reason, the kernel closes its end and the read here returns: every listed
+server still alive (the same PID with the same start time, so a reused PID
+is never signalled) gets SIGTERM, then SIGKILL after GRACE_SECONDS. When all
+listed servers have exited on their own (the normal stop), this process
+exits too.
 
 Why not PR_SET_PDEATHSIG: it fires when the *thread* that started the child
-exits (the server is started from a helper thread that ends once it is up),
-and it exists only on Linux. A pipe works on every POSIX system.
+exits, not the process, and it exists only on Linux. A pipe works on every
+POSIX system.
 """
 
 from __future__ import annotations

@@ -13,14 +13,67 @@ same command again resumes the sweep there.
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # before torch is first imported: OpenMP reads its wait policy once (tasks/common/omp.py)
-    from tasks.common.omp import passive_openmp_default
-
-    passive_openmp_default()
-
 import argparse
 import time
 from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.sweep",
+        description="Search hyperparameters with Optuna; each trial is a Prefect task run.",
+        epilog="Example: python -m flows.sweep --config configs/sweep_digits.yaml --set n_trials=8 --set parallelism=2",
+    )
+    parser.add_argument("--config", type=Path, required=True, help="sweep YAML (see configs/sweep_digits.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a sweep key (n_trials=8, sampler=random) or a base run key (base.train.epochs=10); repeatable",
+    )
+    parser.add_argument("--sweep-dir", type=Path, help="results and study here (default: sweeps/<name>/); rerun to resume")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved sweep config and exit")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's logs")
+    return parser
+
+
+def start_command(args: argparse.Namespace) -> int | None:
+    """The command's first step, on the schemas alone: its exit code if it runs no flow, else None.
+
+    Run before torch and Prefect are imported: --print-config prints the
+    config, and a config that does not load is reported (one `error:` line)
+    with its exit code, neither starting a Prefect server. For a run, the
+    temporary server starts now (`flows._server.start_early`) and comes up
+    while torch, Prefect and the stages are imported and the data is checked;
+    not when the data file is missing, which the data check then reports.
+    """
+    from flows._cli import run_command
+    from flows._server import start_early
+    from schemas.sweep import load_sweep_config, sweep_to_yaml
+
+    configs: list = []
+
+    def body() -> int:
+        config = load_sweep_config(args.config, args.overrides)
+        if args.print_config:
+            print(sweep_to_yaml(config), end="")
+        else:
+            configs.append(config)
+        return 0
+
+    code = run_command(body, args.debug)
+    if not configs:
+        return code
+    start_early(args.debug, data_path=getattr(configs[0].base.data.source, "path", None))
+    return None
+
+
+if __name__ == "__main__":  # the command: before torch, Prefect and the stages below are imported
+    from flows._cli import exit_quickly
+    from tasks.common.omp import passive_openmp_default
+
+    passive_openmp_default()  # OpenMP reads its wait policy once, when torch loads (tasks/common/omp.py)
+    _code = start_command(build_parser().parse_args())  # --help and a bad option end in parse_args
+    if _code is not None:
+        exit_quickly(_code)
 
 from prefect import flow
 
@@ -112,23 +165,6 @@ def sweep_flow(config: SweepConfig, sweep_dir: OptionalText = "") -> SweepSummar
             warnings=[config.selection_warning] if config.selection_warning else [],
         )
     return summary
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m flows.sweep",
-        description="Search hyperparameters with Optuna; each trial is a Prefect task run.",
-        epilog="Example: python -m flows.sweep --config configs/sweep_digits.yaml --set n_trials=8 --set parallelism=2",
-    )
-    parser.add_argument("--config", type=Path, required=True, help="sweep YAML (see configs/sweep_digits.yaml)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a sweep key (n_trials=8, sampler=random) or a base run key (base.train.epochs=10); repeatable",
-    )
-    parser.add_argument("--sweep-dir", type=Path, help="results and study here (default: sweeps/<name>/); rerun to resume")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved sweep config and exit")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's logs")
-    return parser
 
 
 def resume_hint(sweep_dir: Path | None, argv: list[str] | None) -> str | None:

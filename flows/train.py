@@ -10,13 +10,86 @@ starts a temporary local one, so nothing needs setting up.
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # before torch is first imported: OpenMP reads its wait policy once (tasks/common/omp.py)
-    from tasks.common.omp import passive_openmp_default
-
-    passive_openmp_default()
-
 import argparse
 from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.train",
+        description="Train, evaluate and save a PyTorch model as a Prefect flow.",
+        epilog="Example: python -m flows.train --config configs/iris.yaml --set optimizer.lr=0.01 --set train.epochs=50",
+    )
+    parser.add_argument("--config", type=Path, help="YAML preset (see configs/); default: MLP on digits")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config key, e.g. optimizer.lr=0.01 (repeatable)",
+    )
+    parser.add_argument("--run-dir", type=Path, help="write outputs here instead of runs/<timestamp>-<name>/")
+    parser.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR",
+        help="continue an interrupted run from its last checkpoint (its config, plus any --set)",
+    )
+    parser.add_argument(
+        "--force", action="store_true",
+        help="with --resume: accept a config that differs, or a run that run.json says a live process still runs",
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's logs")
+    return parser
+
+
+def start_command(args: argparse.Namespace) -> int | None:
+    """The command's first step, on the schemas alone: its exit code if it runs no flow, else None.
+
+    Run before torch and Prefect are imported: --print-config prints the
+    config, and a config that does not load is reported (one `error:` line)
+    with its exit code, neither starting a Prefect server. For a run, the
+    temporary server starts now (`flows._server.start_early`) and comes up
+    while torch, Prefect and the stages are imported and the data is checked;
+    not when the data file is missing, which the data check then reports.
+    """
+    from flows._cli import run_command
+    from flows._server import start_early
+    from schemas.loading import config_to_yaml
+
+    configs: list = []
+
+    def body() -> int:
+        config, _ = _load_config(args)
+        if args.print_config:
+            print(config_to_yaml(config), end="")
+        else:
+            configs.append(config)
+        return 0
+
+    code = run_command(body, args.debug)
+    if not configs:
+        return code
+    start_early(args.debug, data_path=getattr(configs[0].data.source, "path", None))
+    return None
+
+
+def _load_config(args: argparse.Namespace) -> tuple[RunConfig, str | None]:
+    """The run's config and its run directory (None: a new one), from the command's arguments."""
+    from schemas.errors import ConfigError
+    from schemas.loading import load_config, resume_config
+
+    if args.resume is not None:
+        if args.run_dir is not None:
+            raise ConfigError("--resume continues RUN_DIR in place; leave out --run-dir")
+        return resume_config(args.resume, args.config, args.overrides, force=args.force), str(args.resume)
+    return load_config(args.config, args.overrides), None if args.run_dir is None else str(args.run_dir)
+
+
+if __name__ == "__main__":  # the command: before torch, Prefect and the stages below are imported
+    from flows._cli import exit_quickly
+    from tasks.common.omp import passive_openmp_default
+
+    passive_openmp_default()  # OpenMP reads its wait policy once, when torch loads (tasks/common/omp.py)
+    _code = start_command(build_parser().parse_args())  # --help and a bad option end in parse_args
+    if _code is not None:
+        exit_quickly(_code)
 
 from prefect import flow
 from prefect.states import Failed
@@ -27,7 +100,7 @@ from flows._cli import (
 from flows._callbacks import PrefectProgress, PrefectReport
 from flows.stages import prefect_stages
 from schemas.errors import ConfigError, PipelineError
-from schemas.loading import config_to_yaml, load_config, resume_config
+from schemas.loading import config_to_yaml
 from schemas.base import OptionalText
 from schemas.run import RunConfig, RunSummary
 from tasks.common.log import pipeline_errors_in_one_line
@@ -157,44 +230,12 @@ def format_summary(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m flows.train",
-        description="Train, evaluate and save a PyTorch model as a Prefect flow.",
-        epilog="Example: python -m flows.train --config configs/iris.yaml --set optimizer.lr=0.01 --set train.epochs=50",
-    )
-    parser.add_argument("--config", type=Path, help="YAML preset (see configs/); default: MLP on digits")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override one config key, e.g. optimizer.lr=0.01 (repeatable)",
-    )
-    parser.add_argument("--run-dir", type=Path, help="write outputs here instead of runs/<timestamp>-<name>/")
-    parser.add_argument(
-        "--resume", type=Path, metavar="RUN_DIR",
-        help="continue an interrupted run from its last checkpoint (its config, plus any --set)",
-    )
-    parser.add_argument(
-        "--force", action="store_true",
-        help="with --resume: accept a config that differs, or a run that run.json says a live process still runs",
-    )
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's logs")
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _OPENED.clear()
 
     def body() -> int:
-        if args.resume is not None:
-            if args.run_dir is not None:
-                raise ConfigError("--resume continues RUN_DIR in place; leave out --run-dir")
-            config = resume_config(args.resume, args.config, args.overrides, force=args.force)
-            run_dir = str(args.resume)
-        else:
-            config = load_config(args.config, args.overrides)
-            run_dir = None if args.run_dir is None else str(args.run_dir)
+        config, run_dir = _load_config(args)
         if args.print_config:
             print(config_to_yaml(config), end="")
             return 0

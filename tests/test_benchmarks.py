@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from benchmarks.train_throughput import Workload, format_report, run_workload
+from tests.conftest import ROOT
 
 
 def test_train_throughput_runs_all_three_cases():
@@ -242,3 +247,66 @@ def test_feedback_benchmark_times_whole_commands_and_reports_each_pair(tmp_path)
     text = format_report(cases, 1)
     assert "| predict 5 rows | 3.50 (3.50-3.50) | 1.00 | import torch, pandas, safetensors | 2.00 (2.00-2.00) | 1.00 | **1.75**" in text
     assert "<= 1.5: NOT met" in text and "| data error, missing file |" in text and "<= 2.0: met" in text
+
+
+# --------------------------------------------------------------------------- start-up and the GPU check
+
+
+def test_the_plain_script_follows_the_default_config():
+    from benchmarks.plain_train import DEFAULTS
+    from schemas.run import RunConfig
+
+    config = RunConfig().model_dump()
+    for key, value in DEFAULTS.items():
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, f"benchmarks/plain_train.py uses {key}={value}; the default is {node}"
+
+
+def test_startup_report_gives_each_pair_its_ratio_and_the_launch_its_goal():
+    from benchmarks.startup import Timed, flow_run_times, format_report
+
+    plain, cold, running = Timed(4.0, 5.0, 1.5, 30), Timed(6.4, 7.0, 1.4, 26), Timed(4.8, 6.0, 1.4, 26)
+    pairs = {"cold": [(plain, cold)] * 3, "running": [(plain, running)] * 3}
+    launch = [(Timed(5.0, 5.0, 1.0, 2), Timed(13.0, 14.0, 1.0, 2))]
+    marks = {"server_start": 0.5, "server_healthy": 5.0, "session": 3.0, "waiting": 4.0, "server_ready": 5.1,
+             "flow_start": 5.3, "flow_end": 6.0, "training": 0.4, "flow_returned": 6.1, "exit": 6.4}
+    profiled = {"cold": marks, "running": {k: v for k, v in marks.items() if not k.startswith("server_")},
+                "server": {"start": 4.5, "stop": 0.2}, "imports flows.train": {"prefect": 1.0, "torch": 1.1},
+                "imports plain": {"torch": 1.1}}
+    text = format_report(pairs, launch, profiled, 3)
+    assert "| **1.60** (1.60-1.60) | <= 1.5: NOT met |" in text  # cold: 6.4 / 4.0
+    assert "| **1.20** (1.20-1.20) | <= 1.25: met |" in text  # running: 4.8 / 4.0
+    assert "**3.00** (3.00-3.00); <= 2.0: NOT met" in text  # (13 - 1) / (5 - 1)
+    assert "| Prefect's server: launched -> answering | 4.50 | - |" in text
+    assert "| imports made while the server starts (session -> waiting) | 1.00 |" in text
+    assert "| waiting for the server (-> it answers) | 1.10 | - |" in text
+    assert flow_run_times(Path("/nonexistent")) == {}
+
+
+def test_the_gpu_check_says_there_is_no_cuda_and_exits_0():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: run python -m benchmarks.gpu_check itself")
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("no CUDA device here") and "nothing to check" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_gpu_checks_rehearsed_on_the_cpu_run_the_real_stages(tmp_path):
+    from benchmarks import gpu_check
+
+    output = tmp_path / "gpu.md"
+    only = "precision,fused optimizer,data on device,resume,throughput"
+    assert gpu_check.main(["--device", "cpu", "--only", only, "--output", str(output)]) == 0
+    rows = [line for line in output.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row.split(" | ")[0].lstrip("| ") for row in rows] == [
+        "precision (CNN)", "fused optimizer (CNN)", "data on device (CNN)",
+        "resume on the device (MLP, cut after epoch 3)", "throughput (CNN)",
+    ]
+    assert not [row for row in rows if "FAILED" in row], rows
+    assert "weights identical; history identical" in output.read_text()

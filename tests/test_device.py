@@ -411,7 +411,7 @@ def spy(name, *args, **kwargs):
         seen.append(os.environ.get("OMP_WAIT_POLICY"))
     return real_import(name, *args, **kwargs)
 builtins.__import__ = spy
-sys.argv = [sys.argv[1], "--help"]
+sys.argv = sys.argv[1:]
 try:
     runpy.run_module(sys.argv[0], run_name="__main__")
 except SystemExit:
@@ -420,7 +420,18 @@ print([seen, os.environ.get("OMP_WAIT_POLICY")])  # what torch saw here; what ch
 """
 
 
-@pytest.mark.parametrize("module", ["flows.train", "flows.sweep", "flows.predict", "deployments.serve"])
+MISSING_DATA = "data.source={kind: csv, path: missing.csv, target: y}"
+# Arguments that make each command import torch and stop: --help, or for the flows (which answer --help before
+# importing torch) a run whose data file is missing, reported by the data check after the imports.
+ARGUMENTS = {
+    "flows.train": ["--set", MISSING_DATA],
+    "flows.sweep": ["--config", "configs/sweep_digits.yaml", "--set", f"base.{MISSING_DATA}"],
+    "flows.predict": ["--help"],
+    "deployments.serve": ["--help"],
+}
+
+
+@pytest.mark.parametrize("module", list(ARGUMENTS))
 @pytest.mark.parametrize("user", [None, "ACTIVE"])
 def test_every_entry_point_sets_a_passive_openmp_wait_before_torch_loads(module, user):
     import os
@@ -433,8 +444,8 @@ def test_every_entry_point_sets_a_passive_openmp_wait_before_torch_loads(module,
     if user:
         env["OMP_WAIT_POLICY"] = user
     out = subprocess.run(
-        [sys.executable, "-c", POLICY_AT_TORCH_IMPORT, module], env={**env, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", POLICY_AT_TORCH_IMPORT, module, *ARGUMENTS[module]],
+        env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     seen, inherited = eval(out.stdout.strip().splitlines()[-1])
     expected = user or "PASSIVE"

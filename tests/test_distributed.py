@@ -90,6 +90,32 @@ def test_a_global_batch_smaller_than_the_ranks_is_refused_before_launching():
         train_model(parts, data, cfg.train, CPU, cfg.seed)
 
 
+def test_the_ranks_do_not_run_the_command_module_again(monkeypatch):
+    """Under `python -m flows.train`, spawn would import the flow module (and Prefect) again in every rank."""
+    import importlib.machinery
+    import multiprocessing.spawn
+    import types
+
+    from tasks.common.processes import workers_skip_the_command_module
+
+    def preparation() -> dict:
+        data = multiprocessing.spawn.get_preparation_data("rank")
+        return {k: v for k, v in data.items() if k.startswith("init_main")}
+
+    command = types.ModuleType("__main__")
+    command.__spec__ = importlib.machinery.ModuleSpec("flows.train", None)
+    monkeypatch.setitem(sys.modules, "__main__", command)
+    assert preparation() == {"init_main_from_name": "flows.train"}
+    with workers_skip_the_command_module():
+        assert preparation() == {}
+    assert sys.modules["__main__"] is command
+    script = types.ModuleType("__main__")  # a user's script: it may define what the ranks unpickle
+    script.__spec__ = importlib.machinery.ModuleSpec("my_training", None)
+    monkeypatch.setitem(sys.modules, "__main__", script)
+    with workers_skip_the_command_module():
+        assert preparation() == {"init_main_from_name": "my_training"}
+
+
 def test_one_process_is_the_plain_loop():
     result, _ = train(config(**{"train.distributed.nproc_per_node": "1"}))
     assert result.ranks == 1

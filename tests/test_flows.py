@@ -292,7 +292,7 @@ def test_cli_session_starts_a_temporary_server_early_only_when_none_is_set_up(pr
     import flows._cli as cli
 
     started = []
-    monkeypatch.setattr(cli, "_start_temporary_server", lambda warm, quiet=False: started.append(tuple(warm)))
+    monkeypatch.setattr(cli, "_temporary_server_url", lambda warm, quiet=False: (started.append(tuple(warm)), "x")[1])
     monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         with cli.prefect_session(False, cli.TRAINING_IMPORTS):

@@ -214,10 +214,7 @@ def test_worker_processes_of_a_command_do_not_run_its_module_again():
 
 # Modules that still use a private name of Prefect, each with the change that removes it. The test fails
 # for any other module, and for a module listed here that no longer does: then remove it from this list.
-PRIVATE_PREFECT_ALLOWED = {
-    "flows/_cli.py": "overrides SubprocessASGIServer._run_uvicorn_command and patches its module's subprocess; "
-    "the temporary server through Prefect's public API (#27, branch i27-startup) removes both",
-}
+PRIVATE_PREFECT_ALLOWED: dict[str, str] = {}
 
 
 def _private(name: str) -> bool:

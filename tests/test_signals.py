@@ -297,7 +297,7 @@ def _training_with_a_temporary_server(tmp_path: Path) -> tuple[subprocess.Popen,
         time.sleep(0.2)
     started = _descendants(process.pid)
     commands = [Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode() for p in started]
-    assert any("uvicorn" in c for c in commands) and any("_watchdog.py" in c for c in commands), commands
+    assert any("prefect server start" in c for c in commands) and any("_watchdog.py" in c for c in commands), commands
     for pid, command in zip(started, commands):  # each in a process group of its own, not the command's
         assert os.getpgid(pid) == pid != process.pid, command
     return process, started
@@ -342,7 +342,7 @@ def test_ctrl_c_to_the_process_group_exits_130_and_leaves_no_process(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads start times from /proc")
 def test_the_watchdog_stops_its_servers_when_the_pipe_closes_and_spares_a_reused_pid(tmp_path):
-    from flows._cli import ServerWatchdog
+    from flows._server import ServerWatchdog
     from flows._watchdog import start_time
 
     server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
@@ -365,7 +365,7 @@ def test_the_watchdog_stops_its_servers_when_the_pipe_closes_and_spares_a_reused
 
 
 def test_the_watchdog_exits_by_itself_once_its_servers_stopped():
-    from flows._cli import ServerWatchdog
+    from flows._server import ServerWatchdog
 
     server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
     watchdog = ServerWatchdog()
