@@ -33,6 +33,20 @@ MAX_IMAGE_PIXELS = 89_478_485
 # Decoding holds about this many bytes per declared pixel at once (RGBA, then
 # the converted copy); more than the available memory is refused too.
 IMAGE_DECODE_BYTES_PER_PIXEL = 8
+# Files read whole (schemas.reading.read_input_bytes): a config or sweep YAML file, a bundle's config.yaml.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+# A bundle's bundle.json: its data spec holds the vocabularies of a table's category columns.
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+# JSON the pipeline reads back (bundle.json, its own records): nested deeper than this is refused.
+MAX_JSON_DEPTH = 64
+# The pipeline's own small records in its folders and caches (run.json, result.json, a verified-weights record).
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+# Reading a CSV table holds about this many bytes of memory per byte of the file (parsed columns and buffers).
+TABLE_BYTES_PER_FILE_BYTE = 2
+# A sweep parameter's choices: more is a range in disguise (and each is checked against the run schema).
+MAX_SWEEP_CHOICES = 1_000
+# Prefect's default bound on a flow run's parameters, JSON-serialized (server.api.max_parameter_size).
+PREFECT_MAX_PARAMETER_BYTES = 524_288
 # Run and sweep names (they name folders): a letter or digit, then letters, digits, _ . -; this many at most.
 MAX_NAME_CHARS = 64
 NAME_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_NAME_CHARS - 1}}}$"

@@ -9,6 +9,7 @@ value given and what was expected.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -18,7 +19,8 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.base import union_discriminator
 from schemas.errors import ConfigError, first_line
-from schemas.limits import MAX_ALIAS_EXPANSION, MAX_YAML_DEPTH, clip_text
+from schemas.limits import MAX_ALIAS_EXPANSION, MAX_CONFIG_BYTES, MAX_YAML_DEPTH, clip_text
+from schemas.reading import read_input_bytes
 from schemas.keys import (
     DOTTED_KEY,
     dump_diff,
@@ -139,10 +141,9 @@ def _join(path: str, key: str) -> str:
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping; errors name the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    text = read_input_bytes(path, "config file", ConfigError, MAX_CONFIG_BYTES)  # a FIFO, folder or loop: named
     try:
-        data = load_yaml(path.read_text(encoding="utf-8"))
+        data = load_yaml(text.decode("utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -240,7 +241,7 @@ def resume_config(
     unless `force`.
     """
     saved_file = Path(run_dir) / "config.yaml"
-    if not saved_file.is_file():
+    if not os.path.lexists(saved_file):
         raise ConfigError(f"--resume {run_dir}: no run there (config.yaml is missing)")
     saved = load_config(saved_file)
     base = read_yaml_mapping(path) if path is not None else saved.model_dump(mode="json")

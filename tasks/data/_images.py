@@ -38,6 +38,7 @@ augmentation and the streamed training batches in `_image_batches.py`.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -54,6 +55,7 @@ from schemas.data import (
     SplitConfig,
 )
 from schemas.errors import ConfigError, DataError, first_line
+from tasks.common.files import check_input_file
 from tasks.common.log import say
 from tasks.data._image_batches import (
     ImageRows,
@@ -324,9 +326,10 @@ def _prepare_lazy(listing: Listing, config: DataConfig, seed: int) -> PreparedDa
 def prediction_images(path: Path) -> tuple[list[Path], list[str]]:
     """The images to predict: one file, or every image below a folder (sorted), with display names."""
     path = Path(path)
-    if not path.exists():
+    if not os.path.lexists(path):
         raise DataError(f"input not found: {path}")
-    if path.is_file():
+    if not os.path.isdir(path):
+        check_input_file(path, "image file", DataError)  # a FIFO, device or link loop is named, never opened
         if not is_image_file(path):
             raise DataError(f"{path}: not an image file; expected a name ending in {', '.join(IMAGE_SUFFIXES)}")
         return [path], [str(path)]

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -28,7 +27,8 @@ from typing import Any, Iterator, Protocol
 
 from schemas.errors import ConfigError
 from tasks.common.files import (
-    MARKER, TMP_GLOB, describe_contents, marker_kind, process_running, process_start_time, write_json, write_marker,
+    MARKER, TMP_GLOB, check_input_file, describe_contents, marker_kind, process_running, process_start_time,
+    read_json, write_json, write_marker,
 )
 
 DEFAULT_ROOT = Path("runs")
@@ -85,12 +85,15 @@ def open_run_dir_for_resume(run_dir: str | Path, bundle_dirname: str = "model", 
     process still runs is refused; with `force`, resumed with a warning.
     """
     path = Path(run_dir).expanduser().resolve()
-    if not (path / "config.yaml").is_file():
+    if not os.path.lexists(path / "config.yaml"):
         raise ConfigError(f"--resume {path}: no run there (config.yaml is missing)")
+    check_input_file(path / "config.yaml", "run config", ConfigError)
     _check_run_folder(path)
+    if os.path.lexists(path / RUN_STATE):
+        check_input_file(path / RUN_STATE, "run state file", ConfigError)  # a FIFO or device: named, not skipped
     try:
         state = read_run_state(path)
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         state = {}
     if state.get("state") == "completed":
         raise ConfigError(f"--resume {path}: the run already completed; start a new run instead")
@@ -222,8 +225,8 @@ def mark_finished(run_dir: Path, error: BaseException | None = None) -> None:
 def _record_finish(run_dir: Path, error: BaseException | None) -> None:
     path = run_dir / RUN_STATE
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        state = read_run_state(run_dir)
+    except (OSError, ValueError):
         state = {}
     state.update({"state": "completed" if error is None else "failed", "finished_at": _now()})
     if error is not None:
@@ -236,4 +239,8 @@ def _record_finish(run_dir: Path, error: BaseException | None) -> None:
 
 
 def read_run_state(run_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / RUN_STATE).read_text(encoding="utf-8"))
+    """run.json of `run_dir`; a ConfigError (a ValueError) naming it when it is not a regular file or not JSON."""
+    state = read_json(Path(run_dir) / RUN_STATE, "run state file", ConfigError)
+    if not isinstance(state, dict):
+        raise ConfigError(f"{Path(run_dir) / RUN_STATE}: expected a JSON object of the run's state")
+    return state

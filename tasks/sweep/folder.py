@@ -18,17 +18,18 @@
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from schemas.data import DataSpec
 from schemas.errors import ConfigError
 from schemas.sweep import SweepConfig, load_sweep_config, sweep_diff, sweep_to_yaml
 from tasks.common.files import (
-    MARKER, TMP_GLOB, atomic_write_text, describe_contents, marker_kind, write_json, write_marker,
+    MARKER, TMP_GLOB, atomic_write_text, check_input_file, describe_contents, marker_kind, read_json, write_json,
+    write_marker,
 )
 from tasks.run.rundir import RUN_STATE, read_run_state, running_elsewhere
 from tasks.run.tracking import TRACKING_FILE
@@ -165,18 +166,24 @@ def _check_resumable(path: Path, config: SweepConfig, spec: DataSpec) -> None:
             f"sweep dir {path} holds a sweep with another config ({listed}{more}); resuming it would mix "
             "two searches. Use another --sweep-dir, or the recorded config"
         )
-    try:
-        recorded = json.loads((path / DATA_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    recorded: Any = {}
+    if os.path.lexists(path / DATA_FILE):
+        try:
+            recorded = read_json(path / DATA_FILE, "sweep data record", ConfigError)  # a FIFO or device: refused
+        except FileNotFoundError:
+            pass
+    if not isinstance(recorded, dict):
         recorded = {}
     if recorded.get("data_hash") not in (None, spec.data_hash):
         raise ConfigError(
             f"sweep dir {path}: the data changed since the sweep started (content hash "
             f"{recorded['data_hash'][:12]} then, {spec.data_hash[:12]} now); use another --sweep-dir"
         )
+    if os.path.lexists(path / RUN_STATE):
+        check_input_file(path / RUN_STATE, "run state file", ConfigError)
     try:
         state = read_run_state(path)
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         state = {}
     pid = running_elsewhere(state)
     if pid is not None:
