@@ -35,6 +35,11 @@ class PretrainedFields(StrictModel):
         "state dict (.safetensors, or .pt read with weights_only). Loaded by tensor name; a head whose size "
         "differs is re-initialised.",
     )
+    init_cast: bool = Field(
+        False,
+        description="Cast init_from tensors that are not floating point (int8, bool) into the model's float weights; "
+        "by default they are refused (quantized codes copied as weights train from nonsense).",
+    )
     init_strict: bool = Field(
         True, description="A tensor outside the head whose shape differs from init_from's is an error (false: keep it fresh)."
     )
