@@ -13,7 +13,11 @@ PREFECT_API_URL must be set.
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # before torch is first imported: OpenMP reads its wait policy once (tasks/common/omp.py)
+if __name__ == "__main__":  # before any other import: no module from the working directory (flows/_import_path.py)
+    from flows._import_path import working_directory_off_path
+
+    working_directory_off_path()
+    # before torch is first imported: OpenMP reads its wait policy once (tasks/common/omp.py)
     from tasks.common.omp import passive_openmp_default
 
     passive_openmp_default()

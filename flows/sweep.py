@@ -13,6 +13,11 @@ same command again resumes the sweep there.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before any other import: no module from the working directory (flows/_import_path.py)
+    from flows._import_path import working_directory_off_path
+
+    working_directory_off_path()
+
 import argparse
 import time
 from pathlib import Path

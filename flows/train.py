@@ -10,6 +10,11 @@ starts a temporary local one, so nothing needs setting up.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before any other import: no module from the working directory (flows/_import_path.py)
+    from flows._import_path import working_directory_off_path
+
+    working_directory_off_path()
+
 import argparse
 from pathlib import Path
 
