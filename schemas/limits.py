@@ -21,6 +21,8 @@ MAX_ALIAS_EXPANSION = 10_000
 MAX_YAML_DEPTH = 100
 # Error messages quote at most this many characters of any value the user gave.
 MAX_QUOTED_CHARS = 200
+# A config error lists at most this many problems, then says how many more there are.
+MAX_ERROR_LINES = 20
 # Feature values (raw, at training and at prediction) beyond +-this are refused:
 # float32, the model's precision, ends at 3.4e38, and the scaler squares values.
 MAX_ABS_FEATURE = 1e30
@@ -33,8 +35,9 @@ MAX_IMAGE_PIXELS = 89_478_485
 # Decoding holds about this many bytes per declared pixel at once (RGBA, then
 # the converted copy); more than the available memory is refused too.
 IMAGE_DECODE_BYTES_PER_PIXEL = 8
-# Files read whole (schemas.reading.read_input_bytes): a config or sweep YAML file, a bundle's config.yaml.
-MAX_CONFIG_BYTES = 16 * 1024 * 1024
+# A config or sweep YAML file, a bundle's config.yaml (read whole; a real one is a few kilobytes, and checking
+# YAML's node graph costs about 3 s a megabyte).
+MAX_CONFIG_BYTES = 1_000_000
 # A bundle's bundle.json: its data spec holds the vocabularies of a table's category columns.
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 # JSON the pipeline reads back (bundle.json, its own records): nested deeper than this is refused.
@@ -43,6 +46,9 @@ MAX_JSON_DEPTH = 64
 MAX_RECORD_BYTES = 16 * 1024 * 1024
 # Reading a CSV table holds about this many bytes of memory per byte of the file (parsed columns and buffers).
 TABLE_BYTES_PER_FILE_BYTE = 2
+# Hidden layers, conv blocks or ResNet stages a built-in model may have: deeper ones train for hours per epoch
+# on the machines these models are for, and a typo ([64] * 10000) should not start.
+MAX_LAYERS = 256
 # A sweep parameter's choices: more is a range in disguise (and each is checked against the run schema).
 MAX_SWEEP_CHOICES = 1_000
 # Prefect's default bound on a flow run's parameters, JSON-serialized (server.api.max_parameter_size).

@@ -71,12 +71,36 @@ def load_yaml(text: str) -> Any:
 def check_yaml_nodes(root: yaml.Node) -> None:
     """Raise a YAMLError for duplicate keys, deep nesting, or aliases that expand too far."""
     seen: set[int] = set()
-    _visit(root, "", 0, seen)
+    _visit(root, _Where(None, None), 0, seen)
     limit = len(seen) + MAX_ALIAS_EXPANSION
-    _expanded_size(root, "", {}, set(), limit, 0)
+    _expanded_size(root, _Where(None, None), {}, set(), limit, 0)
 
 
-def _visit(node: yaml.Node, path: str, depth: int, seen: set[int]) -> None:
+class _Where:
+    """Where a node sits (`train.epochs`, `space.lr[2]`), spelled out only for a message."""
+
+    __slots__ = ("parent", "key")
+
+    def __init__(self, parent: "_Where | None", key: "yaml.Node | int | None") -> None:
+        self.parent, self.key = parent, key
+
+    def __bool__(self) -> bool:  # the document itself is not a key
+        return self.key is not None
+
+    def __str__(self) -> str:
+        parts: list[str] = []
+        where: _Where | None = self
+        while where is not None and where.key is not None:
+            key = where.key
+            if isinstance(key, int):
+                parts.append(f"[{key}]")
+            else:
+                parts.append("." + (clip_text(str(key.value), 40) if isinstance(key, yaml.ScalarNode) else "?"))
+            where = where.parent
+        return "".join(reversed(parts)).lstrip(".")
+
+
+def _visit(node: yaml.Node, path: _Where, depth: int, seen: set[int]) -> None:
     if id(node) in seen:
         return
     seen.add(id(node))
@@ -92,13 +116,14 @@ def _visit(node: yaml.Node, path: str, depth: int, seen: set[int]) -> None:
                 continue
             if (key_node.tag, key_node.value) in keys:
                 raise ConstructorError(
-                    None, None, f"duplicate key {_join(path, key_node.value)}; each key may appear once in a mapping",
+                    None, None, f"duplicate key {_Where(path, key_node)}; each key may appear once in a mapping",
                     key_node.start_mark,
                 )
             keys.add((key_node.tag, key_node.value))
 
 
-def _expanded_size(node: yaml.Node, path: str, sizes: dict[int, int], active: set[int], limit: int, depth: int) -> int:
+def _expanded_size(node: yaml.Node, path: _Where, sizes: dict[int, int], active: set[int], limit: int,
+                   depth: int) -> int:
     """How many values `node` holds once every alias is expanded; memoized, so shared nodes cost nothing."""
     if id(node) in sizes:
         return sizes[id(node)]
@@ -121,21 +146,17 @@ def _expanded_size(node: yaml.Node, path: str, sizes: dict[int, int], active: se
     return size
 
 
-def _children(node: yaml.Node, path: str) -> list[tuple[str, yaml.Node]]:
-    """(path of the child, child) for a mapping's keys and values or a sequence's items."""
+def _children(node: yaml.Node, path: _Where) -> list[tuple[_Where, yaml.Node]]:
+    """(where the child sits, child) for a mapping's keys and values or a sequence's items."""
     if isinstance(node, yaml.SequenceNode):
-        return [(f"{path}[{i}]", child) for i, child in enumerate(node.value)]
+        return [(_Where(path, i), child) for i, child in enumerate(node.value)]
     if isinstance(node, yaml.MappingNode):
-        pairs: list[tuple[str, yaml.Node]] = []
+        pairs: list[tuple[_Where, yaml.Node]] = []
         for key_node, value_node in node.value:
-            label = _join(path, clip_text(str(key_node.value), 40) if isinstance(key_node, yaml.ScalarNode) else "?")
-            pairs += [(label, key_node), (label, value_node)]
+            where = _Where(path, key_node)
+            pairs += [(where, key_node), (where, value_node)]
         return pairs
     return []
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from schemas.base import StrictModel
+from schemas.limits import MAX_LAYERS
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +69,7 @@ class MLPConfig(PretrainedFields):
 
     kind: Literal["mlp"] = Field("mlp", description=MODEL_KINDS)
     hidden_sizes: tuple[Annotated[int, Field(ge=1, le=65536)], ...] = Field(
-        (128, 64), description="Width of each hidden layer."
+        (128, 64), max_length=MAX_LAYERS, description="Width of each hidden layer."
     )
     activation: Activation = Field("relu", description="Activation after each hidden layer.")
     dropout: float = Field(
@@ -82,7 +83,7 @@ class CNNConfig(PretrainedFields):
 
     kind: Literal["cnn"] = Field("cnn", description=MODEL_KINDS)
     channels: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
-        (16, 32), min_length=1, description="Output channels of each conv block."
+        (16, 32), min_length=1, max_length=MAX_LAYERS, description="Output channels of each conv block."
     )
     kernel_size: int = Field(3, ge=1, le=11, description="Convolution kernel size.")
     hidden: int = Field(64, ge=1, le=65536, description="Width of the dense layer before the head.")
@@ -109,7 +110,7 @@ class ResNetConfig(PretrainedFields):
 
     kind: Literal["resnet"] = Field("resnet", description=MODEL_KINDS)
     channels: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
-        (16, 32, 64), min_length=1, description="Channels of each stage."
+        (16, 32, 64), min_length=1, max_length=MAX_LAYERS, description="Channels of each stage."
     )
     blocks_per_stage: int = Field(1, ge=1, le=16, description="Basic blocks (two 3x3 convs and a shortcut) per stage.")
 
