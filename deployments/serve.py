@@ -32,6 +32,7 @@ import yaml
 
 from deployments.definitions import DEPLOYMENTS, ROOT, DeploymentSpec, find
 from flows._cli import run_command
+from flows._preflight import check_api_reachable
 from schemas.errors import ConfigError
 from tasks.common.files import atomic_write_text
 
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         from prefect import serve
 
+        check_api_reachable()  # one line naming the address, not a traceback after the first request
         deployments = [build(spec) for spec in specs]
         serve(*deployments)
         return 0
