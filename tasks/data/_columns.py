@@ -14,6 +14,7 @@ column problems in the same message.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,10 +133,11 @@ def plan_table(
         raise DataError(f"{label}: has a header but no data rows")
     columns = [str(c) for c in frame.columns]
     frame = frame.set_axis(columns, axis=1)
-    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    repeated = sorted(c for c, n in Counter(columns).items() if n > 1)  # linear: a table may have 100,000 columns
     if repeated:
-        raise DataError(f"{label}: the table repeats column name(s) {', '.join(map(repr, repeated))}; "
-                        "each column needs a unique name")
+        more = f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
+        raise DataError(f"{label}: the table repeats column name(s) "
+                        f"{', '.join(repr(clip_text(c, 80)) for c in repeated[:10])}{more}; each column needs a unique name")
     target = source.target
     if target not in columns:
         raise DataError(f"{label}: target column {target!r} not found; columns are: {', '.join(columns)}")
