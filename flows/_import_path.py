@@ -15,9 +15,9 @@ training ranks, Dask workers), so they never add it either.
 
 The project's own packages stay importable: with `pip install -e .` or an
 install they are found without the working directory; run from a checkout
-without an install, the checkout's root is appended at the end of the path,
-after the standard library and the installed packages, so it cannot stand
-in for any of them.
+that is not the installed one (or with no install), the checkout's root is
+appended at the end of the path, after the standard library and the
+installed packages, so it cannot stand in for any of them.
 
 What this cannot reach: the modules Python imports before the entry point's
 first line (`python -m` imports `importlib.machinery` itself, from the
@@ -51,9 +51,16 @@ def working_directory_off_path() -> list[str]:
                 sys.path.remove(entry)
                 removed.append(entry)
     os.environ.setdefault("PYTHONSAFEPATH", "1")
-    if importlib.util.find_spec("schemas") is None and str(PROJECT_ROOT) not in sys.path:
-        sys.path.append(str(PROJECT_ROOT))
+    if not _found_in_project("schemas") and str(PROJECT_ROOT) not in sys.path:
+        sys.path.append(str(PROJECT_ROOT))  # after the standard library and the installed packages
     return removed
+
+
+def _found_in_project(package: str) -> bool:
+    """Whether importing `package` would take it from this checkout (not another one's install, or nowhere)."""
+    spec = importlib.util.find_spec(package)
+    where = spec and (spec.origin or next(iter(spec.submodule_search_locations or ()), None))
+    return bool(where) and Path(where).resolve().is_relative_to(PROJECT_ROOT)
 
 
 def _real(path: str) -> str | None:
