@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.base import union_discriminator
 from schemas.errors import ConfigError, first_line
-from schemas.limits import MAX_ALIAS_EXPANSION, MAX_CONFIG_BYTES, MAX_YAML_DEPTH, clip_text
+from schemas.limits import MAX_ALIAS_EXPANSION, MAX_CONFIG_BYTES, MAX_YAML_DEPTH, clip_text, quote
 from schemas.reading import read_input_bytes
 from schemas.keys import (
     DOTTED_KEY,
@@ -269,7 +269,8 @@ def resume_config(
     config = validate_config(apply_overrides(base, overrides), source=str(path or saved_file))
     changes = [c for c in config_diff(saved, config) if not resume_safe(c[0], RESUME_SAFE)]
     if changes and not force:
-        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
+        listed = "; ".join(f"{clip_text(key, 120)}: {quote(old, 80)} -> {quote(new, 80)}" for key, old, new in changes[:10])
+        listed += f" and {len(changes) - 10} more" if len(changes) > 10 else ""
         raise ConfigError(
             f"--resume {run_dir}: config differs from the run's in {listed}. "
             "Resuming with another config would not reproduce the run; pass --force to resume anyway"
