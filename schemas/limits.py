@@ -45,6 +45,9 @@ MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 MAX_JSON_DEPTH = 64
 # The pipeline's own small records in its folders and caches (run.json, result.json, a verified-weights record).
 MAX_RECORD_BYTES = 16 * 1024 * 1024
+# Columns of a CSV or Parquet table: each is judged, encoded and scaled one by one (20,000 take about a minute
+# on 2 cores); wider numeric data belongs in an NPZ array.
+MAX_TABLE_COLUMNS = 20_000
 # Reading a CSV table holds about this many bytes of memory per byte of the file (parsed columns and buffers).
 TABLE_BYTES_PER_FILE_BYTE = 2
 # Hidden layers, conv blocks or ResNet stages a built-in model may have: deeper ones train for hours per epoch

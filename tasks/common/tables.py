@@ -9,6 +9,7 @@ Shared by the data stage (training data) and the bundle and predict flow
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import zipfile
@@ -19,7 +20,9 @@ import numpy as np
 import pandas as pd
 
 from schemas.errors import DataError, first_line
-from schemas.limits import TABLE_BYTES_PER_FILE_BYTE, available_memory_bytes, clip_text, format_bytes
+from schemas.limits import (
+    MAX_TABLE_COLUMNS, TABLE_BYTES_PER_FILE_BYTE, available_memory_bytes, clip_text, format_bytes,
+)
 from schemas.reading import check_fits_memory, check_input_file
 
 
@@ -39,8 +42,8 @@ def read_table(path: Path, kind: str) -> pd.DataFrame:
         check_parquet(path)
     try:
         if kind == "csv":
+            check_unique_header(path)  # before pandas, which renames a repeated column (slowly, for many) and reads on
             frame = pd.read_csv(path)
-            check_unique_header(path)
         else:
             frame = pd.read_parquet(path)
     except pd.errors.EmptyDataError:
@@ -64,15 +67,36 @@ def check_unique_header(path: Path) -> None:
     pandas renames a repeated `a` to `a.1`, which would then be read as
     another feature; the header row itself is what to check.
     """
-    first = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
-    header = [str(name) for name in first.iloc[0]] if len(first) else []
+    header = _csv_header(path)
+    check_column_count(path, len(header))
     seen: dict[str, list[int]] = {}
     for i, name in enumerate(header):
         seen.setdefault(name, []).append(i + 1)
     repeated = [(name, places) for name, places in seen.items() if len(places) > 1 and name != ""]
     if repeated:
-        listed = "; ".join(f"{clip_text(name, 80)!r} (columns {', '.join(map(str, places))})" for name, places in repeated[:5])
+        listed = "; ".join(
+            f"{clip_text(name, 80)!r} (columns {', '.join(map(str, places[:10]))}{' ...' if len(places) > 10 else ''})"
+            for name, places in repeated[:5]
+        )
         raise DataError(f"{path}: the header repeats column name(s) {listed}; each column needs a unique name")
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The column names of a CSV file's first non-blank row, read with the csv module (pandas' quoting rules)."""
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+        for row in csv.reader(handle):
+            if any(cell.strip() for cell in row):
+                return row
+    return []
+
+
+def check_column_count(path: Path, count: int) -> None:
+    """A DataError when a table has more columns than MAX_TABLE_COLUMNS (each is judged, encoded and scaled)."""
+    if count > MAX_TABLE_COLUMNS:
+        raise DataError(
+            f"{path}: {count:,} columns, more than the {MAX_TABLE_COLUMNS:,} a table may have; for wide numeric "
+            "data (pixels, counts) use an NPZ file with X (rows x features) and y"
+        )
 
 
 def check_readable(path: Path) -> os.stat_result:
@@ -100,6 +124,7 @@ def check_parquet(path: Path) -> None:
         raise DataError(f"{path}: not a readable Parquet file: {first_line(exc)}") from None
     with parquet:
         schema = parquet.schema_arrow
+        check_column_count(path, len(schema))
         nested = [f"{clip_text(field.name, 80)!r} ({clip_text(str(field.type), 80)})" for field in schema
                   if pa.types.is_nested(field.type)]
         if nested:

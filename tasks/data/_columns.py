@@ -139,12 +139,14 @@ def plan_table(
         raise DataError(f"{label}: the table repeats column name(s) "
                         f"{', '.join(repr(clip_text(c, 80)) for c in repeated[:10])}{more}; each column needs a unique name")
     target = source.target
-    if target not in columns:
-        raise DataError(f"{label}: target column {target!r} not found; columns are: {', '.join(columns)}")
+    present = set(columns)
+    if target not in present:
+        shown = ", ".join(clip_text(c, 80) for c in columns[:50]) + (f" and {len(columns) - 50} more" if len(columns) > 50 else "")
+        raise DataError(f"{label}: target column {clip_text(target, 80)!r} not found; columns are: {shown}")
     problems, notes = _unknown_names(source, columns), []
     skip = {target, *source.id_columns, *source.exclude}
     picked = source.features is not None
-    candidates = [c for c in (source.features if picked else columns) if c not in skip and c in columns]
+    candidates = [c for c in (source.features if picked else columns) if c not in skip and c in present]
     features, free_text, dated = [], [], []
     for name in candidates:
         kind, problem = _column_kind(frame[name], name, picked, source, config)
@@ -174,7 +176,8 @@ def plan_table(
         problems += target_problems(frame[target].to_numpy()[keep], target, config)
     if problems:
         raise DataError(f"{label}: {joined(problems)}")
-    left_out = tuple(c for c in columns if c not in skip and c not in dict(features))
+    used = dict(features)
+    left_out = tuple(c for c in columns if c not in skip and c not in used)
     return TablePlan(tuple(features), tuple(source.id_columns), left_out, tuple(notes), keep)
 
 
