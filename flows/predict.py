@@ -63,13 +63,13 @@ def check_output(output: Path, input: Path, model: Path) -> str:
     if output.is_dir():
         raise ConfigError(f"--output {output}: is a directory; give a file name")
     _check_output_place(output)
-    target = output.expanduser().resolve()
-    source = input.expanduser().resolve()
+    target = _real(output)
+    source = _real(input)
     if target == source or (target.exists() and source.is_file() and target.samefile(source)):
         raise ConfigError(f"--output {output}: is the --input file; predictions would replace their input; give another name")
     if source.is_dir() and target.is_relative_to(source):
         raise ConfigError(f"--output {output}: is inside the --input folder {input}; write it elsewhere")
-    bundle = model.expanduser().resolve()
+    bundle = _real(model)
     if target.is_relative_to(bundle) or (target.exists() and _same_as_a_file_in(target, bundle)):
         raise ConfigError(f"--output {output}: is inside the --model bundle {model}, which it would damage; write it elsewhere")
     kind = OUTPUT_KIND.get(output.suffix.lower())
@@ -77,6 +77,11 @@ def check_output(output: Path, input: Path, model: Path) -> str:
         found = f"extension {output.suffix!r}" if output.suffix else "no extension"
         raise ConfigError(f"--output {output}: {found}; expected .csv (CSV) or .parquet (Parquet)")
     return kind
+
+
+def _real(path: Path) -> Path:
+    """`path` with links resolved as far as they go: a link loop is left for the reader to name, not raised here."""
+    return Path(os.path.realpath(path.expanduser()))
 
 
 def _check_output_place(output: Path) -> None:
