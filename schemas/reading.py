@@ -33,7 +33,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from schemas.errors import DataError, PipelineError
+from schemas.errors import ConfigError, DataError, PipelineError
 from schemas.limits import MAX_JSON_DEPTH, MAX_RECORD_BYTES, available_memory_bytes, clip_text, format_bytes
 
 _KINDS = (
@@ -197,3 +197,14 @@ def json_depth(value: Any) -> int:
 def read_json(path: str | os.PathLike, what: str, error: type[PipelineError], limit: int = MAX_RECORD_BYTES) -> Any:
     """`read_input_bytes` then `parse_json`: a bounded JSON file, one line naming the file on any problem."""
     return parse_json(read_input_bytes(path, what, error, limit), path, what, error)
+
+
+def resolved(path: str | os.PathLike, what: str, error: type[PipelineError] = ConfigError) -> Path:
+    """`path`, absolute with its links resolved; `error` naming `what` when its links loop."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as exc:  # Python < 3.13 raises RuntimeError for a loop, later ones ELOOP
+        if isinstance(exc, OSError) and exc.errno != errno.ELOOP:
+            raise
+        raise error(f"{what} {_shown(Path(path))}: a symbolic link loop (following its links leads back to one "
+                    "of them); give a real folder") from None

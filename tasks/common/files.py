@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Mapping
 from pydantic import BaseModel
 
 from schemas.reading import (  # noqa: F401 (re-exported: what the stages read with)
-    check_fits_memory, check_input_file, file_kind, parse_json, read_input_bytes, read_json,
+    check_fits_memory, check_input_file, file_kind, parse_json, read_input_bytes, read_json, resolved,
 )
 
 TMP_GLOB = ".*.tmp*"  # what `atomic_write` leaves behind when its process is killed mid-write

@@ -28,7 +28,7 @@ from typing import Any, Iterator, Protocol
 from schemas.errors import ConfigError
 from tasks.common.files import (
     MARKER, TMP_GLOB, check_input_file, describe_contents, marker_kind, process_running, process_start_time,
-    read_json, write_json, write_marker,
+    read_json, resolved, write_json, write_marker,
 )
 
 DEFAULT_ROOT = Path("runs")
@@ -44,7 +44,7 @@ def create_run_dir(run_dir: str | Path | None, name: str, root: Path = DEFAULT_R
     `open_run_dir_for_resume` asks for.
     """
     if run_dir is not None:
-        path = Path(run_dir).expanduser().resolve()
+        path = resolved(run_dir, "--run-dir")
         if path.exists() and not path.is_dir():
             raise ConfigError(f"--run-dir {path}: exists and is not a directory")
         if path.is_dir() and any(path.iterdir()):
@@ -84,7 +84,7 @@ def open_run_dir_for_resume(run_dir: str | Path, bundle_dirname: str = "model", 
     is removed: the resumed run writes the same bundle again. A run whose
     process still runs is refused; with `force`, resumed with a warning.
     """
-    path = Path(run_dir).expanduser().resolve()
+    path = resolved(run_dir, "--resume")
     if not os.path.lexists(path / "config.yaml"):
         raise ConfigError(f"--resume {path}: no run there (config.yaml is missing)")
     check_input_file(path / "config.yaml", "run config", ConfigError)

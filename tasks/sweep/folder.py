@@ -28,8 +28,8 @@ from schemas.data import DataSpec
 from schemas.errors import ConfigError
 from schemas.sweep import SweepConfig, load_sweep_config, sweep_diff, sweep_to_yaml
 from tasks.common.files import (
-    MARKER, TMP_GLOB, atomic_write_text, check_input_file, describe_contents, marker_kind, read_json, write_json,
-    write_marker,
+    MARKER, TMP_GLOB, atomic_write_text, check_input_file, describe_contents, marker_kind, read_json, resolved,
+    write_json, write_marker,
 )
 from tasks.run.rundir import RUN_STATE, read_run_state, running_elsewhere
 from tasks.run.tracking import TRACKING_FILE
@@ -58,7 +58,7 @@ def trial_folder(path: Path, number: int) -> Path:
 
 def resolve_sweep_dir(sweep_dir: str | Path | None, config: SweepConfig) -> Path:
     """The absolute sweep directory: `sweep_dir`, or sweeps/<name> in the working directory."""
-    return Path(sweep_dir if sweep_dir is not None else default_sweep_dir(config)).expanduser().resolve()
+    return resolved(sweep_dir if sweep_dir is not None else default_sweep_dir(config), "--sweep-dir")
 
 
 def open_sweep_dir(sweep_dir: str | Path | None, config: SweepConfig, spec: DataSpec) -> tuple[Path, bool]:
