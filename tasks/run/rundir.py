@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import sys
 import traceback
 from contextlib import contextmanager
@@ -89,8 +90,7 @@ def open_run_dir_for_resume(run_dir: str | Path, bundle_dirname: str = "model", 
         raise ConfigError(f"--resume {path}: no run there (config.yaml is missing)")
     check_input_file(path / "config.yaml", "run config", ConfigError)
     _check_run_folder(path)
-    if os.path.lexists(path / RUN_STATE):
-        check_input_file(path / RUN_STATE, "run state file", ConfigError)  # a FIFO or device: named, not skipped
+    check_no_special_files(path, "--resume")  # run.json, a checkpoint or history.csv as a FIFO: named, not skipped
     try:
         state = read_run_state(path)
     except (OSError, ValueError):
@@ -113,6 +113,32 @@ def open_run_dir_for_resume(run_dir: str | Path, bundle_dirname: str = "model", 
             leftover.unlink(missing_ok=True)
     shutil.rmtree(path / bundle_dirname, ignore_errors=True)
     return path
+
+
+def check_no_special_files(path: Path, what: str, below: tuple[str, ...] = ("checkpoints",)) -> None:
+    """A ConfigError naming the first FIFO, device, socket or link loop among the files of the pipeline's folder
+    `path` (and of the folders `below` it): what a resumed run or sweep reads and rewrites there."""
+    for folder in (path, *(path / name for name in below)):
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"{what} {folder}: cannot list the folder: {exc.strerror or exc}") from None
+        for entry in entries:
+            try:
+                mode: int | None = os.stat(entry.path).st_mode
+            except FileNotFoundError:
+                continue  # a dangling link: written over, never read
+            except OSError:
+                mode = None  # a link loop
+            if mode is not None and (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                continue
+            try:
+                check_input_file(entry.path, "file the pipeline wrote", ConfigError)
+            except ConfigError as exc:
+                raise ConfigError(f"{what} {path}: {exc}; the folder should hold only what the pipeline wrote: "
+                                  "remove it, or start anew") from None
 
 
 def _check_run_folder(path: Path) -> None:

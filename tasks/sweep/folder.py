@@ -28,10 +28,10 @@ from schemas.data import DataSpec
 from schemas.errors import ConfigError
 from schemas.sweep import SweepConfig, load_sweep_config, sweep_diff, sweep_to_yaml
 from tasks.common.files import (
-    MARKER, TMP_GLOB, atomic_write_text, check_input_file, describe_contents, marker_kind, read_json, resolved,
-    write_json, write_marker,
+    MARKER, TMP_GLOB, atomic_write_text, describe_contents, marker_kind, read_json, resolved, write_json,
+    write_marker,
 )
-from tasks.run.rundir import RUN_STATE, read_run_state, running_elsewhere
+from tasks.run.rundir import RUN_STATE, check_no_special_files, read_run_state, running_elsewhere
 from tasks.run.tracking import TRACKING_FILE
 
 SWEEP_FILE = "sweep.yaml"
@@ -157,6 +157,7 @@ def _check_sweep_folder(path: Path) -> None:
 
 def _check_resumable(path: Path, config: SweepConfig, spec: DataSpec) -> None:
     """Refuse to resume a sweep with another config or other data, or one a live process is running."""
+    check_no_special_files(path, "--sweep-dir", below=())  # sweep.yaml, the journal, run.json as a FIFO: named
     saved = load_sweep_config(path / SWEEP_FILE)
     changes = sweep_diff(saved, config)
     if changes:
@@ -179,8 +180,6 @@ def _check_resumable(path: Path, config: SweepConfig, spec: DataSpec) -> None:
             f"sweep dir {path}: the data changed since the sweep started (content hash "
             f"{recorded['data_hash'][:12]} then, {spec.data_hash[:12]} now); use another --sweep-dir"
         )
-    if os.path.lexists(path / RUN_STATE):
-        check_input_file(path / RUN_STATE, "run state file", ConfigError)
     try:
         state = read_run_state(path)
     except (OSError, ValueError):
