@@ -531,8 +531,8 @@ def test_resume_refuses_a_checkpoint_that_is_not_a_regular_file(bundle_dir, tmp_
     _assert_no_process_left(processes)
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("error:") == 1 and "Traceback" not in err, err
-    assert "last.pt: is a character device (through the symbolic link to /dev/zero), not a regular file; " \
-        "expected a checkpoint" in err
+    assert f"--resume {run}: {run}/checkpoints/last.pt: is a character device (through the symbolic link to " \
+        "/dev/zero), not a regular file" in err and "remove it, or start anew" in err
     assert os.readlink(run / "checkpoints" / "last.pt") == "/dev/zero"
     _assert_unchanged(kept)
 
