@@ -28,7 +28,6 @@ library, so a command can start its server before torch and Prefect load.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import re
 import signal
