@@ -404,7 +404,7 @@ def _crafted(bundle: Path, tmp: Path, spec=None, weights=None) -> tuple[Path, Pa
     (as the maker of a hostile bundle can), and rows of iris to predict."""
     import safetensors.torch
 
-    from tasks.bundle._verify import spec_hash
+    from tasks.common.bundle_format import spec_hash
 
     model = _copy(bundle, tmp)
     manifest = json.loads((model / "bundle.json").read_text())
