@@ -11,6 +11,11 @@ command, then each module's markdown report in the order below.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before any other import: no module from the working directory (flows/_import_path.py)
+    from flows._import_path import working_directory_off_path
+
+    working_directory_off_path()
+
 import argparse
 import importlib
 import shlex

@@ -13,7 +13,11 @@ PREFECT_API_URL must be set.
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # before torch is first imported: OpenMP reads its wait policy once (tasks/common/omp.py)
+if __name__ == "__main__":  # before any other import: no module from the working directory (flows/_import_path.py)
+    from flows._import_path import working_directory_off_path
+
+    working_directory_off_path()
+    # before torch is first imported: OpenMP reads its wait policy once (tasks/common/omp.py)
     from tasks.common.omp import passive_openmp_default
 
     passive_openmp_default()
@@ -28,6 +32,7 @@ import yaml
 
 from deployments.definitions import DEPLOYMENTS, ROOT, DeploymentSpec, find
 from flows._cli import run_command
+from flows._preflight import check_api_reachable
 from schemas.errors import ConfigError
 from tasks.common.files import atomic_write_text
 
@@ -114,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         from prefect import serve
 
+        check_api_reachable()  # one line naming the address, not a traceback after the first request
         deployments = [build(spec) for spec in specs]
         serve(*deployments)
         return 0

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, Sequence
 from flows._server import (
     ServerStartError, reusable_server_url, server_started, stop_temporary_server, temporary_server,
 )
+from flows._preflight import check_api_reachable
 from schemas.errors import PipelineError
 
 if TYPE_CHECKING:
     from schemas.data import DataConfig
+    from schemas.device import InputShape
 
 # Modules the training stages import on first use (scikit-learn and matplotlib are
 # imported inside functions; torch.optim pulls in torch's compiler stack when the
@@ -79,6 +81,7 @@ def prefect_session(debug: bool, warm_imports: Sequence[str] = ()) -> Iterator[N
                 handler.setLevel(logging.CRITICAL)
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         stop_temporary_server()  # started on a guess that the settings (prefect.toml, .env) overrule
+        check_api_reachable()  # one line naming PREFECT_API_URL, not Prefect's traceback after the first call
     else:
         url = None if server_started() else reusable_server_url()
         updates[PREFECT_API_URL] = url or _temporary_server_url(warm_imports, quiet)
@@ -235,7 +238,7 @@ def shown_path(path: Path) -> str:
         return str(path)
 
 
-def check_data_first(data: "DataConfig") -> None:
+def check_data_first(data: "DataConfig") -> "InputShape | None":
     """Raise the data stage's own DataError for what the data shows, before any server or run folder.
 
     A missing or unreadable file, a missing target column, a table the
@@ -250,8 +253,8 @@ def check_data_first(data: "DataConfig") -> None:
     from tasks.data import peek_shape
 
     try:
-        peek_shape(data)
+        return peek_shape(data)  # the shape, for the checks of the model's size that follow
     except PipelineError:
         raise
     except Exception:  # an I/O hiccup, say: the data stage (with its retry policy) reports it
-        pass
+        return None

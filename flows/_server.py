@@ -28,7 +28,6 @@ library, so a command can start its server before torch and Prefect load.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import re
 import signal
@@ -112,6 +111,12 @@ class ServerProcess:
         env = {**os.environ, **self.settings}
         env.pop("PREFECT_API_URL", None)  # the server's own client settings do not matter; keep it from calling another
         env.setdefault("PREFECT_UI_API_URL", self.api_url)  # its UI (when on) calls this server, not a profile's
+        # Started in Prefect's home, not the working directory: its database migrations (alembic) put "." first on
+        # its import path, and a numpy.py where the command runs would be imported by the server. A relative
+        # PREFECT_HOME is made absolute, so that it names the same folder there.
+        home = Path(env.get("PREFECT_HOME") or prefect_home()).expanduser().resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        env["PREFECT_HOME"] = str(home)
         log: IO[bytes] | int | None = None
         if self.log_path is not None:
             log = open(self.log_path, "ab")
@@ -119,7 +124,7 @@ class ServerProcess:
             self.started_at = time.monotonic()
             self.process = subprocess.Popen(
                 command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT if log else None,
-                start_new_session=True, close_fds=True,
+                start_new_session=True, close_fds=True, cwd=home,
             )
         finally:
             if log is not None:
@@ -304,9 +309,12 @@ def reusable_server_url(home: Path | None = None) -> str | None:
 
 
 def read_state(home: Path | None = None) -> dict | None:
+    from schemas.errors import ConfigError
+    from schemas.reading import read_json
+
     path = (home or prefect_home()) / STATE_FILE
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = read_json(path, "server state file", ConfigError, 1 << 20)  # a FIFO there: no server, not a hang
     except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) else None

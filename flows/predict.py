@@ -10,7 +10,10 @@ in training; the CSV then starts with a `file` column.
 The output (CSV for `.csv`, Parquet for `.parquet`; other names are refused)
 has `prediction` (the class name, or the value for regression) and, for
 classification, one `proba_<class>` column per class. It never replaces the
-input, nor anything inside the bundle folder being read.
+input, nor anything inside the bundle folder being read. A CSV output is
+spreadsheet-safe by default: text cells that a spreadsheet would evaluate
+(starting with =, +, -, @) get a leading quote (`--no-spreadsheet-safe`
+writes them as they are).
 
 The command predicts in one plain process, with no Prefect server. With
 `--prefect`, or with PREFECT_API_URL set in the environment, it runs the
@@ -21,13 +24,19 @@ stays for deployments and the UI.
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # before torch is first imported: OpenMP reads its wait policy once (tasks/common/omp.py)
+if __name__ == "__main__":  # before any other import: no module from the working directory (flows/_import_path.py)
+    from flows._import_path import working_directory_off_path
+
+    working_directory_off_path()
+    # before torch is first imported: OpenMP reads its wait policy once (tasks/common/omp.py)
     from tasks.common.omp import passive_openmp_default
 
     passive_openmp_default()
 
 import argparse
 import os
+import re
+import stat
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,7 +46,7 @@ import pandas as pd
 from flows._cli import exit_quickly, prefect_session, run_command
 from schemas.errors import ConfigError, DataError
 from tasks.bundle import LoadedBundle, load_model
-from tasks.common.files import atomic_write, atomic_write_text
+from tasks.common.files import atomic_write, atomic_write_text, file_kind
 from tasks.common.tables import read_npz_arrays, read_table
 
 SUFFIX_KIND = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
@@ -53,13 +62,14 @@ def check_output(output: Path, input: Path, model: Path) -> str:
     """
     if output.is_dir():
         raise ConfigError(f"--output {output}: is a directory; give a file name")
-    target = output.expanduser().resolve()
-    source = input.expanduser().resolve()
+    _check_output_place(output)
+    target = _real(output)
+    source = _real(input)
     if target == source or (target.exists() and source.is_file() and target.samefile(source)):
         raise ConfigError(f"--output {output}: is the --input file; predictions would replace their input; give another name")
     if source.is_dir() and target.is_relative_to(source):
         raise ConfigError(f"--output {output}: is inside the --input folder {input}; write it elsewhere")
-    bundle = model.expanduser().resolve()
+    bundle = _real(model)
     if target.is_relative_to(bundle) or (target.exists() and _same_as_a_file_in(target, bundle)):
         raise ConfigError(f"--output {output}: is inside the --model bundle {model}, which it would damage; write it elsewhere")
     kind = OUTPUT_KIND.get(output.suffix.lower())
@@ -67,6 +77,28 @@ def check_output(output: Path, input: Path, model: Path) -> str:
         found = f"extension {output.suffix!r}" if output.suffix else "no extension"
         raise ConfigError(f"--output {output}: {found}; expected .csv (CSV) or .parquet (Parquet)")
     return kind
+
+
+def _real(path: Path) -> Path:
+    """`path` with links resolved as far as they go: a link loop is left for the reader to name, not raised here."""
+    return Path(os.path.realpath(path.expanduser()))
+
+
+def _check_output_place(output: Path) -> None:
+    """A ConfigError when `output` is a FIFO, device or socket, or a part of its folder's path is not a folder."""
+    if os.path.lexists(output) and not os.path.isdir(output):
+        try:
+            mode = os.stat(output).st_mode
+        except OSError:  # a dangling link or a loop: writing replaces the link itself
+            return
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"--output {output}: is {file_kind(mode)}, not a regular file; give a file name")
+    for parent in reversed(output.parents):
+        if os.path.lexists(parent) and not os.path.isdir(parent):
+            raise ConfigError(
+                f"--output {output}: {parent} is a file, not a folder, so nothing can be written below it; "
+                "give a path in a folder"
+            )
 
 
 def _same_as_a_file_in(target: Path, folder: Path) -> bool:
@@ -117,11 +149,13 @@ def predict_to_file(
     trust_code: bool = False,
     load: Callable[..., LoadedBundle] = load_model,
     predict: Callable[[LoadedBundle, Path], pd.DataFrame] = predict_rows,
+    spreadsheet_safe: bool = True,
 ) -> str:
     """Load the bundle at `model`, predict every row of `input`, write `output`; returns its absolute path.
 
     The one body of both paths: called plainly by the command, and by the
-    `predict` flow with `load` and `predict` as Prefect tasks.
+    `predict` flow with `load` and `predict` as Prefect tasks. A CSV output is
+    made spreadsheet-safe (see `neutralize_formulas`) unless `spreadsheet_safe` is False.
     """
     kind = check_output(output, input, model)
     bundle = load(model, trust_code=trust_code)
@@ -129,17 +163,49 @@ def predict_to_file(
     if kind == "parquet":
         atomic_write(output, lambda tmp: predictions.to_parquet(tmp, index=False))
     else:
+        if spreadsheet_safe:
+            predictions = neutralize_formulas(predictions)
         atomic_write_text(output, predictions.to_csv(index=False))
     return str(output.resolve())
 
 
-def predict(model: str, input: str, output: str, trust_code: bool = False) -> str:
+# A cell a spreadsheet would read as a formula (OWASP, "CSV injection"): it starts with one of these.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+def neutralize_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with every text cell (and column name) that a spreadsheet would evaluate prefixed with a quote.
+
+    As OWASP recommends against CSV injection: a text cell starting with =,
+    +, -, @, a tab or a carriage return gets a leading single quote, so
+    `=HYPERLINK(...)` in an id column is shown as text, not run. Numeric
+    columns are left untouched, and so is a text cell that is a plain number
+    (`-1`, `+3.5`), which spreadsheets read as that number, not a formula.
+    """
+    def safe(value: object) -> object:
+        if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.match(value):
+            return "'" + value
+        return value
+
+    out = frame.rename(columns=lambda name: safe(name) if isinstance(name, str) else name)
+    for column in out.columns:
+        values = out[column]
+        if pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values):
+            out[column] = values.map(safe)
+        elif isinstance(values.dtype, pd.CategoricalDtype):
+            out[column] = values.astype(object).map(safe)
+    return out
+
+
+def predict(model: str, input: str, output: str, trust_code: bool = False, spreadsheet_safe: bool = True) -> str:
     """Load the bundle at `model`, predict every row of `input`, write `output` (CSV or Parquet, by extension).
 
-    `trust_code` lets a custom-model bundle import the module it names (see `load_model`).
+    `trust_code` lets a custom-model bundle import the module it names (see `load_model`); `spreadsheet_safe`
+    prefixes CSV text cells a spreadsheet would evaluate (=, +, -, @) with a quote (see `neutralize_formulas`).
     """
     return predict_to_file(Path(model), Path(input), Path(output), trust_code, _lazy("load_model_task"),
-                           _lazy("predict_file"))
+                           _lazy("predict_file"), spreadsheet_safe)
 
 
 # The `predict` flow and its tasks are made on first use (PEP 562: `from flows.predict import predict_flow`
@@ -181,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         help="let a custom-model bundle import and run the module its config names (only for bundles you trust)",
     )
     parser.add_argument(
+        "--spreadsheet-safe", action=argparse.BooleanOptionalAction, default=True,
+        help="in a CSV output, prefix text cells starting with = + - @ (which spreadsheets evaluate as formulas) "
+        "with a single quote; numbers are untouched (default: on)",
+    )
+    parser.add_argument(
         "--prefect", action="store_true",
         help="run as a Prefect flow (the default when PREFECT_API_URL is set); otherwise one plain process, no server",
     )
@@ -189,13 +260,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         if not wants_prefect(args.prefect):
-            written = predict_to_file(args.model, args.input, args.output, args.trust_code)
+            written = predict_to_file(args.model, args.input, args.output, args.trust_code,
+                                      spreadsheet_safe=args.spreadsheet_safe)
         else:
             check_output(args.output, args.input, args.model)  # answered before Prefect's server starts
             predict_flow = _lazy("predict_flow")  # imports Prefect, whose logging prefect_session then quiets
             with prefect_session(args.debug):
                 written = predict_flow(
-                    model=str(args.model), input=str(args.input), output=str(args.output), trust_code=args.trust_code
+                    model=str(args.model), input=str(args.input), output=str(args.output), trust_code=args.trust_code,
+                    spreadsheet_safe=args.spreadsheet_safe,
                 )
         print(f"wrote predictions to {written}")
         return 0

@@ -13,6 +13,11 @@ same command again resumes the sweep there.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before any other import: no module from the working directory (flows/_import_path.py)
+    from flows._import_path import working_directory_off_path
+
+    working_directory_off_path()
+
 import argparse
 import time
 from pathlib import Path
@@ -82,6 +87,7 @@ from flows._cli import (
 )
 from flows._callbacks import PrefectReport
 from flows.stages import prefect_dispatch, prefect_stages, save_model
+from flows._preflight import check_machine_first, check_parameter_size
 from schemas.base import OptionalText
 from schemas.sweep import SweepConfig, load_sweep_config, sweep_to_yaml
 from schemas.trial import SweepSummary
@@ -185,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(sweep_to_yaml(config), end="")
             return 0
-        check_data_first(config.base.data)  # before Prefect's server starts or the sweep folder is made
+        shape = check_data_first(config.base.data)  # before Prefect's server starts or the sweep folder is made
+        check_machine_first(config.base, shape)
+        check_parameter_size({"config": config.model_dump(mode="json"), "sweep_dir": args.sweep_dir}, "the sweep config")
         with prefect_session(args.debug, TRAINING_IMPORTS):
             summary = sweep_flow(config=config, sweep_dir=None if args.sweep_dir is None else str(args.sweep_dir))
         print(format_summary(summary))

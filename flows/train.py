@@ -10,6 +10,11 @@ starts a temporary local one, so nothing needs setting up.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before any other import: no module from the working directory (flows/_import_path.py)
+    from flows._import_path import working_directory_off_path
+
+    working_directory_off_path()
+
 import argparse
 from pathlib import Path
 
@@ -99,6 +104,7 @@ from flows._cli import (
 )
 from flows._callbacks import PrefectProgress, PrefectReport
 from flows.stages import prefect_stages
+from flows._preflight import check_machine_first, check_parameter_size
 from schemas.errors import ConfigError, PipelineError
 from schemas.loading import config_to_yaml
 from schemas.base import OptionalText
@@ -239,8 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(config_to_yaml(config), end="")
             return 0
-        check_data_first(config.data)  # answers in seconds, before Prefect's server starts or a run folder is made
+        shape = check_data_first(config.data)  # answers in seconds, before Prefect's server starts or a run folder is made
         check_model_first(config.model)  # model.init_from, a torchvision model's extra and names: the same
+        check_machine_first(config, shape)  # ranks and one training step against this machine's cores and memory
+        check_parameter_size({"config": config.model_dump(mode="json"), "run_dir": run_dir}, "the run config")
         with prefect_session(args.debug, TRAINING_IMPORTS):
             summary = train_flow(config=config, run_dir=run_dir, resume=args.resume is not None, force=args.force)
         print(format_summary(summary))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, get_args, get_origin
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.fields import FieldInfo
@@ -91,6 +92,56 @@ def form_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
         }
 
 
+def bool_where_number(value: Any, annotation: Any) -> bool:
+    """Whether `value` is a bool, or a list holding one, where `annotation` takes numbers but no bools."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if isinstance(value, bool):
+        return _takes(annotation, (int, float)) and not _takes(annotation, (bool,))
+    if isinstance(value, (list, tuple)):
+        items = [a for a in _members(annotation) if get_origin(a) in (tuple, list)]
+        args = [arg for a in items for arg in get_args(a) if arg is not Ellipsis]
+        return len(args) == 1 and any(bool_where_number(v, args[0]) for v in value)
+    return False
+
+
+class BoolGiven:
+    """A true or false given where a number is expected: no number field accepts it; its repr is the YAML word."""
+
+    def __init__(self, value: bool) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "true" if self.value else "false"
+
+
+def mark_bools(value: Any, annotation: Any) -> Any:
+    """`value` with every bool that `bool_where_number` finds replaced by a `BoolGiven`."""
+    if isinstance(value, bool):
+        return BoolGiven(value)
+    items = [a for a in _members(annotation) if get_origin(a) in (tuple, list)]
+    args = [arg for a in items for arg in get_args(a) if arg is not Ellipsis]
+    return [mark_bools(v, args[0]) if bool_where_number(v, args[0]) else v for v in value]
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) in (Union, types.UnionType):
+        return tuple(m for a in get_args(annotation) for m in _members(a))
+    return (annotation,)
+
+
+def _takes(annotation: Any, kinds: tuple[type, ...]) -> bool:
+    """Whether a value of one of `kinds` (or, for bool, a Literal True/False) fits a member of `annotation`."""
+    for member in _members(annotation):
+        if member is Any or member in kinds:
+            return True
+        if get_origin(member) is Literal and any(type(v) in kinds for v in get_args(member)):
+            return True
+    return False
+
+
 class StrictModel(BaseModel):
     """Frozen, `extra="forbid"`, and friendly to sparse YAML.
 
@@ -101,6 +152,18 @@ class StrictModel(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, json_schema_extra=form_schema)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, data: Any) -> Any:
+        # pydantic reads true as 1 where a number is expected: `--set train.epochs=true` trained one epoch.
+        # The bool is handed on as a `BoolGiven`, which no number accepts: the error names the key and its value.
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        marked = {key: mark_bools(value, fields[key].annotation) for key, value in data.items()
+                  if key in fields and bool_where_number(value, fields[key].annotation)}
+        return {**data, **marked} if marked else data
 
     @model_validator(mode="before")
     @classmethod

@@ -5,6 +5,7 @@ and what the stage returns: `PreparedData`, described by a `DataSpec` whose
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import (
@@ -57,9 +58,11 @@ class TableColumns(StrictModel):
         target = getattr(self, "target", None)
         for key in ("features", "exclude", "id_columns", "categorical"):
             names = getattr(self, key) or []
-            repeated = sorted({n for n in names if names.count(n) > 1})
+            repeated = sorted(n for n, count in Counter(names).items() if count > 1)
             if repeated:
-                raise ValueError(f"{key} lists {', '.join(map(repr, repeated))} more than once")
+                more = f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
+                raise ValueError(f"{key} lists {', '.join(repr(clip_text(n, 80)) for n in repeated[:10])}{more} "
+                                 "more than once")
             if target in names and key != "exclude":
                 raise ValueError(f"{key} lists the target column {target!r}; the target is never a feature or an id")
         both = sorted(set(self.id_columns) & set(self.features or ()))

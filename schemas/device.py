@@ -162,6 +162,7 @@ class InputShape:
     n_outputs: int
     task: str
     source: str = "probe"
+    rows: int | None = None  # the data's rows, when its headers or the early check counted them
 
     @property
     def n_features(self) -> int:

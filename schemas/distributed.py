@@ -50,6 +50,12 @@ class DistributedConfig(StrictModel):
         description="How long nodes wait for each other at the rendezvous, and ranks at each collective.",
     )
 
+    oversubscribe: bool = Field(
+        False,
+        description="Start the ranks even when they outnumber this machine's usable cores or their memory "
+        "(about 400 MB each, plus a copy of the data) exceeds what is available; by default that is refused.",
+    )
+
     @model_validator(mode="after")
     def _rules(self) -> "DistributedConfig":
         n = self.nproc_per_node

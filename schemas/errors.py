@@ -37,6 +37,15 @@ class BundleError(PipelineError, ValueError):
     exit_code = 5
 
 
+class ServiceError(PipelineError):
+    """A service the command needs cannot be reached: the Prefect server PREFECT_API_URL names.
+
+    Exit 1, as other failures of the environment (a full disk): nothing is wrong with the config or the data.
+    """
+
+    exit_code = 1
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type's name when the message is empty."""
     text = str(exc).strip()

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel, ValidationError
 
-from schemas.limits import clip_text, quote
+from schemas.limits import MAX_ERROR_LINES, clip_text, quote
 
 DOTTED_KEY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
@@ -128,10 +128,13 @@ def format_validation_error(
     exc: ValidationError, root: type[BaseModel], what: str = "config", source: str | None = None
 ) -> str:
     """One line per problem, `dotted.key = value: what was expected`, under `invalid <what> in <source>`."""
+    errors = exc.errors(include_url=False)
     lines = []
-    for err in exc.errors(include_url=False):
+    for err in errors[:MAX_ERROR_LINES]:
         keys, model = walk_loc(root, tuple(err["loc"]))
         lines.append(describe_error(err, keys, model))
+    if len(errors) > MAX_ERROR_LINES:
+        lines.append(f"... and {len(errors) - MAX_ERROR_LINES:,} more problem(s) of the same config")
     head = f"invalid {what}{f' in {source}' if source else ''}"
     if len(lines) == 1:
         return f"{head}: {lines[0]}"
@@ -161,9 +164,12 @@ def describe_error(err: dict[str, Any], keys: list[str], model: type[BaseModel] 
         return f"{key}: unknown key{hint}{expected}"
     if kind == "missing":
         return f"{key}: required key is missing"
+    if kind == "too_long" and "ctx" in err:
+        return f"{key}: {err['ctx'].get('actual_length')} items, more than the {err['ctx'].get('max_length')} allowed"
     if kind == "union_tag_invalid":
         ctx = err["ctx"]
         return f"{key}.{ctx['discriminator'].strip(chr(39))} = {quote(ctx['tag'])}: expected one of {ctx['expected_tags']}"
     if kind == "union_tag_not_found":
         return f"{key}: needs a {err['ctx']['discriminator'].strip(chr(39))} key"
-    return f"{key} = {quote(value)}: {clip_text(err['msg'], 1000)}"
+    bool_given = " (true and false are not numbers)" if type(value).__name__ == "BoolGiven" else ""
+    return f"{key} = {quote(value)}: {clip_text(err['msg'], 1000)}{bool_given}"

@@ -9,6 +9,7 @@ value given and what was expected.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -18,7 +19,8 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.base import union_discriminator
 from schemas.errors import ConfigError, first_line
-from schemas.limits import MAX_ALIAS_EXPANSION, MAX_YAML_DEPTH, clip_text
+from schemas.limits import MAX_ALIAS_EXPANSION, MAX_CONFIG_BYTES, MAX_YAML_DEPTH, clip_text, quote
+from schemas.reading import read_input_bytes
 from schemas.keys import (
     DOTTED_KEY,
     dump_diff,
@@ -69,12 +71,36 @@ def load_yaml(text: str) -> Any:
 def check_yaml_nodes(root: yaml.Node) -> None:
     """Raise a YAMLError for duplicate keys, deep nesting, or aliases that expand too far."""
     seen: set[int] = set()
-    _visit(root, "", 0, seen)
+    _visit(root, _Where(None, None), 0, seen)
     limit = len(seen) + MAX_ALIAS_EXPANSION
-    _expanded_size(root, "", {}, set(), limit, 0)
+    _expanded_size(root, _Where(None, None), {}, set(), limit, 0)
 
 
-def _visit(node: yaml.Node, path: str, depth: int, seen: set[int]) -> None:
+class _Where:
+    """Where a node sits (`train.epochs`, `space.lr[2]`), spelled out only for a message."""
+
+    __slots__ = ("parent", "key")
+
+    def __init__(self, parent: "_Where | None", key: "yaml.Node | int | None") -> None:
+        self.parent, self.key = parent, key
+
+    def __bool__(self) -> bool:  # the document itself is not a key
+        return self.key is not None
+
+    def __str__(self) -> str:
+        parts: list[str] = []
+        where: _Where | None = self
+        while where is not None and where.key is not None:
+            key = where.key
+            if isinstance(key, int):
+                parts.append(f"[{key}]")
+            else:
+                parts.append("." + (clip_text(str(key.value), 40) if isinstance(key, yaml.ScalarNode) else "?"))
+            where = where.parent
+        return "".join(reversed(parts)).lstrip(".")
+
+
+def _visit(node: yaml.Node, path: _Where, depth: int, seen: set[int]) -> None:
     if id(node) in seen:
         return
     seen.add(id(node))
@@ -90,13 +116,14 @@ def _visit(node: yaml.Node, path: str, depth: int, seen: set[int]) -> None:
                 continue
             if (key_node.tag, key_node.value) in keys:
                 raise ConstructorError(
-                    None, None, f"duplicate key {_join(path, key_node.value)}; each key may appear once in a mapping",
+                    None, None, f"duplicate key {_Where(path, key_node)}; each key may appear once in a mapping",
                     key_node.start_mark,
                 )
             keys.add((key_node.tag, key_node.value))
 
 
-def _expanded_size(node: yaml.Node, path: str, sizes: dict[int, int], active: set[int], limit: int, depth: int) -> int:
+def _expanded_size(node: yaml.Node, path: _Where, sizes: dict[int, int], active: set[int], limit: int,
+                   depth: int) -> int:
     """How many values `node` holds once every alias is expanded; memoized, so shared nodes cost nothing."""
     if id(node) in sizes:
         return sizes[id(node)]
@@ -119,30 +146,25 @@ def _expanded_size(node: yaml.Node, path: str, sizes: dict[int, int], active: se
     return size
 
 
-def _children(node: yaml.Node, path: str) -> list[tuple[str, yaml.Node]]:
-    """(path of the child, child) for a mapping's keys and values or a sequence's items."""
+def _children(node: yaml.Node, path: _Where) -> list[tuple[_Where, yaml.Node]]:
+    """(where the child sits, child) for a mapping's keys and values or a sequence's items."""
     if isinstance(node, yaml.SequenceNode):
-        return [(f"{path}[{i}]", child) for i, child in enumerate(node.value)]
+        return [(_Where(path, i), child) for i, child in enumerate(node.value)]
     if isinstance(node, yaml.MappingNode):
-        pairs: list[tuple[str, yaml.Node]] = []
+        pairs: list[tuple[_Where, yaml.Node]] = []
         for key_node, value_node in node.value:
-            label = _join(path, clip_text(str(key_node.value), 40) if isinstance(key_node, yaml.ScalarNode) else "?")
-            pairs += [(label, key_node), (label, value_node)]
+            where = _Where(path, key_node)
+            pairs += [(where, key_node), (where, value_node)]
         return pairs
     return []
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping; errors name the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    text = read_input_bytes(path, "config file", ConfigError, MAX_CONFIG_BYTES)  # a FIFO, folder or loop: named
     try:
-        data = load_yaml(path.read_text(encoding="utf-8"))
+        data = load_yaml(text.decode("utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -240,14 +262,15 @@ def resume_config(
     unless `force`.
     """
     saved_file = Path(run_dir) / "config.yaml"
-    if not saved_file.is_file():
+    if not os.path.lexists(saved_file):
         raise ConfigError(f"--resume {run_dir}: no run there (config.yaml is missing)")
     saved = load_config(saved_file)
     base = read_yaml_mapping(path) if path is not None else saved.model_dump(mode="json")
     config = validate_config(apply_overrides(base, overrides), source=str(path or saved_file))
     changes = [c for c in config_diff(saved, config) if not resume_safe(c[0], RESUME_SAFE)]
     if changes and not force:
-        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
+        listed = "; ".join(f"{clip_text(key, 120)}: {quote(old, 80)} -> {quote(new, 80)}" for key, old, new in changes[:10])
+        listed += f" and {len(changes) - 10} more" if len(changes) > 10 else ""
         raise ConfigError(
             f"--resume {run_dir}: config differs from the run's in {listed}. "
             "Resuming with another config would not reproduce the run; pass --force to resume anyway"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from schemas.base import StrictModel
+from schemas.limits import MAX_LAYERS
 
 if TYPE_CHECKING:
     import torch
@@ -34,6 +35,11 @@ class PretrainedFields(StrictModel):
         description="Start from these weights: a bundle folder, a run folder or its checkpoint (.pt), or a "
         "state dict (.safetensors, or .pt read with weights_only). Loaded by tensor name; a head whose size "
         "differs is re-initialised.",
+    )
+    init_cast: bool = Field(
+        False,
+        description="Cast init_from tensors that are not floating point (int8, bool) into the model's float weights; "
+        "by default they are refused (quantized codes copied as weights train from nonsense).",
     )
     init_strict: bool = Field(
         True, description="A tensor outside the head whose shape differs from init_from's is an error (false: keep it fresh)."
@@ -63,7 +69,7 @@ class MLPConfig(PretrainedFields):
 
     kind: Literal["mlp"] = Field("mlp", description=MODEL_KINDS)
     hidden_sizes: tuple[Annotated[int, Field(ge=1, le=65536)], ...] = Field(
-        (128, 64), description="Width of each hidden layer."
+        (128, 64), max_length=MAX_LAYERS, description="Width of each hidden layer."
     )
     activation: Activation = Field("relu", description="Activation after each hidden layer.")
     dropout: float = Field(
@@ -77,7 +83,7 @@ class CNNConfig(PretrainedFields):
 
     kind: Literal["cnn"] = Field("cnn", description=MODEL_KINDS)
     channels: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
-        (16, 32), min_length=1, description="Output channels of each conv block."
+        (16, 32), min_length=1, max_length=MAX_LAYERS, description="Output channels of each conv block."
     )
     kernel_size: int = Field(3, ge=1, le=11, description="Convolution kernel size.")
     hidden: int = Field(64, ge=1, le=65536, description="Width of the dense layer before the head.")
@@ -104,7 +110,7 @@ class ResNetConfig(PretrainedFields):
 
     kind: Literal["resnet"] = Field("resnet", description=MODEL_KINDS)
     channels: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
-        (16, 32, 64), min_length=1, description="Channels of each stage."
+        (16, 32, 64), min_length=1, max_length=MAX_LAYERS, description="Channels of each stage."
     )
     blocks_per_stage: int = Field(1, ge=1, le=16, description="Basic blocks (two 3x3 convs and a shortcut) per stage.")
 

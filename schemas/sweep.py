@@ -18,6 +18,8 @@ import difflib
 import itertools
 import json
 import math
+import os
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Union
 
@@ -35,7 +37,7 @@ from schemas.keys import (
     resume_safe,
     union_members,
 )
-from schemas.limits import NAME_PATTERN, clip_text, quote
+from schemas.limits import MAX_SWEEP_CHOICES, NAME_PATTERN, clip_text, quote
 from schemas.loading import (
     apply_overrides,
     config_to_yaml,
@@ -166,6 +168,7 @@ class Categorical(StrictModel):
     kind: Literal["categorical"] = Field("categorical", description="Parameter type: float, int or categorical.")
     choices: tuple[ChoiceValue, ...] = Field(
         min_length=1,
+        max_length=MAX_SWEEP_CHOICES,
         description="The values to choose from, each set as --set would set it: scalars, lists, or mappings "
         "(a whole section, such as {name: sgd, lr: 0.05}). A YAML list in the space is short for these choices.",
     )
@@ -173,10 +176,12 @@ class Categorical(StrictModel):
     @field_validator("choices")
     @classmethod
     def _distinct(cls, choices: tuple[Any, ...]) -> tuple[Any, ...]:
-        encoded = [encode_choice(c) for c in choices]
-        repeated = sorted({e for e in encoded if encoded.count(e) > 1})
+        counts = Counter(encode_choice(c) for c in choices)
+        repeated = sorted((str(e) for e, n in counts.items() if n > 1))
         if repeated:
-            raise ValueError(f"choices repeat {', '.join(map(str, repeated))}; list each choice once")
+            more = f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
+            shown = ", ".join(clip_text(r, 80) for r in repeated[:10])
+            raise ValueError(f"choices repeat {shown}{more}; list each choice once")
         return choices
 
     def corners(self) -> list[Any]:
@@ -575,7 +580,7 @@ def load_base(path: Path, relative_to: Path | None = None) -> dict[str, Any]:
     candidates = [relative_to / path] if relative_to is not None and not path.is_absolute() else []
     candidates.append(path)
     for candidate in candidates:
-        if candidate.is_file():
+        if os.path.lexists(candidate):  # what is there is read or named (a folder, a FIFO), never skipped
             return read_yaml_mapping(candidate)
     raise ConfigError(f"base = {str(path)!r}: run preset not found (looked in {', '.join(map(str, candidates))})")
 

@@ -183,3 +183,118 @@ def test_with_a_bundle_key_only_bundles_signed_with_it_load(tmp_path, monkeypatc
         load_model(tmp_path / "copy")
     monkeypatch.delenv("PYTORCH_WORKFLOW_BUNDLE_KEY")
     load_model(unsigned)  # without a key, signatures are not required
+
+
+# --------------------------------------------------------------------------- the working directory's modules
+
+HIJACK = "from pathlib import Path\nPath({marker!r}).joinpath({name!r}).write_text('imported')\nraise ImportError('planted')\n"
+
+
+@pytest.mark.slow
+def test_no_command_imports_a_module_from_the_working_directory(tmp_path, run_cli):
+    """yaml.py, pandas.py and torch.py planted where each command runs (a received bundle's folder included) never run."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    planted = tmp_path / "here"
+    planted.mkdir()
+
+    def plant(folder: Path) -> None:
+        for name in ("yaml", "pandas", "torch", "numpy", "safetensors"):
+            (folder / f"{name}.py").write_text(HIJACK.format(marker=str(markers), name=name))
+
+    plant(planted)
+    train = run_cli("flows.train", *[a for o in tiny_overrides() for a in ("--set", o)], "--run-dir", str(tmp_path / "run"),
+                    cwd=planted)
+    assert train.returncode == 0, train.stderr
+    bundle = tmp_path / "run" / "model"
+    pd.DataFrame([[5.1, 3.5, 1.4, 0.2]], columns=_iris_columns()).to_csv(tmp_path / "in.csv", index=False)
+    received = tmp_path / "received"
+    shutil.copytree(bundle, received)
+    plant(received)  # modules that arrived with a bundle, in the folder the user predicts from
+    commands = [
+        ("flows.predict", ["--model", ".", "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "out.csv")],
+         received),
+        ("flows.sweep", ["--config", str(Path(__file__).parents[1] / "configs" / "sweep_digits.yaml"), "--print-config"],
+         planted),
+        ("deployments.serve", ["--list"], planted),
+        ("flows.train", ["--print-config"], planted),
+    ]
+    for module, args, cwd in commands:
+        result = run_cli(module, *args, cwd=cwd)
+        assert result.returncode == 0, (module, result.stderr)
+    assert list(markers.iterdir()) == []
+    assert (tmp_path / "out.csv").is_file()
+
+
+def test_the_working_directory_comes_off_the_import_path_unless_pythonpath_names_it(tmp_path, monkeypatch):
+    import os
+
+    from flows._import_path import working_directory_off_path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", ["", str(tmp_path), *sys.path])
+    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
+    monkeypatch.setenv("PYTHONPATH", "")
+    assert working_directory_off_path() == ["", str(tmp_path)]
+    assert "" not in sys.path and str(tmp_path) not in sys.path
+    assert os.environ["PYTHONSAFEPATH"] == "1"  # for the processes a command starts
+
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the user asked for it
+    assert working_directory_off_path() == []
+    assert sys.path[0] == str(tmp_path)
+
+
+# --------------------------------------------------------------------------- spreadsheet-safe CSV
+
+def test_formula_cells_get_a_quote_and_numbers_do_not():
+    from flows.predict import neutralize_formulas
+
+    frame = pd.DataFrame({
+        "id": ["=1+2", "+cmd", "-2+3", "@SUM(A1)", "\tx", "\rx", "-1", "+3.5", "1e5", "ok", None],
+        "n": [-1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+        "=head": ["a"] * 11,
+    })
+    safe = neutralize_formulas(frame)
+    assert list(safe["id"][:6]) == ["'=1+2", "'+cmd", "'-2+3", "'@SUM(A1)", "'\tx", "'\rx"]
+    assert list(safe["id"][6:10]) == ["-1", "+3.5", "1e5", "ok"] and pd.isna(safe["id"][10])
+    assert list(safe["n"]) == list(frame["n"]) and safe["n"].dtype == frame["n"].dtype
+    assert list(safe.columns) == ["id", "n", "'=head"]
+    assert list(frame["id"])[0] == "=1+2"  # the input frame is not changed
+
+
+# --------------------------------------------------------------------------- files checked before they are opened
+
+def test_special_files_are_named_and_never_opened(tmp_path):
+    import os
+    import socket
+
+    from schemas.errors import DataError
+    from tasks.common.files import check_input_file, read_input_bytes, read_json
+
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink(tmp_path / "loop", tmp_path / "loop")
+    os.symlink("/dev/zero", tmp_path / "zero")
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "sock"))
+        cases = {
+            "fifo": "is a FIFO (named pipe), not a regular file; expected a data file",
+            "loop": "a symbolic link loop",
+            "zero": "is a character device (through the symbolic link to /dev/zero), not a regular file",
+            "dangling": f"a symbolic link to {tmp_path / 'nowhere'}, which does not exist",
+            "sock": "is a socket, not a regular file",
+            "absent": "data file not found",
+        }
+        for name, words in cases.items():
+            with pytest.raises(DataError) as caught:
+                check_input_file(tmp_path / name)
+            assert words in str(caught.value) and "\n" not in str(caught.value)
+    (tmp_path / "big.json").write_text("[" + "0," * 1000 + "0]")
+    with pytest.raises(ConfigError, match="more than the 100 bytes a record may hold"):
+        read_input_bytes(tmp_path / "big.json", "record", ConfigError, 100)
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match="deep.json: record nested more than 64 levels deep"):
+        read_json(tmp_path / "deep.json", "record", ConfigError)
+    (tmp_path / "ok.json").write_text('{"a": [1, {"b": 2}]}')
+    assert read_json(tmp_path / "ok.json", "record", ConfigError) == {"a": [1, {"b": 2}]}

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -17,12 +18,15 @@ from torch import nn
 
 from schemas.data import DataSpec
 from schemas.errors import BundleError, ConfigError, first_line
+from schemas.limits import MAX_CONFIG_BYTES
 from schemas.loading import load_yaml, validate_config
 from schemas.run import RunConfig
+from tasks.bundle._checks import check_bundle, check_finite
 from tasks.bundle._predictor import LoadedBundle
 from tasks.bundle._trust import check_code_trusted, check_signature, working_directory_off_path
 from tasks.bundle._verify import _sha256, verified_weights
 from tasks.common.bundle_format import CONFIG, MANIFEST, WEIGHTS, check_hash, read_manifest, spec_hash
+from tasks.common.files import check_input_file, read_input_bytes
 from tasks.nets.networks import build_network
 
 VERIFY_MODES = ("changed", "always")
@@ -61,14 +65,17 @@ def load_model(
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
     path = Path(path)
-    if not path.is_dir():
+    if not os.path.isdir(path):
+        if os.path.lexists(path) and not os.path.isfile(path):
+            check_input_file(path, "model bundle folder", BundleError, folder=True)  # names a FIFO, a link loop...
         raise BundleError(f"no model bundle at {path}: not a directory")
     manifest = read_manifest(path)
     check_signature(manifest, path / MANIFEST)
     for name in (WEIGHTS, CONFIG):
-        if not (path / name).is_file():
+        if not os.path.lexists(path / name):
             raise BundleError(f"{path}: bundle is missing {name}")
-    config_bytes = (path / CONFIG).read_bytes()
+        check_input_file(path / name, "bundle file", BundleError)
+    config_bytes = read_input_bytes(path / CONFIG, "bundle config", BundleError, MAX_CONFIG_BYTES)
     check_hash(path / CONFIG, _sha256(config_bytes), manifest["files"].get(CONFIG))
     weights = verified_weights(path / WEIGHTS, manifest["files"].get(WEIGHTS), always=verify == "always")
     try:
@@ -86,8 +93,11 @@ def load_model(
         spec = DataSpec.model_validate(manifest["spec"])
     except (ValidationError, KeyError) as exc:
         raise BundleError(f"{path / MANIFEST}: invalid data spec: {first_line(exc)}") from None
+    check_bundle(path / WEIGHTS, path / MANIFEST, config, spec)  # sizes, dtypes, names, statistics: nothing read yet
     try:
-        network = _network_with_weights(config, spec, weights())
+        state = weights()
+        check_finite(state, path / WEIGHTS)
+        network = _network_with_weights(config, spec, state)
     except (RuntimeError, safetensors.SafetensorError) as exc:
         raise BundleError(f"{path / WEIGHTS}: weights do not fit the model in {CONFIG}: {first_line(exc)}") from None
     device = torch.device(device)

@@ -18,6 +18,7 @@ from torch import nn
 
 from schemas.data import DataSpec
 from schemas.errors import DataError
+from schemas.limits import available_memory_bytes, format_bytes
 from schemas.run import RunConfig
 from tasks.common.encoding import encode_table
 from tasks.common.log import say
@@ -79,6 +80,7 @@ class Predictor:
         A table's columns are encoded as in training; a category unseen
         there is counted in a warning and goes to the 'other' bucket.
         """
+        check_rows_fit(len(frame), self.spec.n_features, source)
         table = self.spec.preprocessing.table
         if table is not None:
             encoded = encode_table(table, frame, source)
@@ -100,6 +102,20 @@ class Predictor:
             assert self.spec.class_names is not None
             return np.asarray(self.spec.class_names, dtype=object)[out.argmax(axis=1)]
         return self.spec.preprocessing.inverse_target(out[:, 0])
+
+
+# Predicting holds each row's model input about this many times over, as float64 and float32 copies.
+BYTES_PER_INPUT_VALUE = 3 * 8
+
+
+def check_rows_fit(rows: int, features: int, source: str) -> None:
+    """A DataError when `rows` rows of `features` model inputs would not fit in the memory available."""
+    need, available = rows * features * BYTES_PER_INPUT_VALUE, available_memory_bytes()
+    if need > available:
+        raise DataError(
+            f"{source}: predicting {rows:,} rows of {features:,} model inputs needs about {format_bytes(need)}, more "
+            f"than the {format_bytes(available)} of memory available; predict fewer rows at a time"
+        )
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -20,11 +20,13 @@ from typing import Any, Callable
 import safetensors.torch
 import torch
 
+from schemas.errors import BundleError
+
 # Looked up in this module when called, so that a test can count the hashing.
 from tasks.common.bundle_format import check_hash
 from tasks.common.bundle_format import sha256_bytes as _sha256
 from tasks.common.bundle_format import sha256_file as _file_sha256
-from tasks.common.files import atomic_write_text, user_cache_dir
+from tasks.common.files import atomic_write_text, read_json, user_cache_dir
 
 VERIFIED_RECORDS_KEPT = 1000  # above this many records, the older half is removed
 
@@ -62,7 +64,7 @@ def _prune_records(folder: Path) -> None:
 
 def _verified_before(file: Path, key: list[int], expected: Any) -> bool:
     try:
-        record = json.loads(_verified_record(file).read_text(encoding="utf-8"))
+        record = read_json(_verified_record(file), "verified-weights record", BundleError, 64 * 1024)
         return record["stat"] == key and record["sha256"] == expected
     except Exception:  # no record, a damaged one, no cache directory: hash the file
         return False

@@ -25,6 +25,8 @@ import safetensors
 import torch
 
 from schemas.errors import BundleError
+from schemas.limits import MAX_MANIFEST_BYTES
+from tasks.common.files import read_json
 
 FORMAT = "pytorch-workflow-bundle"
 # 2: the data spec may carry a table's column roles and encodings (`Preprocessing.table`).
@@ -81,12 +83,9 @@ def package_versions() -> dict[str, str]:
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of the bundle at `path`, checked for format, version and a table of file hashes."""
     file = path / MANIFEST
-    if not file.is_file():
+    if not os.path.lexists(file):
         raise BundleError(f"{path}: missing {MANIFEST}; is this a bundle written by save_model?")
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{file}: not valid JSON: {exc}") from None
+    manifest = read_json(file, "bundle manifest", BundleError, MAX_MANIFEST_BYTES)  # bounded in size and depth
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{file}: not a {FORMAT} manifest")
     version = manifest.get("format_version")

@@ -1,4 +1,4 @@
-"""Files the pipeline writes: atomically, so a crash never leaves half a file.
+"""Files the pipeline writes (atomically, so a crash never leaves half a file), and reads (checked first).
 
     from tasks.common.files import atomic_write_text, write_json
     write_json(Path("runs/x/metrics.json"), {"test": {"accuracy": 0.96}})
@@ -9,6 +9,12 @@ renamed into place only once it is complete. Also the project's cache folder,
 a folder swap that never leaves the target missing, the ownership marker of
 the folders the pipeline creates, and a PID check for folders a live process
 may hold.
+
+Reading: `check_input_file` (a regular file or a folder, never a FIFO,
+device or socket; symbolic links followed once, a loop named) and
+`read_input_bytes` (the same, then a bounded read) are defined in
+`schemas.reading`, the bottom layer, so that config files are read the same
+way; every stage reads through them.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from pydantic import BaseModel
+
+from schemas.reading import (  # noqa: F401 (re-exported: what the stages read with)
+    check_fits_memory, check_input_file, file_kind, parse_json, read_input_bytes, read_json, resolved,
+)
 
 TMP_GLOB = ".*.tmp*"  # what `atomic_write` leaves behind when its process is killed mid-write
 

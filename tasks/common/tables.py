@@ -9,7 +9,9 @@ Shared by the data stage (training data) and the bundle and predict flow
 
 from __future__ import annotations
 
+import csv
 import math
+import os
 import zipfile
 from pathlib import Path
 from typing import Sequence
@@ -18,16 +20,30 @@ import numpy as np
 import pandas as pd
 
 from schemas.errors import DataError, first_line
-from schemas.limits import available_memory_bytes, clip_text, format_bytes
+from schemas.limits import (
+    MAX_TABLE_COLUMNS, TABLE_BYTES_PER_FILE_BYTE, available_memory_bytes, clip_text, format_bytes,
+)
+from schemas.reading import check_fits_memory, check_input_file
 
 
 def read_table(path: Path, kind: str) -> pd.DataFrame:
-    """Read a CSV or Parquet file; every failure names the file."""
-    check_readable(path)
+    """Read a CSV or Parquet file; every failure names the file.
+
+    Checked before reading: a regular file (`check_readable`) that fits in
+    memory (a CSV from its size; a Parquet file from the sizes its footer
+    declares, with nested columns refused from its schema).
+    """
+    size = check_readable(path).st_size
+    if size == 0:
+        raise DataError(f"{path}: file is empty; expected a header row and data rows")
+    if kind == "csv":
+        check_fits_memory(path, size * TABLE_BYTES_PER_FILE_BYTE, "CSV file", how=f" (the file is {format_bytes(size)})")
+    else:
+        check_parquet(path)
     try:
         if kind == "csv":
+            check_unique_header(path)  # before pandas, which renames a repeated column (slowly, for many) and reads on
             frame = pd.read_csv(path)
-            check_unique_header(path)
         else:
             frame = pd.read_parquet(path)
     except pd.errors.EmptyDataError:
@@ -51,23 +67,76 @@ def check_unique_header(path: Path) -> None:
     pandas renames a repeated `a` to `a.1`, which would then be read as
     another feature; the header row itself is what to check.
     """
-    first = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
-    header = [str(name) for name in first.iloc[0]] if len(first) else []
+    header = _csv_header(path)
+    check_column_count(path, len(header))
     seen: dict[str, list[int]] = {}
     for i, name in enumerate(header):
         seen.setdefault(name, []).append(i + 1)
     repeated = [(name, places) for name, places in seen.items() if len(places) > 1 and name != ""]
     if repeated:
-        listed = "; ".join(f"{clip_text(name, 80)!r} (columns {', '.join(map(str, places))})" for name, places in repeated[:5])
+        listed = "; ".join(
+            f"{clip_text(name, 80)!r} (columns {', '.join(map(str, places[:10]))}{' ...' if len(places) > 10 else ''})"
+            for name, places in repeated[:5]
+        )
         raise DataError(f"{path}: the header repeats column name(s) {listed}; each column needs a unique name")
 
 
-def check_readable(path: Path) -> None:
-    """A DataError naming `path` unless it is an existing file."""
-    if not path.exists():
-        raise DataError(f"data file not found: {path}")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory; expected a data file")
+def _csv_header(path: Path) -> list[str]:
+    """The column names of a CSV file's first non-blank row, read with the csv module (pandas' quoting rules)."""
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+        for row in csv.reader(handle):
+            if any(cell.strip() for cell in row):
+                return row
+    return []
+
+
+def check_column_count(path: Path, count: int) -> None:
+    """A DataError when a table has more columns than MAX_TABLE_COLUMNS (each is judged, encoded and scaled)."""
+    if count > MAX_TABLE_COLUMNS:
+        raise DataError(
+            f"{path}: {count:,} columns, more than the {MAX_TABLE_COLUMNS:,} a table may have; for wide numeric "
+            "data (pixels, counts) use an NPZ file with X (rows x features) and y"
+        )
+
+
+def check_readable(path: Path) -> os.stat_result:
+    """Its stat; a DataError naming `path` unless it is a regular file (see `schemas.reading.check_input_file`)."""
+    return check_input_file(path, "data file", DataError)
+
+
+def check_parquet(path: Path) -> None:
+    """A DataError for a Parquet file with nested columns, or whose declared size would not fit in memory.
+
+    Read from the footer alone (schema and row-group sizes); nothing is decompressed.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (PermissionError, IsADirectoryError) as exc:
+        raise DataError(f"{path}: cannot read file: {exc.strerror}") from None
+    except OSError as exc:
+        if getattr(exc, "errno", None) is not None:
+            raise  # an I/O error, maybe transient: the stage's retry policy handles it
+        raise DataError(f"{path}: not a readable Parquet file: {first_line(exc)}") from None
+    except Exception as exc:  # pyarrow raises its own types for a file that is not Parquet
+        raise DataError(f"{path}: not a readable Parquet file: {first_line(exc)}") from None
+    with parquet:
+        schema = parquet.schema_arrow
+        check_column_count(path, len(schema))
+        nested = [f"{clip_text(field.name, 80)!r} ({clip_text(str(field.type), 80)})" for field in schema
+                  if pa.types.is_nested(field.type)]
+        if nested:
+            more = f" and {len(nested) - 5} more" if len(nested) > 5 else ""
+            raise DataError(
+                f"{path}: column(s) {', '.join(nested[:5])}{more} hold nested values (lists, structs or maps); "
+                "expected one number, text, date or boolean per cell: flatten or drop these columns"
+            )
+        meta = parquet.metadata
+        declared = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    check_fits_memory(path, declared * TABLE_BYTES_PER_FILE_BYTE, "Parquet file",
+                      how=f" (its row groups declare {format_bytes(declared)} uncompressed)")
 
 
 def frame_to_features(features: pd.DataFrame, source: str) -> np.ndarray:

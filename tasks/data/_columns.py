@@ -14,6 +14,7 @@ column problems in the same message.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,17 +133,20 @@ def plan_table(
         raise DataError(f"{label}: has a header but no data rows")
     columns = [str(c) for c in frame.columns]
     frame = frame.set_axis(columns, axis=1)
-    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    repeated = sorted(c for c, n in Counter(columns).items() if n > 1)  # linear: a table may have 100,000 columns
     if repeated:
-        raise DataError(f"{label}: the table repeats column name(s) {', '.join(map(repr, repeated))}; "
-                        "each column needs a unique name")
+        more = f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
+        raise DataError(f"{label}: the table repeats column name(s) "
+                        f"{', '.join(repr(clip_text(c, 80)) for c in repeated[:10])}{more}; each column needs a unique name")
     target = source.target
-    if target not in columns:
-        raise DataError(f"{label}: target column {target!r} not found; columns are: {', '.join(columns)}")
+    present = set(columns)
+    if target not in present:
+        shown = ", ".join(clip_text(c, 80) for c in columns[:50]) + (f" and {len(columns) - 50} more" if len(columns) > 50 else "")
+        raise DataError(f"{label}: target column {clip_text(target, 80)!r} not found; columns are: {shown}")
     problems, notes = _unknown_names(source, columns), []
     skip = {target, *source.id_columns, *source.exclude}
     picked = source.features is not None
-    candidates = [c for c in (source.features if picked else columns) if c not in skip and c in columns]
+    candidates = [c for c in (source.features if picked else columns) if c not in skip and c in present]
     features, free_text, dated = [], [], []
     for name in candidates:
         kind, problem = _column_kind(frame[name], name, picked, source, config)
@@ -172,7 +176,8 @@ def plan_table(
         problems += target_problems(frame[target].to_numpy()[keep], target, config)
     if problems:
         raise DataError(f"{label}: {joined(problems)}")
-    left_out = tuple(c for c in columns if c not in skip and c not in dict(features))
+    used = dict(features)
+    left_out = tuple(c for c in columns if c not in skip and c not in used)
     return TablePlan(tuple(features), tuple(source.id_columns), left_out, tuple(notes), keep)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from schemas.data import ImageFolderSource
 from schemas.errors import DataError, first_line
 from schemas.limits import IMAGE_DECODE_BYTES_PER_PIXEL, MAX_IMAGE_PIXELS, available_memory_bytes, format_bytes
-from tasks.common.files import atomic_write, user_cache_dir
+from tasks.common.files import atomic_write, check_input_file, user_cache_dir
 from tasks.common.log import say
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -71,20 +71,70 @@ def _visible(path: Path) -> bool:
 
 
 def walk_folder(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Image and non-image files below `folder`, sorted, skipping hidden folders."""
+    """Image and non-image files below `folder`, sorted, skipping hidden folders.
+
+    Symbolic links are followed, each folder once: a link back to a folder
+    being walked (a loop) is a DataError naming it. A name with an image
+    suffix must be a regular file (a FIFO named `x.png` would block the
+    decoder): a DataError names it; other special files are counted as
+    non-image files and never opened.
+    """
     images: list[Path] = []
     others: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if name.startswith("."):
+    stack: list[tuple[Path, tuple[tuple[int, int], ...]]] = [(Path(folder), ())]
+    while stack:
+        current, above = stack.pop()
+        st = check_input_file(current, "image folder", DataError, folder=True)
+        key = (st.st_dev, st.st_ino)
+        if key in above:
+            raise DataError(
+                f"{current}: a symbolic link back to a folder above it (a loop); remove the link or point it elsewhere"
+            )
+        try:
+            entries = sorted(os.scandir(current), key=lambda entry: entry.name)
+        except OSError as exc:
+            raise DataError(f"{current}: cannot list the folder: {exc.strerror or exc}") from None
+        folders: list[Path] = []
+        for entry in entries:
+            path = Path(entry.path)
+            kind = _entry_kind(entry)
+            if kind == "folder":
+                if not entry.name.startswith("."):
+                    folders.append(path)
+            elif entry.name.startswith(".") or not is_image_file(path):
                 others.append(path)
-            elif is_image_file(path):
+            elif kind == "file":
                 images.append(path)
             else:
-                others.append(path)
-    return images, others
+                _check_special(path, images)
+        stack.extend((path, (*above, key)) for path in reversed(folders))
+    return images, others  # in os.walk's order: a folder's files, then each subfolder's, names sorted
+
+
+def _check_special(path: Path, images: list[Path]) -> None:
+    """A DataError naming the FIFO, device, socket or link loop at `path`, an image by its name.
+
+    A dangling link is listed as an image instead: decoding it fails like any
+    unreadable image (named, or skipped with data.source.on_bad_image=skip).
+    """
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        images.append(path)
+        return
+    except OSError:
+        pass
+    check_input_file(path, "image file", DataError)
+
+
+def _entry_kind(entry: os.DirEntry) -> str:
+    """"folder", "file" (regular), or "other" (special, a dangling link or a loop), links followed."""
+    try:
+        if entry.is_dir():
+            return "folder"
+        return "file" if entry.is_file() else "other"
+    except OSError:
+        return "other"
 
 
 def _class_folders(parent: Path, allow_files: list[Path]) -> list[Path]:
@@ -96,10 +146,9 @@ def _class_folders(parent: Path, allow_files: list[Path]) -> list[Path]:
 def list_image_folder(root: Path) -> Listing:
     """Class folders and their images under `root`; a DataError names what is wrong with the layout."""
     root = Path(root)
-    if not root.exists():
-        raise DataError(f"image folder not found: {root}")
-    if not root.is_dir():
+    if os.path.isfile(root):
         raise DataError(f"{root}: is a file; expected a folder with one subfolder per class")
+    check_input_file(root, "image folder", DataError, folder=True)
     loose: list[Path] = []  # files beside the class folders: not in any class, so ignored
     top = _class_folders(root, loose)
     names = {p.name for p in top}
@@ -210,6 +259,10 @@ def decode_image(path: Path, size: tuple[int, int], mode: str, resize: int | Non
     # not catch_warnings(), which is not thread-safe and images are decoded in threads.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
+        check_input_file(path, "image file", DataError)  # a FIFO or device would block or never end
+    except DataError as exc:
+        raise BadImage(Path(path), str(exc).partition(": ")[2] or str(exc)) from None
+    try:
         img = Image.open(path)
     except Image.DecompressionBombError as exc:  # beyond twice Pillow's bound: it refuses to open
         dims = re.search(r"\((\d+) pixels\)", str(exc))
@@ -312,7 +365,10 @@ def cache_key(listing: Listing, files: Sequence[Path], source: ImageFolderSource
 
 
 def _read_cache(path: Path, n: int, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    if not os.path.lexists(path):
+        return None
     try:
+        check_input_file(path, "image cache file", DataError)
         with np.load(path, allow_pickle=False) as archive:
             images, ok = archive["images"], archive["ok"]
     except FileNotFoundError:

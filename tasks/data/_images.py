@@ -38,6 +38,8 @@ augmentation and the streamed training batches in `_image_batches.py`.
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -54,6 +56,8 @@ from schemas.data import (
     SplitConfig,
 )
 from schemas.errors import ConfigError, DataError, first_line
+from schemas.limits import available_memory_bytes, format_bytes
+from tasks.common.files import check_input_file
 from tasks.common.log import say
 from tasks.data._image_batches import (
     ImageRows,
@@ -324,9 +328,10 @@ def _prepare_lazy(listing: Listing, config: DataConfig, seed: int) -> PreparedDa
 def prediction_images(path: Path) -> tuple[list[Path], list[str]]:
     """The images to predict: one file, or every image below a folder (sorted), with display names."""
     path = Path(path)
-    if not path.exists():
+    if not os.path.lexists(path):
         raise DataError(f"input not found: {path}")
-    if path.is_file():
+    if not os.path.isdir(path):
+        check_input_file(path, "image file", DataError)  # a FIFO, device or link loop is named, never opened
         if not is_image_file(path):
             raise DataError(f"{path}: not an image file; expected a name ending in {', '.join(IMAGE_SUFFIXES)}")
         return [path], [str(path)]
@@ -340,7 +345,16 @@ def prediction_images(path: Path) -> tuple[list[Path], list[str]]:
 
 
 def decode_for_prediction(files: Sequence[Path], pre: ImagePreprocessing) -> np.ndarray:
-    """Raw pixel rows (N x C*H*W, uint8) exactly as training decoded them; a bad image is an error naming it."""
+    """Raw pixel rows (N x C*H*W, uint8) exactly as training decoded them; a bad image is an error naming it.
+
+    The pixels, and the float32 model input made of them, are checked against the memory available first.
+    """
+    need, available = len(files) * math.prod(pre.shape) * (1 + 4 + 4), available_memory_bytes()
+    if need > available:
+        raise DataError(
+            f"{len(files):,} images of {' x '.join(map(str, pre.shape))} pixel values need about {format_bytes(need)} "
+            f"to predict, more than the {format_bytes(available)} of memory available; predict fewer at a time"
+        )
     pixels = np.empty((len(files), *pre.shape), dtype=np.uint8)
     for i, path in enumerate(files):
         try:

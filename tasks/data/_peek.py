@@ -69,7 +69,7 @@ def peek_shape(config: DataConfig) -> "InputShape":
         sample = RawData(np.empty((len(target), 0)), target, (), features, source.target, str(path))
     task = infer_task(sample, config.task)
     n_out = len(np.unique(sample.y[~pd.isna(sample.y)])) if task == "classification" else 1
-    return InputShape(features, int(n_out), task, sample.source)
+    return InputShape(features, int(n_out), task, sample.source, rows=len(sample.y))
 
 
 @functools.lru_cache(maxsize=2)

@@ -23,7 +23,7 @@ import torch
 
 from schemas.device import Candidate, DeviceConfig, DeviceInfo, InputShape, ProbeWorkload
 from schemas.errors import ConfigError
-from tasks.common.files import atomic_write_text, user_cache_dir
+from tasks.common.files import atomic_write_text, read_json, user_cache_dir
 from tasks.device._probe import probe_device, warm_process
 from tasks.device._threads import available_cores
 
@@ -137,11 +137,11 @@ def cache_root(config: DeviceConfig) -> Path:
 
 def _read_cached(path: Path, key: str) -> tuple[Candidate, ...] | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, "device cache entry", ConfigError, 1 << 20)  # never a FIFO or device: refused
         if data.get("key") != key:
             return None
         return tuple(Candidate(**c) for c in data["candidates"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # a missing or damaged cache entry just means measuring again
 
 

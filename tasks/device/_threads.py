@@ -3,41 +3,16 @@
     from tasks.device import available_cores, threads_per_worker
     threads_per_worker(4)  # torch threads for each of 4 parallel trial processes
 
-The usable cores are the CPU affinity mask, capped by a cgroup v2 CPU quota
-(containers, CI runners), so threads never outnumber the cores the process
-may actually run on.
+The usable cores (`schemas.limits.available_cores`) are the CPU affinity
+mask, capped by a cgroup v2 CPU quota (containers, CI runners), so threads
+never outnumber the cores the process may actually run on.
 """
 
 from __future__ import annotations
 
-import math
-import os
-from pathlib import Path
+from schemas.limits import available_cores
 
-
-def available_cores() -> int:
-    """Cores this process may use: CPU affinity, capped by a cgroup CPU quota."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    quota = _cgroup_cpu_quota()
-    if quota is not None:
-        cores = min(cores, quota)
-    return max(1, cores)
-
-
-def _cgroup_cpu_quota() -> int | None:
-    try:
-        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-    except OSError:
-        return None
-    if len(text) != 2 or text[0] == "max":
-        return None
-    try:
-        return max(1, math.ceil(int(text[0]) / int(text[1])))
-    except (ValueError, ZeroDivisionError):
-        return None
+__all__ = ["available_cores", "resolve_threads", "threads_per_worker"]
 
 
 def threads_per_worker(workers: int, cores: int | None = None) -> int:

@@ -21,11 +21,12 @@ from schemas.model import ModelConfig, TorchvisionConfig, TrainingComponents
 from schemas.recipe import ModelSetup
 from tasks.model._init_from import locate_init_source
 from tasks.model._pretrained import start_and_freeze
+from tasks.model._size import check_training_memory
 from tasks.nets.vision import check_torchvision
 from tasks.nets.networks import build_network
 from tasks.nets.optim import build_loss, build_optimizer, build_scheduler, monitor_mode
 
-__all__ = ["build_model", "check_model_first"]
+__all__ = ["build_model", "check_model_first", "check_training_memory"]
 
 
 def check_model_first(model: ModelConfig) -> None:

@@ -16,6 +16,7 @@ loaded by name, and none of its code runs.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 from schemas.data import DataSpec
 from schemas.errors import BundleError, ConfigError
 from tasks.common.bundle_format import MANIFEST, WEIGHTS, check_hash, read_manifest, sha256_file
+from tasks.common.files import check_input_file
 from tasks.nets.weights import load_tensors_file
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
@@ -48,15 +50,19 @@ def locate_init_source(value: str) -> tuple[Path, str]:
     A ConfigError naming the path when there is nothing usable there; cheap enough to run before a run starts.
     """
     path = Path(value).expanduser()
-    if not path.exists():
+    if not os.path.lexists(path):
         raise ConfigError(f"model.init_from = {value!r}: no such file or folder; expected {ACCEPTED}")
+    if not os.path.isdir(path):
+        check_init_file(path, value)  # a FIFO, device or link loop is named, never opened
     if path.is_dir():
         for bundle in (path, path / "model"):
-            if (bundle / MANIFEST).is_file():
+            if os.path.lexists(bundle / MANIFEST):
+                check_init_file(bundle / MANIFEST, value)
                 return bundle, "bundle"
         for checkpoint in (path / "checkpoints" / "best.pt", path / "checkpoints" / "last.pt",
                            path / "best.pt", path / "last.pt"):
-            if checkpoint.is_file():
+            if os.path.lexists(checkpoint):
+                check_init_file(checkpoint, value)
                 return checkpoint, "pickle"
         raise ConfigError(
             f"model.init_from = {value!r}: a folder with no {MANIFEST} and no checkpoints/best.pt or "
@@ -86,8 +92,9 @@ def _from_bundle(path: Path, value: str, spec: DataSpec) -> InitSource:
     weights = path / WEIGHTS
     try:
         manifest = read_manifest(path)
-        if not weights.is_file():
+        if not os.path.lexists(weights):
             raise BundleError(f"{path}: the bundle has no {WEIGHTS}")
+        check_input_file(weights, "weights file", BundleError)  # a FIFO or device: named, never opened
         digest = sha256_file(weights)
         check_hash(weights, digest, manifest["files"].get(WEIGHTS))
     except BundleError as exc:
@@ -111,6 +118,14 @@ def _check_same_kind_of_data(theirs: dict[str, Any], spec: DataSpec, value: str)
             f"model.init_from = {value!r}: the bundle's input shape is {list(shape)}, this data's is "
             f"{list(spec.input_shape)} ({spec.source}); for images set data.source.size and mode to the bundle's"
         )
+
+
+def check_init_file(path: Path, value: str) -> None:
+    """A ConfigError naming `path` unless it is a regular file (a FIFO would block, a device never end)."""
+    try:
+        check_input_file(path, "weights file", ConfigError)
+    except ConfigError as exc:
+        raise ConfigError(f"model.init_from = {value!r}: {exc}") from None
 
 
 def _safetensors(path: Path, value: str) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ from schemas.data import DataSpec
 from schemas.model import InitReport, ModelConfig, TorchvisionConfig
 from schemas.train import FinetuneConfig
 from tasks.common.log import say
+from tasks.model._init_checks import check_init_tensors
 from tasks.model._init_from import read_init_source
 from tasks.nets.finetune import FreezePlan, Merged, head_name, merge_weights
 from tasks.nets.vision import pretrained_weights
@@ -38,6 +39,7 @@ def start_and_freeze(
         )
     elif config.init_from is not None:
         source = read_init_source(config.init_from, spec)
+        check_init_tensors(network, source.tensors, config.init_from, config.init_cast)
         classes_changed = (
             source.classes is not None and spec.task == "classification" and source.classes != spec.class_names
         )

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -209,7 +212,12 @@ def _load_factory(config: CustomModelConfig) -> Callable[..., nn.Module]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"model.target = {config.target!r}: cannot import {module_name!r}: {exc}") from None
+        top = module_name.partition(".")[0]
+        here = next((p for p in (Path(f"{top}.py"), Path(top)) if p.exists()), None)
+        hint = (f"; {here} is in the working directory, which the commands keep off the import path (a module "
+                "planted there would run): put its folder on PYTHONPATH (PYTHONPATH=. python -m ...) or install "
+                "it") if here is not None and os.getcwd() not in sys.path and "" not in sys.path else ""
+        raise ConfigError(f"model.target = {config.target!r}: cannot import {module_name!r}: {exc}{hint}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ConfigError(f"model.target = {config.target!r}: {module_name} has no callable {attr!r}")

@@ -32,6 +32,7 @@ from schemas.data import DataConfig, ImageFolderSource
 from schemas.errors import ConfigError, first_line
 from schemas.model import ModelConfig, TorchvisionConfig
 from tasks.common.bundle_format import sha256_file
+from tasks.common.files import check_input_file
 from tasks.nets.weights import load_tensors_file
 
 INSTALL = "pip install 'pytorch-workflow[vision]'"
@@ -143,6 +144,7 @@ def pretrained_weights(config: TorchvisionConfig) -> tuple[dict[str, torch.Tenso
                 f"downloading it from {weights.url} failed ({first_line(exc)}); download it where there is a "
                 f"network and put it at {file}, or set TORCH_HOME to a folder whose hub/checkpoints holds it"
             ) from None
+    check_input_file(file, "torchvision weights file", ConfigError)  # a FIFO or device in the hub cache: named
     digest = sha256_file(file)
     expected = re.search(r"-([0-9a-f]{8,64})\.\w+$", file.name)  # torchvision names files <name>-<sha256 prefix>.pth
     if expected and not digest.startswith(expected.group(1)):

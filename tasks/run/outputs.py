@@ -14,14 +14,17 @@ list, `RunFolder` comes before the loggers that upload those files.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from schemas.errors import ConfigError
+from schemas.limits import MAX_RECORD_BYTES
 from schemas.loading import config_to_yaml
 from schemas.run import RunSummary
 from schemas.tracking import TrackingResult
 from tasks.common.callbacks import Callback
-from tasks.common.files import atomic_write_text, csv_text, write_csv, write_json
+from tasks.common.files import atomic_write_text, csv_text, read_input_bytes, write_csv, write_json
 from tasks.run.plots import PLOTS_DIR, write_plots
 from tasks.run.report_md import write_report_md
 from tasks.run.tracking import TRACKING_FILE, Tracking
@@ -140,9 +143,10 @@ class HistoryCsv(Callback):
 
     def _rows_before(self, epoch: int, header: str) -> list[str]:
         """The complete rows already in the file (same header) for epochs before `epoch`."""
+        if not os.path.lexists(self.path):
+            return []
         try:
-            with open(self.path, encoding="utf-8", newline="") as handle:
-                lines = handle.read().splitlines(keepends=True)
+            lines = read_input_bytes(self.path, "history file", ConfigError, MAX_RECORD_BYTES).decode().splitlines(keepends=True)
         except (FileNotFoundError, UnicodeDecodeError):
             return []
         if not lines or lines[0] != header:

@@ -15,9 +15,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
+import stat
 import sys
 import traceback
 from contextlib import contextmanager
@@ -28,7 +28,8 @@ from typing import Any, Iterator, Protocol
 
 from schemas.errors import ConfigError
 from tasks.common.files import (
-    MARKER, TMP_GLOB, describe_contents, marker_kind, process_running, process_start_time, write_json, write_marker,
+    MARKER, TMP_GLOB, check_input_file, describe_contents, marker_kind, process_running, process_start_time,
+    read_json, resolved, write_json, write_marker,
 )
 
 DEFAULT_ROOT = Path("runs")
@@ -44,7 +45,7 @@ def create_run_dir(run_dir: str | Path | None, name: str, root: Path = DEFAULT_R
     `open_run_dir_for_resume` asks for.
     """
     if run_dir is not None:
-        path = Path(run_dir).expanduser().resolve()
+        path = resolved(run_dir, "--run-dir")
         if path.exists() and not path.is_dir():
             raise ConfigError(f"--run-dir {path}: exists and is not a directory")
         if path.is_dir() and any(path.iterdir()):
@@ -84,13 +85,15 @@ def open_run_dir_for_resume(run_dir: str | Path, bundle_dirname: str = "model", 
     is removed: the resumed run writes the same bundle again. A run whose
     process still runs is refused; with `force`, resumed with a warning.
     """
-    path = Path(run_dir).expanduser().resolve()
-    if not (path / "config.yaml").is_file():
+    path = resolved(run_dir, "--resume")
+    if not os.path.lexists(path / "config.yaml"):
         raise ConfigError(f"--resume {path}: no run there (config.yaml is missing)")
+    check_input_file(path / "config.yaml", "run config", ConfigError)
     _check_run_folder(path)
+    check_no_special_files(path, "--resume")  # run.json, a checkpoint or history.csv as a FIFO: named, not skipped
     try:
         state = read_run_state(path)
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         state = {}
     if state.get("state") == "completed":
         raise ConfigError(f"--resume {path}: the run already completed; start a new run instead")
@@ -110,6 +113,32 @@ def open_run_dir_for_resume(run_dir: str | Path, bundle_dirname: str = "model", 
             leftover.unlink(missing_ok=True)
     shutil.rmtree(path / bundle_dirname, ignore_errors=True)
     return path
+
+
+def check_no_special_files(path: Path, what: str, below: tuple[str, ...] = ("checkpoints",)) -> None:
+    """A ConfigError naming the first FIFO, device, socket or link loop among the files of the pipeline's folder
+    `path` (and of the folders `below` it): what a resumed run or sweep reads and rewrites there."""
+    for folder in (path, *(path / name for name in below)):
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"{what} {folder}: cannot list the folder: {exc.strerror or exc}") from None
+        for entry in entries:
+            try:
+                mode: int | None = os.stat(entry.path).st_mode
+            except FileNotFoundError:
+                continue  # a dangling link: written over, never read
+            except OSError:
+                mode = None  # a link loop
+            if mode is not None and (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                continue
+            try:
+                check_input_file(entry.path, "file the pipeline wrote", ConfigError)
+            except ConfigError as exc:
+                raise ConfigError(f"{what} {path}: {exc}; the folder should hold only what the pipeline wrote: "
+                                  "remove it, or start anew") from None
 
 
 def _check_run_folder(path: Path) -> None:
@@ -222,8 +251,8 @@ def mark_finished(run_dir: Path, error: BaseException | None = None) -> None:
 def _record_finish(run_dir: Path, error: BaseException | None) -> None:
     path = run_dir / RUN_STATE
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        state = read_run_state(run_dir)
+    except (OSError, ValueError):
         state = {}
     state.update({"state": "completed" if error is None else "failed", "finished_at": _now()})
     if error is not None:
@@ -236,4 +265,8 @@ def _record_finish(run_dir: Path, error: BaseException | None) -> None:
 
 
 def read_run_state(run_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / RUN_STATE).read_text(encoding="utf-8"))
+    """run.json of `run_dir`; a ConfigError (a ValueError) naming it when it is not a regular file or not JSON."""
+    state = read_json(Path(run_dir) / RUN_STATE, "run state file", ConfigError)
+    if not isinstance(state, dict):
+        raise ConfigError(f"{Path(run_dir) / RUN_STATE}: expected a JSON object of the run's state")
+    return state

@@ -18,19 +18,20 @@
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from schemas.data import DataSpec
 from schemas.errors import ConfigError
 from schemas.sweep import SweepConfig, load_sweep_config, sweep_diff, sweep_to_yaml
 from tasks.common.files import (
-    MARKER, TMP_GLOB, atomic_write_text, describe_contents, marker_kind, write_json, write_marker,
+    MARKER, TMP_GLOB, atomic_write_text, describe_contents, marker_kind, read_json, resolved, write_json,
+    write_marker,
 )
-from tasks.run.rundir import RUN_STATE, read_run_state, running_elsewhere
+from tasks.run.rundir import RUN_STATE, check_no_special_files, read_run_state, running_elsewhere
 from tasks.run.tracking import TRACKING_FILE
 
 SWEEP_FILE = "sweep.yaml"
@@ -57,7 +58,7 @@ def trial_folder(path: Path, number: int) -> Path:
 
 def resolve_sweep_dir(sweep_dir: str | Path | None, config: SweepConfig) -> Path:
     """The absolute sweep directory: `sweep_dir`, or sweeps/<name> in the working directory."""
-    return Path(sweep_dir if sweep_dir is not None else default_sweep_dir(config)).expanduser().resolve()
+    return resolved(sweep_dir if sweep_dir is not None else default_sweep_dir(config), "--sweep-dir")
 
 
 def open_sweep_dir(sweep_dir: str | Path | None, config: SweepConfig, spec: DataSpec) -> tuple[Path, bool]:
@@ -156,6 +157,7 @@ def _check_sweep_folder(path: Path) -> None:
 
 def _check_resumable(path: Path, config: SweepConfig, spec: DataSpec) -> None:
     """Refuse to resume a sweep with another config or other data, or one a live process is running."""
+    check_no_special_files(path, "--sweep-dir", below=())  # sweep.yaml, the journal, run.json as a FIFO: named
     saved = load_sweep_config(path / SWEEP_FILE)
     changes = sweep_diff(saved, config)
     if changes:
@@ -165,9 +167,13 @@ def _check_resumable(path: Path, config: SweepConfig, spec: DataSpec) -> None:
             f"sweep dir {path} holds a sweep with another config ({listed}{more}); resuming it would mix "
             "two searches. Use another --sweep-dir, or the recorded config"
         )
-    try:
-        recorded = json.loads((path / DATA_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    recorded: Any = {}
+    if os.path.lexists(path / DATA_FILE):
+        try:
+            recorded = read_json(path / DATA_FILE, "sweep data record", ConfigError)  # a FIFO or device: refused
+        except FileNotFoundError:
+            pass
+    if not isinstance(recorded, dict):
         recorded = {}
     if recorded.get("data_hash") not in (None, spec.data_hash):
         raise ConfigError(
@@ -176,7 +182,7 @@ def _check_resumable(path: Path, config: SweepConfig, spec: DataSpec) -> None:
         )
     try:
         state = read_run_state(path)
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         state = {}
     pid = running_elsewhere(state)
     if pid is not None:

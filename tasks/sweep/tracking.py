@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from schemas.errors import ConfigError
 from schemas.keys import flatten, keep_empty
+from schemas.limits import MAX_RECORD_BYTES
+from schemas.loading import read_yaml_mapping
 from schemas.sweep import SweepConfig
 from schemas.train import EpochRecord
 from schemas.trial import LeaderboardRow
+from tasks.common.files import read_input_bytes, read_json
 from tasks.run.tracking import start_tracking
 from tasks.sweep.folder import (
     BEST_CONFIG,
@@ -33,13 +38,13 @@ _LOGGED_STATES = ("complete", "pruned", "failed")
 
 def _trial_history(folder: Path) -> list[EpochRecord]:
     path = folder / "history.csv"
-    if not path.is_file():
+    if not os.path.lexists(path):
         return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [
-            EpochRecord(**{k: (None if v == "" else int(v) if k == "epoch" else float(v)) for k, v in row.items()})
-            for row in csv.DictReader(handle)
-        ]
+    text = read_input_bytes(path, "trial history", ConfigError, MAX_RECORD_BYTES).decode("utf-8")
+    return [
+        EpochRecord(**{k: (None if v == "" else int(v) if k == "epoch" else float(v)) for k, v in row.items()})
+        for row in csv.DictReader(io.StringIO(text, newline=""))
+    ]
 
 
 class SweepTracking:
@@ -97,17 +102,15 @@ class SweepTracking:
         self.logged.add(number)
         folder = trial_folder(self.path, number)
         try:
-            result = json.loads((folder / "result.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            result = read_json(folder / "result.json", "trial result", ConfigError)
+        except (OSError, ValueError):
             if row is None:
                 raise
             result = {"state": row.state, "params": row.params, "value": row.value, "error": row.note}
         state, searched = result["state"], result.get("params") or {}
         params: dict[str, Any] = {}
-        if (folder / "config.yaml").is_file():  # absent when the run schema refused the combination
-            import yaml
-
-            params = flatten(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")), keep=keep_empty)
+        if os.path.lexists(folder / "config.yaml"):  # absent when the run schema refused the combination
+            params = flatten(read_yaml_mapping(folder / "config.yaml"), keep=keep_empty)
         params.update(searched)
         board_dir = None if self.tensorboard_dir is None else self.tensorboard_dir / f"trial-{number:04d}"
         # A resumed sweep's earlier trials keep the TensorBoard run they have; only MLflow gets a new parent.

@@ -31,11 +31,13 @@ from schemas.data import DataSpec, PreparedData
 from schemas.device import DeviceInfo
 from schemas.errors import ConfigError
 from schemas.evaluate import EvalReport
+from schemas.limits import MAX_RECORD_BYTES
 from schemas.recipe import RunResult
 from schemas.run import RunConfig
 from schemas.train import EpochRecord
 from schemas.trial import PruningPlan, TrialOutcome, TrialRequest
 from tasks.common.callbacks import Callback, Stop
+from tasks.common.files import check_input_file, read_input_bytes
 from tasks.device import given_device
 from tasks.recipe import run_recipe
 from tasks.sweep.folder import trial_folder
@@ -144,6 +146,9 @@ def load_trial_model(path: Path, number: int, run_config: RunConfig, spec: DataS
 
     folder = trial_folder(path, number)
     model = build_network(run_config.model, spec)
-    model.load_state_dict(safetensors.torch.load((folder / "weights.safetensors").read_bytes()), strict=True)
-    report = EvalReport.model_validate_json((folder / "evaluation.json").read_text(encoding="utf-8"))
+    weights = folder / "weights.safetensors"
+    check_input_file(weights, "trial weights", ConfigError)  # a FIFO or device in the sweep folder: named
+    model.load_state_dict(safetensors.torch.load_file(weights), strict=True)
+    report = EvalReport.model_validate_json(read_input_bytes(folder / "evaluation.json", "trial evaluation",
+                                                             ConfigError, MAX_RECORD_BYTES))
     return model, report

@@ -39,11 +39,12 @@ from tasks.train._distributed import is_distributed, train_distributed
 from tasks.train._epochs import EpochLoop, TimeLimitReached, training_layout
 from tasks.train._features import frozen_feature_cache
 from tasks.train._oom import batch_size_for, out_of_memory
+from tasks.train._ranks import check_ranks
 from tasks.train._shard import SINGLE, Shard
 from tasks.train._state import LoopState
 from tasks.train._validate import EVAL_CHUNK
 
-__all__ = ["EVAL_CHUNK", "TimeLimitReached", "train_model"]  # what other layers, benchmarks and tests import
+__all__ = ["EVAL_CHUNK", "TimeLimitReached", "check_ranks", "train_model"]  # what other layers, benchmarks and tests import
 
 
 def train_model(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 
 from schemas.errors import ConfigError
-from tasks.common.files import atomic_write, atomic_write_bytes, atomic_write_text
+from tasks.common.files import atomic_write, atomic_write_bytes, atomic_write_text, check_input_file, read_json
 from tasks.common.log import say
 from tasks.nets.weights import load_tensors_file
 from tasks.train._shard import SINGLE, Shard
@@ -58,8 +59,9 @@ def save_checkpoint(directory: Path, state: dict[str, Any], best: bool = False) 
 def load_checkpoint(directory: Path, seed: int, data_hash: str) -> dict[str, Any] | None:
     """The last checkpoint in `directory`, or None; a checkpoint of another seed or data is an error."""
     path = directory / LAST
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
+    check_input_file(path, "checkpoint", ConfigError)  # a link to a device or a FIFO is refused, never skipped
     state = load_tensors_file(path, "checkpoint", REFUSED_HINT)
     version = state.get("format_version") if isinstance(state, dict) else None
     if version != FORMAT_VERSION:
@@ -99,6 +101,10 @@ def write_reduced_batch_size(directory: Path, batch_size: int) -> None:
 
 def read_reduced_batch_size(directory: Path) -> int | None:
     path = directory / BATCH_SIZE
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
-    return int(json.loads(path.read_text())["batch_size"])
+    record = read_json(path, "batch size record", ConfigError)
+    size = record.get("batch_size") if isinstance(record, dict) else None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ConfigError(f"{path}: batch_size is {size!r}; expected a positive integer (delete the file to use the config's)")
+    return size

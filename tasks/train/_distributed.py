@@ -57,6 +57,7 @@ from tasks.common.callbacks import Callback, Stop
 from tasks.common.processes import workers_skip_the_command_module
 from tasks.common.retry import RankFailed, RetryWithSmallerBatch
 from tasks.train._epochs import TimeLimitReached
+from tasks.train._ranks import check_ranks
 from tasks.train._shard import Shard
 
 Entry = Callable[..., TrainResult]  # train_on_rank(parts, data, config, device, seed, checkpoint_dir, hooks, shard)
@@ -175,6 +176,7 @@ def _check_can_launch(
     settings: DistributedConfig, device: torch.device, nproc: int, batch_size: int, data: PreparedData
 ) -> None:
     world = settings.nnodes * nproc
+    check_ranks(settings, nproc, device.type, sum(t.nbytes for t in _tensors(data)))
     if device.type == "mps":
         raise ConfigError("train.distributed needs CUDA or the CPU; MPS has no collective backend: use device=cpu")
     if device.type == "cuda" and nproc > torch.cuda.device_count():
@@ -195,6 +197,10 @@ def _check_can_launch(
                 "these training batches (streamed images) cannot be sent to other processes; "
                 "set train.distributed.nproc_per_node=1 for this data"
             ) from None
+
+
+def _tensors(data: PreparedData) -> list[torch.Tensor]:
+    return [data.X_train, data.y_train, data.X_val, data.y_val, data.X_test, data.y_test]
 
 
 def _launch_config(settings: DistributedConfig, nproc: int) -> LaunchConfig:
