@@ -100,7 +100,7 @@ from flows._cli import (
 from flows._callbacks import PrefectProgress, PrefectReport
 from flows.stages import prefect_stages
 from schemas.errors import ConfigError, PipelineError
-from schemas.loading import config_to_yaml
+from schemas.loading import absolute_paths, config_to_yaml
 from schemas.base import OptionalText
 from schemas.run import RunConfig, RunSummary
 from tasks.common.log import pipeline_errors_in_one_line
@@ -152,6 +152,7 @@ def train_flow(
     """
     pipeline_errors_in_one_line()  # in the run's log: our errors as their message, without a traceback
     try:
+        config = absolute_paths(config)  # a form's relative paths: against the flow's working directory
         check_device_present(config.device)  # a missing device fails before any task
         check_tracking(config.tracking)  # a missing extra fails before any work
         return _train(config, _open_run_dir(config, run_dir or None, resume, force))

@@ -63,9 +63,9 @@ def check_unique_header(path: Path) -> None:
 
 
 def check_readable(path: Path) -> None:
-    """A DataError naming `path` unless it is an existing file."""
+    """A DataError naming `path` (in full: where it was looked for) unless it is an existing file."""
     if not path.exists():
-        raise DataError(f"data file not found: {path}")
+        raise DataError(f"data file not found: {path.absolute()}")
     if path.is_dir():
         raise DataError(f"{path}: is a directory; expected a data file")
 
