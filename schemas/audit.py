@@ -56,11 +56,13 @@ class DataAudit(BaseModel):
     def clean(self) -> bool:
         return not (self.id_like or self.possible_leaks or self.duplicated_test_rows or self.constant)
 
-    def lines(self) -> list[str]:
-        """One sentence per finding, for the terminal summary and report.md; empty when nothing was found."""
+    def lines(self, ids: bool = True) -> list[str]:
+        """One sentence per finding, for the terminal summary and report.md; empty when nothing was found.
+
+        `ids=False` leaves out the id-like columns (said when the table is read)."""
         out = []
-        dropped = [c for c in self.id_like if not c.kept]
-        kept = [c for c in self.id_like if c.kept]
+        dropped = [c for c in self.id_like if not c.kept and ids]
+        kept = [c for c in self.id_like if c.kept and ids]
         if dropped:
             out.append(
                 f"left out id-like column(s) {_columns(dropped)}; list one in data.source.features to use it"

@@ -20,6 +20,7 @@ from typing import (
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.audit import DataAudit
 from schemas.base import RetryPolicy, StrictModel
 from schemas.errors import DataError
 from schemas.limits import MAX_ABS_FEATURE, MAX_SCALED_FEATURE, clip_text
@@ -216,6 +217,12 @@ class DataConfig(StrictModel):
     missing_indicator: bool = Field(
         False, description="Add a 0/1 '<column>__missing' input for each numeric or date column with gaps in training."
     )
+    drop_id_like: bool = Field(
+        True,
+        description="Leave out table columns that look like row ids or row numbers (named like id, index or "
+        "row number, or unique whole numbers in sequence or in file order), naming them in a warning; false keeps "
+        "them as features. A column listed in source.features is kept either way.",
+    )
     drop_empty_target: bool = Field(
         True, description="Drop rows whose target is empty, with a count; false makes them an error."
     )
@@ -356,6 +363,7 @@ class DataSpec(BaseModel):
     n_train: int
     n_val: int
     n_test: int
+    audit: DataAudit | None = None  # what the data stage's audit found (None: images, or not audited)
 
     @property
     def feature_names(self) -> tuple[str, ...]:

@@ -11,10 +11,14 @@ from schemas.data import (
     DataSpec,
     PreparedData,
     Preprocessing,
+    Task,
     check_magnitude,
     describe_nonfinite,
 )
+from schemas.audit import DataAudit
 from schemas.errors import DataError, first_line
+from tasks.common.log import say
+from tasks.data._audit import audit_matrix, audit_table
 from tasks.data._raw import (
     RawData,
     data_hash,
@@ -76,6 +80,20 @@ def _split(y: np.ndarray, stratify: bool, config: DataConfig, seed: int, source:
     return np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)
 
 
+def _audit(raw: RawData, task: Task, y: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
+           seed: int) -> DataAudit | None:
+    """The data audit of a table or of a matrix of named features (not of images); its warnings said once."""
+    if raw.table is not None and raw.plan is not None:
+        audit = audit_table(raw.table, dict(raw.plan.features), y, task, train_idx, test_idx, raw.plan.id_like, seed)
+    elif len(raw.input_shape) == 1:
+        audit = audit_matrix(raw.X, raw.feature_names, y, task, train_idx, test_idx, seed)
+    else:
+        return None
+    for line in audit.lines(ids=False):  # the id-like columns were named when the table was read
+        say(f"data: {raw.source}: warning: {line}")
+    return audit
+
+
 def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
     """Validate, split, fit preprocessing on train, and build tensors."""
     task = infer_task(raw, config.task)
@@ -110,6 +128,7 @@ def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
             return torch.from_numpy(y[rows])
         return torch.from_numpy(pre.transform_target(y[rows]))
 
+    audit = _audit(raw, task, y, train_idx, test_idx, seed)
     spec = DataSpec(
         task=task,
         source=raw.source,
@@ -122,6 +141,7 @@ def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
         n_train=len(train_idx),
         n_val=len(val_idx),
         n_test=len(test_idx),
+        audit=audit,
     )
     return PreparedData(
         spec,
