@@ -111,6 +111,7 @@ from tasks.run.artifacts import artifact_key
 from tasks.run.outputs import HistoryCsv, RunFolder, record_config, run_summary
 from tasks.run.rundir import create_run_dir, open_run_dir_for_resume, read_run_state, run_lifecycle
 from tasks.run.tracking import check_tracking, start_tracking
+from tasks.run.trust import audit_lines, test_lines
 
 
 def run_name() -> str:
@@ -218,14 +219,13 @@ def format_summary(summary: RunSummary) -> str:
             for row in summary.device_table
         ),
         f"data      {summary.source}: {summary.task}, {rows['train']}/{rows['val']}/{rows['test']} rows (train/val/test)",
+        *audit_lines(summary),
         *([f"model     {summary.init.line()}"] if summary.init and (summary.init.source or summary.init.frozen) else []),
         f"training  {summary.epochs_run} epochs in {summary.train_seconds:.1f}s"
         f"{f' on {summary.ranks} ranks' if summary.ranks > 1 else ''} ({stop}best epoch "
         f"{summary.best_epoch}, {summary.monitor} {summary.best_score:.4f})",
-        f"test      {'metric':<16} {'model':>10} {'baseline':>10}   (baseline: {summary.baseline_kind})",
     ]
-    for name, value in summary.test.items():
-        lines.append(f"          {name:<16} {value:>10.4f} {summary.baseline[name]:>10.4f}")
+    lines += test_lines(summary)
     if summary.bundle:
         lines.append(f"bundle    {summary.bundle}")
     return "\n".join(lines)

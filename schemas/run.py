@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from schemas.base import StrictModel, form_schema
 from schemas.data import DataConfig
 from schemas.device import DeviceConfig
-from schemas.evaluate import EvaluateConfig, SaveConfig
+from schemas.audit import DataAudit
+from schemas.evaluate import EvaluateConfig, SaveConfig, Uncertainty
 from schemas.limits import MAX_NAME_CHARS, NAME_PATTERN
 from schemas.model import InitReport, MLPConfig, ModelConfig
 from schemas.optim import (
@@ -208,3 +209,5 @@ class RunSummary(BaseModel):
     baseline_kind: str
     bundle: str | None
     init: InitReport | None = None  # where the weights started and what was frozen
+    audit: DataAudit | None = None  # what the data audit found (tables and named features)
+    uncertainty: Uncertainty | None = None  # the test metrics' intervals, and a k-fold estimate where made

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -94,8 +96,15 @@ def _audit(raw: RawData, task: Task, y: np.ndarray, train_idx: np.ndarray, test_
     return audit
 
 
-def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
-    """Validate, split, fit preprocessing on train, and build tensors."""
+def prepare_arrays(
+    raw: RawData, config: DataConfig, seed: int,
+    split: Callable[[np.ndarray, bool], tuple[np.ndarray, ...]] | None = None, audit: bool = True,
+) -> PreparedData:
+    """Validate, split, fit preprocessing on train, and build tensors.
+
+    `split(y, stratify)`, when given, returns the (train, val, test) row indices instead of the seeded
+    split of `config.split` (a fold of a k-fold estimate); `audit=False` skips the data audit.
+    """
     task = infer_task(raw, config.task)
     if raw.table is None:
         _check_features(raw, config)
@@ -110,7 +119,10 @@ def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
     else:
         y = regression_target(raw)
         stratify = False
-    train_idx, val_idx, test_idx = _split(y, stratify, config, seed, raw.source)
+    if split is None:
+        train_idx, val_idx, test_idx = _split(y, stratify, config, seed, raw.source)
+    else:
+        train_idx, val_idx, test_idx = split(y, stratify)
     y_fit = y[train_idx] if task == "regression" else None
     if raw.table is not None:
         pre = table_preprocessing(raw, train_idx, config, y_fit)
@@ -128,7 +140,7 @@ def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
             return torch.from_numpy(y[rows])
         return torch.from_numpy(pre.transform_target(y[rows]))
 
-    audit = _audit(raw, task, y, train_idx, test_idx, seed)
+    found = _audit(raw, task, y, train_idx, test_idx, seed) if audit else None
     spec = DataSpec(
         task=task,
         source=raw.source,
@@ -141,7 +153,7 @@ def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
         n_train=len(train_idx),
         n_val=len(val_idx),
         n_test=len(test_idx),
-        audit=audit,
+        audit=found,
     )
     return PreparedData(
         spec,

@@ -75,6 +75,8 @@ def run_summary(run: "RunResult", run_dir: Path) -> RunSummary:
         baseline_kind=report.baseline_kind,
         bundle=None if run.bundle is None else str(run.bundle),
         init=run.parts.init,
+        audit=spec.audit,
+        uncertainty=report.uncertainty,
     )
 
 
@@ -106,6 +108,8 @@ def record_results(run_dir: Path, run: "RunResult") -> RunSummary:
             "device": {**device.model_dump(), "data_placement": result.data_placement},
             "data": {"source": spec.source, "hash": spec.data_hash, "rows": summary.rows},
             "init": None if init is None else init.model_dump(),
+            "audit": None if spec.audit is None else spec.audit.model_dump(mode="json"),
+            "uncertainty": None if report.uncertainty is None else report.uncertainty.model_dump(mode="json"),
         },
     )
     write_csv(run_dir / HISTORY_FILE, result.history)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks.common.files import atomic_write_text
+from tasks.run.trust import trust_markdown
 
 if TYPE_CHECKING:
     from schemas.run import RunSummary
@@ -74,14 +75,7 @@ def markdown_report(
         for row in summary.device_table:
             ms = "failed" if row["ms_per_step"] is None else f"{row['ms_per_step']:.3g}"
             lines.append(f"| {row['device']} | {ms} | {'yes' if row['chosen'] else ''} |")
-    lines += [
-        "",
-        f"## Test metrics (baseline: {summary.baseline_kind})",
-        "",
-        "| metric | model | baseline |",
-        "|---|---:|---:|",
-    ]
-    lines += [f"| {name} | {value:.4f} | {summary.baseline[name]:.4f} |" for name, value in summary.test.items()]
+    lines += trust_markdown(summary)  # the data audit's findings; test metrics with intervals (tasks.run.trust)
     if plots:
         lines += ["", "## Plots", ""]
         for title, path in plots.items():

@@ -1,0 +1,186 @@
+"""Results a user can trust: the data audit, the metrics' intervals, the k-fold estimate, and how runs report them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from schemas.data import DataConfig
+from schemas.loading import load_config
+from tasks.data import prepare_data, prepare_folds
+from tasks.evaluate._intervals import classification_intervals, regression_intervals
+
+
+def _clean(n: int = 300, seed: int = 0) -> pd.DataFrame:
+    """Two noisy numbers and a category; a label that depends on them, with noise: nothing to find."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({
+        "a": rng.normal(size=n).round(3), "b": rng.normal(size=n).round(3),
+        "shop": rng.choice(["north", "south", "east"], n),
+    })
+    frame["label"] = np.where(frame.a + 0.5 * frame.b + rng.normal(0, 0.8, n) > 0, "yes", "no")
+    return frame
+
+
+def _prepare(tmp_path, frame: pd.DataFrame, target: str = "label", **source: object):
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    return prepare_data.fn(DataConfig(source={"kind": "csv", "path": path, "target": target, **source}), seed=0)
+
+
+def test_a_clean_table_has_nothing_to_report(tmp_path):
+    audit = _prepare(tmp_path, _clean()).spec.audit
+    assert audit is not None and audit.clean and audit.lines() == []
+
+
+def test_row_numbers_and_text_ids_are_left_out_and_named(tmp_path, capsys):
+    frame = _clean()
+    frame.insert(0, "Unnamed: 0", np.arange(1, len(frame) + 1))  # a published table's row names
+    frame["ticket"] = [f"T-{i:05d}" for i in np.random.default_rng(1).permutation(len(frame))]
+    frame["serial"] = 1000 + 7 * np.arange(len(frame))  # unique, increasing in file order, not named like one
+    data = _prepare(tmp_path, frame)
+    found = {c.column: c for c in data.spec.audit.id_like}
+    assert set(found) == {"Unnamed: 0", "ticket", "serial"} and not any(c.kept for c in found.values())
+    assert found["Unnamed: 0"].reason == "named like a row id; whole numbers 1 to 300, one per row in file order"
+    assert set(data.spec.preprocessing.table.raw_columns) == {"a", "b", "shop"}
+    err = capsys.readouterr().err
+    assert err.count("left out id-like column(s) 'Unnamed: 0'") == 1 and "data.source.features" in err
+    # Listed as a feature, it is used (and still named).
+    kept = _prepare(tmp_path, frame, features=["a", "b", "shop", "serial"]).spec
+    assert "serial" in kept.preprocessing.table.raw_columns
+    assert [c.column for c in kept.audit.id_like if c.kept] == ["serial"]
+    assert "used as features because the config asks for them" in kept.audit.lines()[0]
+
+
+def test_a_year_or_a_measurement_is_not_an_id(tmp_path):
+    frame = _clean(60)
+    frame["year"] = np.arange(1950, 2010)  # a yearly series: sequential, but a time
+    frame["price"] = np.random.default_rng(2).integers(1000, 100_000, 60)  # unique whole numbers, unordered
+    assert _prepare(tmp_path, frame).spec.audit.id_like == ()
+
+
+def test_columns_computed_from_the_target_are_named_as_possible_leaks(tmp_path):
+    rng = np.random.default_rng(3)
+    frame = _clean()
+    frame["hours_worked"] = np.where(frame.label == "yes", rng.integers(200, 2000, len(frame)), 0)
+    audit = _prepare(tmp_path, frame).spec.audit
+    assert [p.column for p in audit.possible_leaks] == ["hours_worked"]
+    assert audit.possible_leaks[0].score >= 0.98 and "may leak it" in audit.lines()[0]
+
+    regression = pd.DataFrame({"x": rng.normal(size=300), "z": rng.normal(size=300)})
+    regression["price"] = np.exp(2 + regression.x + 0.3 * rng.normal(size=300)).round(2)
+    regression["log_price"] = np.log(regression.price)
+    audit = _prepare(tmp_path, regression, target="price").spec.audit
+    assert [p.column for p in audit.possible_leaks] == ["log_price"]
+    assert all(p.column != "log_price" for p in _prepare(tmp_path, regression, target="price",
+                                                         exclude=["log_price"]).spec.audit.possible_leaks)
+
+
+def test_duplicated_test_rows_and_constant_columns_are_counted(tmp_path):
+    frame = pd.concat([_clean(150), _clean(150)], ignore_index=True)  # every row twice
+    frame["unit"] = "kg"
+    data = _prepare(tmp_path, frame)
+    audit = data.spec.audit
+    assert audit.constant == ("unit",)
+    assert 0 < audit.duplicated_test_rows <= audit.test_rows == data.spec.n_test
+    assert f"{audit.duplicated_test_rows} of {audit.test_rows} test rows" in " ".join(audit.lines())
+
+
+def test_a_builtin_matrix_is_audited_and_images_are_not():
+    assert prepare_data.fn(DataConfig(source={"kind": "builtin", "name": "wine"}), 0).spec.audit.possible_leaks == ()
+    assert prepare_data.fn(DataConfig(), 0).spec.audit is None  # digits: 8x8 images
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def test_the_interval_covers_the_true_value_about_95_times_in_100():
+    """Known answers: predictions right with probability 0.8 (accuracy 0.8); errors N(0, 1) (mse 1)."""
+    rng = np.random.default_rng(0)
+    repeats, n = 200, 150
+    hits = {"accuracy": 0, "mse": 0}
+    for r in range(repeats):
+        y = rng.integers(0, 3, n)
+        y_pred = np.where(rng.random(n) < 0.8, y, (y + 1) % 3)
+        low, high = classification_intervals(y, y_pred, 3, resamples=300, seed=r)["accuracy"]
+        hits["accuracy"] += low <= 0.8 <= high
+        truth = rng.normal(size=n)
+        low, high = regression_intervals(truth + rng.normal(size=n), truth, resamples=300, seed=r)["mse"]
+        hits["mse"] += low <= 1.0 <= high
+    for name, count in hits.items():
+        assert 0.89 <= count / repeats <= 0.99, (name, count / repeats)
+
+
+def test_intervals_are_seeded_and_hold_the_metric():
+    from sklearn.metrics import f1_score, r2_score
+
+    rng = np.random.default_rng(1)
+    y, y_pred = rng.integers(0, 4, 400), rng.integers(0, 4, 400)
+    first = classification_intervals(y, y_pred, 4, resamples=500, seed=7)
+    assert first == classification_intervals(y, y_pred, 4, resamples=500, seed=7)
+    assert first["macro_f1"][0] < f1_score(y, y_pred, average="macro") < first["macro_f1"][1]
+    truth = rng.normal(size=400)
+    guess = truth + rng.normal(0, 0.5, 400)
+    low, high = regression_intervals(truth, guess, resamples=500, seed=7)["r2"]
+    assert low < r2_score(truth, guess) < high
+
+
+# --------------------------------------------------------------------------- k-fold
+
+
+def test_folds_hold_every_row_out_once_and_fit_on_the_rest(tmp_path):
+    frame = _clean(120)
+    frame["row"] = np.arange(120) + 0.5  # follows each row through the folds
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    config = DataConfig(source={"kind": "csv", "path": path, "target": "label"}, scaling="none")
+    held_out = []
+    for data in prepare_folds(config, seed=0, folds=4):
+        column = data.spec.feature_names.index("row")
+        test, train = data.X_test[:, column].numpy(), data.X_train[:, column].numpy()
+        assert not set(test) & set(train) and data.spec.n_test == 30
+        held_out += test.tolist()
+    assert sorted(held_out) == sorted(frame.row.tolist())
+
+
+def test_auto_folds_only_for_small_tables():
+    from tasks.run.kfold import folds_for
+
+    small = prepare_data.fn(DataConfig(source={"kind": "builtin", "name": "iris"}), 0).spec
+    digits = prepare_data.fn(DataConfig(), 0).spec
+    assert folds_for(load_config(None), small) == 5
+    assert folds_for(load_config(None), digits) == 0  # 1,797 rows
+    assert folds_for(load_config(None, ["evaluate.folds=0"]), small) == 0
+    assert folds_for(load_config(None, ["evaluate.folds=3"]), digits) == 3
+
+
+# --------------------------------------------------------------------------- what a run shows
+
+
+@pytest.mark.slow
+def test_a_run_on_a_leaky_table_says_so_with_intervals_and_folds(prefect_api, tmp_path, monkeypatch, capsys):
+    from flows.train import main
+
+    rng = np.random.default_rng(4)
+    frame = _clean(200)
+    frame.insert(0, "id", np.arange(1, 201))
+    frame["paid"] = np.where(frame.label == "yes", rng.integers(10, 500, 200), 0)
+    (tmp_path / "t.csv").write_text(frame.to_csv(index=False))
+    monkeypatch.chdir(tmp_path)
+    args = ["--set", "data.source={kind: csv, path: t.csv, target: label}", "--set", "device=cpu",
+            "--set", "train.epochs=3", "--set", "train.progress=false", "--set", "evaluate.folds=2",
+            "--run-dir", "run"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "audit     left out id-like column(s) 'id'" in out and "'paid' (balanced accuracy" in out
+    assert "95% interval" in out and "2-fold mean +- std" in out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["audit"]["possible_leaks"][0]["column"] == "paid"
+    low, high = metrics["uncertainty"]["intervals"]["accuracy"]
+    assert low <= metrics["test"]["accuracy"] <= high
+    assert len(metrics["uncertainty"]["cross_validation"]["accuracy"]["values"]) == 2
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Data audit" in report and "| metric | model | 95% interval | baseline | 2-fold mean ± std |" in report
