@@ -77,8 +77,9 @@ def _same_as_a_file_in(target: Path, folder: Path) -> bool:
         return False
 
 
-def predict_rows(bundle: LoadedBundle, input_path: Path) -> pd.DataFrame:
-    """Predictions for every row of `input_path` (for an image model: every image file below it)."""
+def predict_rows(bundle: LoadedBundle, input_path: Path, flag_extrapolation: bool = False) -> pd.DataFrame:
+    """Predictions for every row of `input_path` (for an image model: every image file below it); with
+    `flag_extrapolation`, an `extrapolation` column naming what lies outside the training range."""
     image = bundle.spec.preprocessing.image
     if image is not None and (input_path.is_dir() or input_path.suffix.lower() not in SUFFIX_KIND):
         from tasks.data import decode_for_prediction, prediction_images
@@ -91,11 +92,12 @@ def predict_rows(bundle: LoadedBundle, input_path: Path) -> pd.DataFrame:
     if kind is None:
         raise DataError(f"{input_path}: unsupported input type {input_path.suffix!r}; use .csv, .parquet or .npz")
     if kind == "npz":
-        return bundle.predict_array(_read_npz_features(input_path, bundle.spec.n_features), str(input_path))
+        return bundle.predict_array(_read_npz_features(input_path, bundle.spec.n_features), str(input_path),
+                                    flag_extrapolation)
     frame = read_table(input_path, kind)
     if frame.shape[0] == 0:
         raise DataError(f"{input_path}: has a header but no rows to predict")
-    return bundle.predict_frame(frame, str(input_path))
+    return bundle.predict_frame(frame, str(input_path), flag_extrapolation)
 
 
 def _read_npz_features(path: Path, n_features: int) -> np.ndarray:
@@ -116,7 +118,8 @@ def predict_to_file(
     output: Path,
     trust_code: bool = False,
     load: Callable[..., LoadedBundle] = load_model,
-    predict: Callable[[LoadedBundle, Path], pd.DataFrame] = predict_rows,
+    predict: Callable[..., pd.DataFrame] = predict_rows,
+    flag_extrapolation: bool = False,
 ) -> str:
     """Load the bundle at `model`, predict every row of `input`, write `output`; returns its absolute path.
 
@@ -125,7 +128,7 @@ def predict_to_file(
     """
     kind = check_output(output, input, model)
     bundle = load(model, trust_code=trust_code)
-    predictions = predict(bundle, input)
+    predictions = predict(bundle, input, flag_extrapolation) if flag_extrapolation else predict(bundle, input)
     if kind == "parquet":
         atomic_write(output, lambda tmp: predictions.to_parquet(tmp, index=False))
     else:
@@ -133,13 +136,14 @@ def predict_to_file(
     return str(output.resolve())
 
 
-def predict(model: str, input: str, output: str, trust_code: bool = False) -> str:
+def predict(model: str, input: str, output: str, trust_code: bool = False, flag_extrapolation: bool = False) -> str:
     """Load the bundle at `model`, predict every row of `input`, write `output` (CSV or Parquet, by extension).
 
-    `trust_code` lets a custom-model bundle import the module it names (see `load_model`).
+    `trust_code` lets a custom-model bundle import the module it names (see `load_model`);
+    `flag_extrapolation` adds an `extrapolation` column (what lies outside the training range, per row).
     """
     return predict_to_file(Path(model), Path(input), Path(output), trust_code, _lazy("load_model_task"),
-                           _lazy("predict_file"))
+                           _lazy("predict_file"), flag_extrapolation)
 
 
 # The `predict` flow and its tasks are made on first use (PEP 562: `from flows.predict import predict_flow`
@@ -181,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         help="let a custom-model bundle import and run the module its config names (only for bundles you trust)",
     )
     parser.add_argument(
+        "--flag-extrapolation", action="store_true",
+        help="add an 'extrapolation' column naming, per row, the features outside the training range by more than "
+        "10%% of it (and 'prediction' for a regression value outside the training target range); the rows are "
+        "counted in a warning either way",
+    )
+    parser.add_argument(
         "--prefect", action="store_true",
         help="run as a Prefect flow (the default when PREFECT_API_URL is set); otherwise one plain process, no server",
     )
@@ -189,13 +199,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         if not wants_prefect(args.prefect):
-            written = predict_to_file(args.model, args.input, args.output, args.trust_code)
+            written = predict_to_file(args.model, args.input, args.output, args.trust_code,
+                                      flag_extrapolation=args.flag_extrapolation)
         else:
             check_output(args.output, args.input, args.model)  # answered before Prefect's server starts
             predict_flow = _lazy("predict_flow")  # imports Prefect, whose logging prefect_session then quiets
             with prefect_session(args.debug):
                 written = predict_flow(
-                    model=str(args.model), input=str(args.input), output=str(args.output), trust_code=args.trust_code
+                    model=str(args.model), input=str(args.input), output=str(args.output), trust_code=args.trust_code,
+                    flag_extrapolation=args.flag_extrapolation,
                 )
         print(f"wrote predictions to {written}")
         return 0

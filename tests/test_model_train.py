@@ -161,6 +161,7 @@ def test_gradient_clipping_bounds_the_update():
 
 def test_progress_prints_one_line_per_epoch(capsys):
     config, data, parts = _setup("train.progress=true", "train.epochs=3", "train.early_stopping.enabled=false")
+    capsys.readouterr()  # the data stage's own lines (the audit's)
     train_model(parts, data, config.train, CPU, config.seed)
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3

@@ -184,3 +184,48 @@ def test_a_run_on_a_leaky_table_says_so_with_intervals_and_folds(prefect_api, tm
     assert len(metrics["uncertainty"]["cross_validation"]["accuracy"]["values"]) == 2
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Data audit" in report and "| metric | model | 95% interval | baseline | 2-fold mean ± std |" in report
+
+
+# --------------------------------------------------------------------------- predict says when it extrapolates
+
+
+def test_predict_counts_and_flags_rows_outside_the_training_range(tmp_path, capsys):
+    import torch
+
+    from flows.predict import predict_to_file
+    from tasks.bundle import write_bundle
+    from tasks.bundle._extrapolation import extrapolation
+    from tasks.model import build_model
+
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"carat": rng.uniform(0.2, 2.0, 200).round(2), "cut": rng.choice(["good", "ideal"], 200),
+                          "when": pd.date_range("2020-01-01", periods=200, freq="D").strftime("%Y-%m-%d")})
+    frame["price"] = (1000 * frame.carat + rng.normal(0, 50, 200)).round(2)
+    data = _prepare(tmp_path, frame, target="price")
+    pre = data.spec.preprocessing
+    low, high = pre.feature_ranges[data.spec.feature_names.index("carat")]
+    assert (low, high) == (frame.carat.min(), frame.carat.max()) or data.spec.n_train < 200  # training rows only
+    config = load_config(None, ["train.epochs=1", "device=cpu"])
+    parts = build_model.fn(config.model, config.loss, config.optimizer, None, data.spec, torch.device("cpu"), 0, 1,
+                           "val_loss")
+    bundle = write_bundle(parts.model, config, data.spec, None, tmp_path / "model")
+    rows = frame.drop(columns=["price"]).head(4).copy()
+    rows.loc[1, "carat"] = high + 0.11 * (high - low)   # beyond the 10% margin
+    rows.loc[2, "carat"] = high + 0.05 * (high - low)   # within it: not an extrapolation
+    rows.loc[3, "when"] = "2031-06-01"                  # a date years after the training dates
+    (tmp_path / "new.csv").write_text(rows.to_csv(index=False))
+    capsys.readouterr()
+    written = predict_to_file(bundle, tmp_path / "new.csv", tmp_path / "out.csv", flag_extrapolation=True)
+    err = capsys.readouterr().err
+    assert "2 of 4 row(s) have feature values outside the training range (by more than 10% of its width): " \
+           "carat (1 row), when (1 row)" in err
+    assert pd.read_csv(written, keep_default_na=False)["extrapolation"].tolist() == ["", "carat", "", "when"]
+    # Without the option, the same warning and no extra column.
+    assert "extrapolation" not in pd.read_csv(predict_to_file(bundle, tmp_path / "new.csv", tmp_path / "o2.csv"))
+    # A regression value beyond the training target range by more than 10% of it is flagged the same way.
+    t_low, t_high = pre.target_range
+    notes, flags = extrapolation(data.spec, np.full((2, len(pre.feature_names)), np.nan),  # gaps: never outside
+                                 np.array([t_high, t_high + 0.2 * (t_high - t_low)]), "new.csv")
+    assert flags.tolist() == ["", "prediction"]
+    assert notes == [f"new.csv: 1 of 2 prediction(s) lie outside the training target range [{t_low:.6g}, {t_high:.6g}] "
+                     "by more than 10% of its width"]

@@ -28,7 +28,7 @@ from tasks.data._raw import (
     infer_task,
     regression_target,
 )
-from tasks.data._scaling import as_floats, fit_statistics, target_statistics
+from tasks.data._scaling import as_floats, fit_statistics, target_statistics, value_range, value_ranges
 from tasks.data._split_checks import joined, split_problems, val_fraction_of_rest
 from tasks.data._table_splits import table_features, table_preprocessing
 
@@ -39,6 +39,7 @@ def fit_preprocessing(
     """Fit imputer, scaler and target scaler on the training rows only."""
     fill, center, scale = fit_statistics(X_train, config)
     t_center, t_scale = target_statistics(y_train, config)
+    flat = len(raw.input_shape) == 1  # images: a pixel's training range says little about a new image
     return Preprocessing(
         feature_names=raw.feature_names,
         input_shape=raw.input_shape,
@@ -48,6 +49,8 @@ def fit_preprocessing(
         scale=as_floats(scale),
         target_center=t_center,
         target_scale=t_scale,
+        feature_ranges=tuple(value_ranges(X_train)) if flat else None,
+        target_range=value_range(y_train),
     )
 
 
