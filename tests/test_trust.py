@@ -229,3 +229,78 @@ def test_predict_counts_and_flags_rows_outside_the_training_range(tmp_path, caps
     assert flags.tolist() == ["", "prediction"]
     assert notes == [f"new.csv: 1 of 2 prediction(s) lie outside the training target range [{t_low:.6g}, {t_high:.6g}] "
                      "by more than 10% of its width"]
+
+
+# --------------------------------------------------------------------------- fine-tuning across data changes
+
+
+def _month(n: int, seed: int, shops: list[str], extra: bool = False, drop_b: bool = False, cities: int = 25):
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"a": rng.normal(size=n).round(3), "b": rng.normal(size=n).round(3),
+                          "shop": rng.choice(shops, n), "city": [f"c{i}" for i in rng.integers(0, cities, n)]})
+    frame["y"] = (2 * frame.a - frame.b + frame.shop.map({s: i for i, s in enumerate(shops)}) + rng.normal(0, .1, n))
+    if extra:
+        frame["c"] = rng.normal(size=n).round(3)
+    if drop_b:
+        frame = frame.drop(columns=["b"])
+    return frame
+
+
+def _fit(tmp_path, name: str, frame: pd.DataFrame, *sets: str, train: bool = True):
+    import torch
+
+    from tasks.bundle import write_bundle
+    from tasks.model import build_model
+    from tasks.train import train_model
+
+    frame.to_csv(tmp_path / f"{name}.csv", index=False)
+    config = load_config(None, [f"data.source={{kind: csv, path: {tmp_path / name}.csv, target: y}}", "device=cpu",
+                                "train.epochs=2", "train.progress=false", "model.hidden_sizes=[8]", *sets])
+    data = prepare_data.fn(config.data, 0)
+    parts = build_model.fn(config.model, config.loss, config.optimizer, None, data.spec, torch.device("cpu"), 0, 2,
+                           "val_loss")
+    if not train:
+        return data, parts, None
+    train_model.fn(parts, data, config.train, torch.device("cpu"), 0)
+    return data, parts, write_bundle(parts.model, config, data.spec, None, tmp_path / name / "model")
+
+
+def test_fine_tuning_maps_input_weights_by_feature_name(tmp_path):
+    import torch
+
+    old_data, old_parts, bundle = _fit(tmp_path, "may", _month(300, 0, ["north", "south"]))
+    old = {k: v.clone() for k, v in old_parts.model.state_dict().items()}
+    old_names = list(old_data.spec.feature_names)
+    # June: a new shop (one-hot), a new column, column b gone, and new cities (an embedding: 25 -> 26 values).
+    june = _month(300, 1, ["north", "south", "west"], extra=True, drop_b=True, cities=26)
+    data, fresh, _ = _fit(tmp_path, "june", june, f"model.init_from={bundle}", train=False)
+    mapping = fresh.init.inputs
+    assert set(mapping.added) == {"shop=west", "c", "city=c25"} and mapping.dropped == ("b",)
+    assert mapping.kept == 3 + data.spec.embeddings[0][1]  # a, shop=north, shop=south and the city embedding
+    assert "inputs mapped by name: " in fresh.init.line() and "1 dropped (b)" in fresh.init.line()
+    # Before training, the shared columns carry May's weights, and the new ones start at zero.
+    first = fresh.model.state_dict()["body.net.0.weight"]
+    names = list(data.spec.feature_names)
+    for column in ("a", "shop=north", "shop=south"):
+        assert torch.allclose(first[:, names.index(column)], old["body.net.0.weight"][:, old_names.index(column)])
+    assert torch.count_nonzero(first[:, names.index("c")]) == 0
+    assert torch.allclose(fresh.model.state_dict()["body.net.3.weight"], old["body.net.3.weight"])  # the head
+    def city_of(spec):
+        return next(c for c in spec.preprocessing.table.columns if c.name == "city")
+
+    table, city, old_city = fresh.model.state_dict()["embeddings.0.weight"], city_of(data.spec), city_of(old_data.spec)
+    assert torch.equal(table[2 + city.categories.index("c25")], old["embeddings.0.weight"][0])  # May's "other" row
+    assert torch.equal(table[2 + city.categories.index("c3")], old["embeddings.0.weight"][2 + old_city.categories.index("c3")])
+
+
+def test_a_checkpoint_without_columns_names_them_in_its_shape_error(tmp_path):
+    import safetensors.torch
+
+    from schemas import ConfigError
+
+    _, parts, _ = _fit(tmp_path, "may", _month(300, 0, ["north", "south"]))
+    safetensors.torch.save_file(parts.model.state_dict(), tmp_path / "weights.safetensors")
+    with pytest.raises(ConfigError, match=r"its first layer takes 14 inputs, this table's columns make 15 \(a, b, shop=west, shop=north, "
+                                          r"shop=south, city\); it does not record its columns"):
+        _fit(tmp_path, "june", _month(300, 1, ["north", "south", "west"]),
+             f"model.init_from={tmp_path / 'weights.safetensors'}", train=False)
