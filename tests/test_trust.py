@@ -92,6 +92,8 @@ def test_duplicated_test_rows_and_constant_columns_are_counted(tmp_path):
 def test_a_builtin_matrix_is_audited_and_images_are_not():
     assert prepare_data.fn(DataConfig(source={"kind": "builtin", "name": "wine"}), 0).spec.audit.possible_leaks == ()
     assert prepare_data.fn(DataConfig(), 0).spec.audit is None  # digits: 8x8 images
+    iris = prepare_data.fn(DataConfig(source={"kind": "builtin", "name": "iris"}), 0).spec.audit
+    assert iris.duplicated_test_rows == 1 and iris.lines() == []  # 1 of 23: counted, too few to warn about
 
 
 # --------------------------------------------------------------------------- intervals
