@@ -220,7 +220,7 @@ def _ours(train_path: Path, holdout: pd.DataFrame, table: Table, overrides: tupl
     fold = report.uncertainty.cross_validation.get(name) if report.uncertainty else None
     return {
         "holdout": _score(table, rows[table.target].to_numpy(), predicted), "test": report.metrics[name],
-        "interval": report.uncertainty.intervals[name] if report.uncertainty else None,
+        "interval": report.uncertainty.intervals.get(name) if report.uncertainty else None,
         "fold": None if fold is None else (fold.mean, fold.std),
         "seconds": seconds, "mib": peak.delta_mib, "epochs": (result.epochs_run, result.best_epoch),
         "id_like": tuple(c.column for c in audit.id_like if not c.kept) if audit else (),
