@@ -147,8 +147,9 @@ def _one_column_score(values: np.ndarray, categorical: bool, y: np.ndarray, task
     if len(y) < LEAK_MIN_ROWS:
         return float("nan")
     if not categorical:
-        values = np.where(np.isfinite(values), values, np.nan).astype(np.float32)  # a tree's own precision
-        values = np.where(np.isfinite(values), values, np.nan)
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = values.astype(np.float32)  # a tree's own precision; a value beyond it becomes inf
+        values = np.where(np.isfinite(values), values, np.nan)  # inf and gaps alike: missing, as trees take them
     tree = (DecisionTreeClassifier if classify else DecisionTreeRegressor)(
         max_depth=LEAK_DEPTH[task], min_samples_leaf=max(1, len(y) // 200), random_state=seed)
     X = values.reshape(-1, 1)
