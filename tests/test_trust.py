@@ -157,6 +157,7 @@ def test_auto_folds_only_for_small_tables():
     assert folds_for(load_config(None), digits) == 0  # 1,797 rows
     assert folds_for(load_config(None, ["evaluate.folds=0"]), small) == 0
     assert folds_for(load_config(None, ["evaluate.folds=3"]), digits) == 3
+    assert folds_for(load_config(None, ["train.distributed.nproc_per_node=2"]), small) == 0  # k more launches of ranks
 
 
 # --------------------------------------------------------------------------- what a run shows
