@@ -231,6 +231,6 @@ def test_a_missing_file_is_named_by_the_full_path_tried(tmp_path: Path, monkeypa
     preset = _preset(tmp_path / "project", "data: {source: {kind: csv, path: t.csv, target: y}}\n")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match=f"data file not found: {tmp_path / 'project' / 't.csv'}$"):
-        prepare_data.fn(load_config(preset).data, 0)
+        prepare_data(load_config(preset).data, 0)
     with pytest.raises(ConfigError, match=f"config file not found: {tmp_path / 'nope.yaml'}$"):
         load_config("nope.yaml")

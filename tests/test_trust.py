@@ -10,6 +10,7 @@ import pytest
 
 from schemas.data import DataConfig
 from schemas.loading import load_config
+from schemas.recipe import ModelSetup
 from tasks.data import prepare_data, prepare_folds
 from tasks.evaluate._intervals import classification_intervals, regression_intervals
 
@@ -28,7 +29,7 @@ def _clean(n: int = 300, seed: int = 0) -> pd.DataFrame:
 def _prepare(tmp_path, frame: pd.DataFrame, target: str = "label", **source: object):
     path = tmp_path / "t.csv"
     frame.to_csv(path, index=False)
-    return prepare_data.fn(DataConfig(source={"kind": "csv", "path": path, "target": target, **source}), seed=0)
+    return prepare_data(DataConfig(source={"kind": "csv", "path": path, "target": target, **source}), seed=0)
 
 
 def test_a_clean_table_has_nothing_to_report(tmp_path):
@@ -90,9 +91,9 @@ def test_duplicated_test_rows_and_constant_columns_are_counted(tmp_path):
 
 
 def test_a_builtin_matrix_is_audited_and_images_are_not():
-    assert prepare_data.fn(DataConfig(source={"kind": "builtin", "name": "wine"}), 0).spec.audit.possible_leaks == ()
-    assert prepare_data.fn(DataConfig(), 0).spec.audit is None  # digits: 8x8 images
-    iris = prepare_data.fn(DataConfig(source={"kind": "builtin", "name": "iris"}), 0).spec.audit
+    assert prepare_data(DataConfig(source={"kind": "builtin", "name": "wine"}), 0).spec.audit.possible_leaks == ()
+    assert prepare_data(DataConfig(), 0).spec.audit is None  # digits: 8x8 images
+    iris = prepare_data(DataConfig(source={"kind": "builtin", "name": "iris"}), 0).spec.audit
     assert iris.duplicated_test_rows == 1 and iris.lines() == []  # 1 of 23: counted, too few to warn about
 
 
@@ -149,10 +150,10 @@ def test_folds_hold_every_row_out_once_and_fit_on_the_rest(tmp_path):
 
 
 def test_auto_folds_only_for_small_tables():
-    from tasks.run.kfold import folds_for
+    from tasks.recipe import folds_for
 
-    small = prepare_data.fn(DataConfig(source={"kind": "builtin", "name": "iris"}), 0).spec
-    digits = prepare_data.fn(DataConfig(), 0).spec
+    small = prepare_data(DataConfig(source={"kind": "builtin", "name": "iris"}), 0).spec
+    digits = prepare_data(DataConfig(), 0).spec
     assert folds_for(load_config(None), small) == 5
     assert folds_for(load_config(None), digits) == 0  # 1,797 rows
     assert folds_for(load_config(None, ["evaluate.folds=0"]), small) == 0
@@ -209,8 +210,7 @@ def test_predict_counts_and_flags_rows_outside_the_training_range(tmp_path, caps
     low, high = pre.feature_ranges[data.spec.feature_names.index("carat")]
     assert (low, high) == (frame.carat.min(), frame.carat.max()) or data.spec.n_train < 200  # training rows only
     config = load_config(None, ["train.epochs=1", "device=cpu"])
-    parts = build_model.fn(config.model, config.loss, config.optimizer, None, data.spec, torch.device("cpu"), 0, 1,
-                           "val_loss")
+    parts = build_model(ModelSetup.of(config), data.spec, torch.device("cpu"))
     bundle = write_bundle(parts.model, config, data.spec, None, tmp_path / "model")
     rows = frame.drop(columns=["price"]).head(4).copy()
     rows.loc[1, "carat"] = high + 0.11 * (high - low)   # beyond the 10% margin
@@ -259,12 +259,11 @@ def _fit(tmp_path, name: str, frame: pd.DataFrame, *sets: str, train: bool = Tru
     frame.to_csv(tmp_path / f"{name}.csv", index=False)
     config = load_config(None, [f"data.source={{kind: csv, path: {tmp_path / name}.csv, target: y}}", "device=cpu",
                                 "train.epochs=2", "train.progress=false", "model.hidden_sizes=[8]", *sets])
-    data = prepare_data.fn(config.data, 0)
-    parts = build_model.fn(config.model, config.loss, config.optimizer, None, data.spec, torch.device("cpu"), 0, 2,
-                           "val_loss")
+    data = prepare_data(config.data, 0)
+    parts = build_model(ModelSetup.of(config), data.spec, torch.device("cpu"))
     if not train:
         return data, parts, None
-    train_model.fn(parts, data, config.train, torch.device("cpu"), 0)
+    train_model(parts, data, config.train, torch.device("cpu"), 0)
     return data, parts, write_bundle(parts.model, config, data.spec, None, tmp_path / name / "model")
 
 
