@@ -283,7 +283,7 @@ def resume_config(
     saved_file = Path(run_dir) / "config.yaml"
     if not saved_file.is_file():
         raise ConfigError(f"--resume {run_dir}: no run there (config.yaml is missing)")
-    saved = load_config(saved_file)
+    saved = saved_run_config(saved_file)
     if path is not None:
         base = resolve_paths(read_yaml_mapping(path), Path(path).expanduser().absolute().parent)
     else:
@@ -297,6 +297,18 @@ def resume_config(
             "Resuming with another config would not reproduce the run; pass --force to resume anyway"
         )
     return config
+
+
+def saved_run_config(path: Path) -> RunConfig:
+    """The config a run folder's `config.yaml` (at `path`) holds.
+
+    The pipeline writes it with absolute paths. A relative path in it was
+    written by a version that took paths relative to the working directory,
+    and is taken so again (not relative to the run folder, where the file
+    lies), as the run was started.
+    """
+    data = resolve_paths(read_yaml_mapping(path), Path.cwd())
+    return absolute_paths(validate_config(data, source=str(path)))
 
 
 # Keys that change how a run is executed, not what it computes.
