@@ -224,6 +224,7 @@ def format_summary(summary: RunSummary) -> str:
         f"training  {summary.epochs_run} epochs in {summary.train_seconds:.1f}s"
         f"{f' on {summary.ranks} ranks' if summary.ranks > 1 else ''} ({stop}best epoch "
         f"{summary.best_epoch}, {summary.monitor} {summary.best_score:.4f})",
+        *([f"          batch {summary.batch_size}: {summary.batch_note}"] if summary.batch_note else []),
     ]
     lines += test_lines(summary)
     if summary.bundle:

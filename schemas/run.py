@@ -204,6 +204,8 @@ class RunSummary(BaseModel):
     stopped_early: bool
     train_seconds: float
     ranks: int = 1  # data-parallel processes that trained (train.distributed)
+    batch_size: int | None = None  # rows per training step as trained
+    batch_note: str = ""  # why that is not train.batch_size (a small table's cap, running out of memory)
     test: dict[str, float]
     baseline: dict[str, float]
     baseline_kind: str

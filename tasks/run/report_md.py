@@ -66,7 +66,8 @@ def markdown_report(
         f"| seed | {config.seed} |",
         f"| device | {summary.device} ({summary.device_reason}; {summary.threads} CPU thread{'s' if summary.threads != 1 else ''}, {summary.precision}) |",
         f"| training | {summary.epochs_run} epochs in {summary.train_seconds:.1f} s; best epoch {summary.best_epoch} "
-        f"({summary.monitor} {summary.best_score:.4f}){', stopped early' if summary.stopped_early else ''} |",
+        f"({summary.monitor} {summary.best_score:.4f}){', stopped early' if summary.stopped_early else ''}"
+        f"{f'; batch {summary.batch_size}: {summary.batch_note}' if summary.batch_note else ''} |",
         f"| bundle | {'`' + summary.bundle + '`' if summary.bundle else 'not saved'} |",
         *([f"| starting weights | {summary.init.line()} |"] if summary.init is not None else []),
     ]
