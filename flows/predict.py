@@ -109,8 +109,9 @@ def _same_as_a_file_in(target: Path, folder: Path) -> bool:
         return False
 
 
-def predict_rows(bundle: LoadedBundle, input_path: Path) -> pd.DataFrame:
-    """Predictions for every row of `input_path` (for an image model: every image file below it)."""
+def predict_rows(bundle: LoadedBundle, input_path: Path, flag_extrapolation: bool = False) -> pd.DataFrame:
+    """Predictions for every row of `input_path` (for an image model: every image file below it); with
+    `flag_extrapolation`, an `extrapolation` column naming what lies outside the training range."""
     image = bundle.spec.preprocessing.image
     if image is not None and (input_path.is_dir() or input_path.suffix.lower() not in SUFFIX_KIND):
         from tasks.data import decode_for_prediction, prediction_images
@@ -123,11 +124,12 @@ def predict_rows(bundle: LoadedBundle, input_path: Path) -> pd.DataFrame:
     if kind is None:
         raise DataError(f"{input_path}: unsupported input type {input_path.suffix!r}; use .csv, .parquet or .npz")
     if kind == "npz":
-        return bundle.predict_array(_read_npz_features(input_path, bundle.spec.n_features), str(input_path))
+        return bundle.predict_array(_read_npz_features(input_path, bundle.spec.n_features), str(input_path),
+                                    flag_extrapolation)
     frame = read_table(input_path, kind)
     if frame.shape[0] == 0:
         raise DataError(f"{input_path}: has a header but no rows to predict")
-    return bundle.predict_frame(frame, str(input_path))
+    return bundle.predict_frame(frame, str(input_path), flag_extrapolation)
 
 
 def _read_npz_features(path: Path, n_features: int) -> np.ndarray:
@@ -148,8 +150,9 @@ def predict_to_file(
     output: Path,
     trust_code: bool = False,
     load: Callable[..., LoadedBundle] = load_model,
-    predict: Callable[[LoadedBundle, Path], pd.DataFrame] = predict_rows,
+    predict: Callable[..., pd.DataFrame] = predict_rows,
     spreadsheet_safe: bool = True,
+    flag_extrapolation: bool = False,
 ) -> str:
     """Load the bundle at `model`, predict every row of `input`, write `output`; returns its absolute path.
 
@@ -159,7 +162,7 @@ def predict_to_file(
     """
     kind = check_output(output, input, model)
     bundle = load(model, trust_code=trust_code)
-    predictions = predict(bundle, input)
+    predictions = predict(bundle, input, flag_extrapolation) if flag_extrapolation else predict(bundle, input)
     if kind == "parquet":
         atomic_write(output, lambda tmp: predictions.to_parquet(tmp, index=False))
     else:
@@ -198,18 +201,22 @@ def neutralize_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def predict(model: str, input: str, output: str, trust_code: bool = False, spreadsheet_safe: bool = True) -> str:
+def predict(
+    model: str, input: str, output: str, trust_code: bool = False, spreadsheet_safe: bool = True,
+    flag_extrapolation: bool = False,
+) -> str:
     """Load the bundle at `model`, predict every row of `input`, write `output` (CSV or Parquet, by extension).
 
     `trust_code` lets a custom-model bundle import the module it names (see `load_model`); `spreadsheet_safe`
-    prefixes CSV text cells a spreadsheet would evaluate (=, +, -, @) with a quote (see `neutralize_formulas`).
+    prefixes CSV text cells a spreadsheet would evaluate (=, +, -, @) with a quote (see `neutralize_formulas`);
+    `flag_extrapolation` adds an `extrapolation` column (what lies outside the training range, per row).
     """
     return predict_to_file(Path(model), Path(input), Path(output), trust_code, _lazy("load_model_task"),
-                           _lazy("predict_file"), spreadsheet_safe)
+                           _lazy("predict_file"), spreadsheet_safe, flag_extrapolation)
 
 
 # The `predict` flow and its tasks are made on first use (PEP 562: `from flows.predict import predict_flow`
-# works as before), so the plain command path never imports Prefect.
+# makes them), so the plain command path never imports Prefect.
 _MADE: dict[str, Any] = {}
 
 
@@ -252,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         "with a single quote; numbers are untouched (default: on)",
     )
     parser.add_argument(
+        "--flag-extrapolation", action="store_true",
+        help="add an 'extrapolation' column naming, per row, the features outside the training range by more than "
+        "10%% of it (and 'prediction' for a regression value outside the training target range); the rows are "
+        "counted in a warning either way",
+    )
+    parser.add_argument(
         "--prefect", action="store_true",
         help="run as a Prefect flow (the default when PREFECT_API_URL is set); otherwise one plain process, no server",
     )
@@ -261,14 +274,14 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         if not wants_prefect(args.prefect):
             written = predict_to_file(args.model, args.input, args.output, args.trust_code,
-                                      spreadsheet_safe=args.spreadsheet_safe)
+                                      spreadsheet_safe=args.spreadsheet_safe, flag_extrapolation=args.flag_extrapolation)
         else:
             check_output(args.output, args.input, args.model)  # answered before Prefect's server starts
             predict_flow = _lazy("predict_flow")  # imports Prefect, whose logging prefect_session then quiets
             with prefect_session(args.debug):
                 written = predict_flow(
                     model=str(args.model), input=str(args.input), output=str(args.output), trust_code=args.trust_code,
-                    spreadsheet_safe=args.spreadsheet_safe,
+                    spreadsheet_safe=args.spreadsheet_safe, flag_extrapolation=args.flag_extrapolation,
                 )
         print(f"wrote predictions to {written}")
         return 0

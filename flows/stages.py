@@ -29,7 +29,7 @@ from tasks.data import prepare_data as prepare_data_stage
 from tasks.device import select_device as select_device_stage
 from tasks.evaluate import evaluate_model as evaluate_model_stage
 from tasks.model import build_model as build_model_stage
-from tasks.recipe import Stages
+from tasks.recipe import Stages, cross_validate as cross_validate_step
 from tasks.run.artifacts import publish_run_artifacts
 from tasks.sweep import Dispatch, TrialExecutor, trial_label
 from tasks.train import train_model as train_model_stage
@@ -52,6 +52,8 @@ build_model = task(build_model_stage, name="build-model", task_run_name="build-m
                    cache_policy=NO_CACHE)
 train_model = task(train_model_stage, name="train-model", cache_policy=NO_CACHE)
 evaluate_model = task(evaluate_model_stage, name="evaluate-model", cache_policy=NO_CACHE)
+cross_validate = task(cross_validate_step, name="cross-validate", task_run_name="cross-validate[{folds} folds]",
+                      cache_policy=NO_CACHE)
 save_model = task(write_bundle, name="save-model", cache_policy=NO_CACHE)
 publish_report = task(publish_run_artifacts, name="publish-report", cache_policy=NO_CACHE)
 
@@ -97,5 +99,6 @@ def prefect_stages(config: RunConfig) -> Stages:
         build_model=build_model,
         train_model=train_model.with_options(**train_retry),
         evaluate_model=evaluate_model.with_options(**retry_options(config.evaluate.retry)),
+        cross_validate=cross_validate.with_options(**retry_options(config.evaluate.retry)),
         save_model=save_model.with_options(**retry_options(config.save.retry)),
     )

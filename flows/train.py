@@ -106,7 +106,7 @@ from flows._callbacks import PrefectProgress, PrefectReport
 from flows.stages import prefect_stages
 from flows._preflight import check_machine_first, check_parameter_size
 from schemas.errors import ConfigError, PipelineError
-from schemas.loading import config_to_yaml
+from schemas.loading import absolute_paths, config_to_yaml
 from schemas.base import OptionalText
 from schemas.run import RunConfig, RunSummary
 from tasks.common.log import pipeline_errors_in_one_line
@@ -117,6 +117,7 @@ from tasks.run.artifacts import artifact_key
 from tasks.run.outputs import HistoryCsv, RunFolder, record_config, run_summary
 from tasks.run.rundir import create_run_dir, open_run_dir_for_resume, read_run_state, run_lifecycle
 from tasks.run.tracking import check_tracking, start_tracking
+from tasks.run.trust import audit_lines, test_lines
 
 
 def run_name() -> str:
@@ -158,6 +159,7 @@ def train_flow(
     """
     pipeline_errors_in_one_line()  # in the run's log: our errors as their message, without a traceback
     try:
+        config = absolute_paths(config)  # a form's relative paths: against the flow's working directory
         check_device_present(config.device)  # a missing device fails before any task
         check_tracking(config.tracking)  # a missing extra fails before any work
         return _train(config, _open_run_dir(config, run_dir or None, resume, force))
@@ -223,14 +225,14 @@ def format_summary(summary: RunSummary) -> str:
             for row in summary.device_table
         ),
         f"data      {summary.source}: {summary.task}, {rows['train']}/{rows['val']}/{rows['test']} rows (train/val/test)",
+        *audit_lines(summary),
         *([f"model     {summary.init.line()}"] if summary.init and (summary.init.source or summary.init.frozen) else []),
         f"training  {summary.epochs_run} epochs in {summary.train_seconds:.1f}s"
         f"{f' on {summary.ranks} ranks' if summary.ranks > 1 else ''} ({stop}best epoch "
         f"{summary.best_epoch}, {summary.monitor} {summary.best_score:.4f})",
-        f"test      {'metric':<16} {'model':>10} {'baseline':>10}   (baseline: {summary.baseline_kind})",
+        *([f"          batch {summary.batch_size}: {summary.batch_note}"] if summary.batch_note else []),
     ]
-    for name, value in summary.test.items():
-        lines.append(f"          {name:<16} {value:>10.4f} {summary.baseline[name]:>10.4f}")
+    lines += test_lines(summary)
     if summary.bundle:
         lines.append(f"bundle    {summary.bundle}")
     return "\n".join(lines)

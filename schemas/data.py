@@ -21,6 +21,7 @@ from typing import (
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.audit import DataAudit
 from schemas.base import RetryPolicy, StrictModel
 from schemas.errors import DataError
 from schemas.limits import MAX_ABS_FEATURE, MAX_SCALED_FEATURE, clip_text
@@ -219,6 +220,12 @@ class DataConfig(StrictModel):
     missing_indicator: bool = Field(
         False, description="Add a 0/1 '<column>__missing' input for each numeric or date column with gaps in training."
     )
+    drop_id_like: bool = Field(
+        True,
+        description="Leave out table columns that look like row ids or row numbers (named like id, index or "
+        "row number, or unique whole numbers in sequence or in file order), naming them in a warning; false keeps "
+        "them as features. A column listed in source.features is kept either way.",
+    )
     drop_empty_target: bool = Field(
         True, description="Drop rows whose target is empty, with a count; false makes them an error."
     )
@@ -278,6 +285,11 @@ class ImagePreprocessing(BaseModel):
         return out
 
 
+# Prediction calls a value an extrapolation when it lies beyond the training split's range by more than this
+# share of the range's width (a model fit on 1 to 2 carats is trusted to 2.1, warned about at 2.2).
+EXTRAPOLATION_MARGIN = 0.1
+
+
 class Preprocessing(BaseModel):
     """The fitted feature transform: impute, then `(x - center) / scale`; or, for images, `image`."""
 
@@ -293,6 +305,33 @@ class Preprocessing(BaseModel):
     target_scale: float | None = None
     image: ImagePreprocessing | None = None
     table: TableSpec | None = None  # a table's column roles and encodings, applied to raw rows first
+    # The training split's (min, max) of each input column before scaling (None: a 0/1 column, a category
+    # code, an image), and of a regression target in its units: what prediction calls extrapolation.
+    feature_ranges: tuple[tuple[float, float] | None, ...] | None = None
+    target_range: tuple[float, float] | None = None
+
+    def outside_ranges(self, X: np.ndarray, margin: float = EXTRAPOLATION_MARGIN) -> np.ndarray:
+        """Rows x features: where a raw value (in `feature_names` order) lies beyond the training range by more
+        than `margin` times its width; gaps never do. All False when no ranges were recorded."""
+        X = np.asarray(X, dtype=np.float64)
+        ranges = self.feature_ranges
+        if ranges is None or X.ndim != 2 or X.shape[1] != len(ranges):
+            return np.zeros(X.shape[:1] + (len(ranges or ()),), dtype=bool)
+        low = np.array([r[0] if r is not None else -np.inf for r in ranges])
+        high = np.array([r[1] if r is not None else np.inf for r in ranges])
+        slack = margin * np.where(np.isfinite(high - low), high - low, 0.0)
+        with np.errstate(invalid="ignore"):
+            return (X < low - slack) | (X > high + slack)
+
+    def outside_target_range(self, y: np.ndarray, margin: float = EXTRAPOLATION_MARGIN) -> np.ndarray:
+        """Where a regression prediction (in the target's units) lies beyond the training target range by more
+        than `margin` times its width."""
+        y = np.asarray(y, dtype=np.float64)
+        if self.target_range is None:
+            return np.zeros(y.shape, dtype=bool)
+        low, high = self.target_range
+        slack = margin * (high - low)
+        return (y < low - slack) | (y > high + slack)
 
     def transform(self, X: np.ndarray, source: str = "input", row_numbers: np.ndarray | None = None) -> np.ndarray:
         """Raw features (rows x features, in `feature_names` order) to model input.
@@ -359,6 +398,7 @@ class DataSpec(BaseModel):
     n_train: int
     n_val: int
     n_test: int
+    audit: DataAudit | None = None  # what the data stage's audit found (None: images, or not audited)
 
     @property
     def feature_names(self) -> tuple[str, ...]:

@@ -248,9 +248,49 @@ def parent_mapping(
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> RunConfig:
-    """The validated run config: defaults, then the YAML file, then the overrides."""
+    """The validated run config: defaults, then the YAML file, then the overrides.
+
+    Relative paths in the file (`PATH_KEYS`) resolve against the file's
+    folder; those given with `--set` against the working directory. The
+    config returned holds absolute paths, so its YAML repeats the run from
+    anywhere.
+    """
     data = read_yaml_mapping(path) if path is not None else {}
-    return validate_config(apply_overrides(data, overrides), source=str(path) if path else None)
+    if path is not None:
+        data = resolve_paths(data, Path(path).expanduser().absolute().parent)
+    config = validate_config(apply_overrides(data, overrides), source=str(path) if path else None)
+    return absolute_paths(config)
+
+
+# Config keys that name files or folders: relative ones resolve against the folder of the config file that
+# gives them (a command line's --set, a form's value: the working directory). mlflow_uri is a URI, not a path.
+PATH_KEYS = ("data.source.path", "data.source.cache_dir", "device.cache_dir", "model.init_from",
+             "tracking.tensorboard_dir")
+
+
+def resolve_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A copy of the config mapping `data` with each relative path of `PATH_KEYS` joined to `folder`
+    (`~` expanded first, `..` folded: no link is followed); values that are not strings are left for
+    validation to judge."""
+    result = copy.deepcopy(data)
+    for key in PATH_KEYS:
+        *parents, last = key.split(".")
+        node: Any = result
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        value = node.get(last) if isinstance(node, dict) else None
+        if isinstance(value, (str, Path)) and str(value).strip():
+            path = Path(value).expanduser()
+            node[last] = os.path.normpath(path if path.is_absolute() else folder / path)
+    return result
+
+
+def absolute_paths(config: RunConfig, folder: Path | None = None) -> RunConfig:
+    """`config` with every relative path of `PATH_KEYS` made absolute against `folder` (default: the working
+    directory); the same object when there is none."""
+    data = config.model_dump(mode="json")
+    resolved = resolve_paths(data, folder or Path.cwd())
+    return config if resolved == data else validate_config(resolved)
 
 
 def resume_config(
@@ -264,9 +304,12 @@ def resume_config(
     saved_file = Path(run_dir) / "config.yaml"
     if not os.path.lexists(saved_file):
         raise ConfigError(f"--resume {run_dir}: no run there (config.yaml is missing)")
-    saved = load_config(saved_file)
-    base = read_yaml_mapping(path) if path is not None else saved.model_dump(mode="json")
-    config = validate_config(apply_overrides(base, overrides), source=str(path or saved_file))
+    saved = saved_run_config(saved_file)
+    if path is not None:
+        base = resolve_paths(read_yaml_mapping(path), Path(path).expanduser().absolute().parent)
+    else:
+        base = saved.model_dump(mode="json")
+    config = absolute_paths(validate_config(apply_overrides(base, overrides), source=str(path or saved_file)))
     changes = [c for c in config_diff(saved, config) if not resume_safe(c[0], RESUME_SAFE)]
     if changes and not force:
         listed = "; ".join(f"{clip_text(key, 120)}: {quote(old, 80)} -> {quote(new, 80)}" for key, old, new in changes[:10])
@@ -276,6 +319,18 @@ def resume_config(
             "Resuming with another config would not reproduce the run; pass --force to resume anyway"
         )
     return config
+
+
+def saved_run_config(path: Path) -> RunConfig:
+    """The config a run folder's `config.yaml` (at `path`) holds.
+
+    The pipeline writes it with absolute paths. A relative path in it was
+    written by a version that took paths relative to the working directory,
+    and is taken so again (not relative to the run folder, where the file
+    lies), as the run was started.
+    """
+    data = resolve_paths(read_yaml_mapping(path), Path.cwd())
+    return absolute_paths(validate_config(data, source=str(path)))
 
 
 # Keys that change how a run is executed, not what it computes.

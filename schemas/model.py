@@ -184,6 +184,29 @@ ModelConfig = Annotated[
 ]
 
 
+class InputMapping(BaseModel):
+    """How a table model's input weights were carried over from `init_from` by feature name.
+
+    `kept`: input columns whose weights were taken from the source; `added`:
+    columns and category values the source did not have (they start as the
+    source treated an unseen value: its 'other' weights, or zero);
+    `dropped`: the source's columns this data does not have.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kept: int = 0
+    added: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+
+    def line(self) -> str:
+        def listed(names: tuple[str, ...]) -> str:
+            return f" ({', '.join(names[:8])}{' ...' if len(names) > 8 else ''})" if names else ""
+
+        return (f"inputs mapped by name: {self.kept} kept, {len(self.added)} added{listed(self.added)}, "
+                f"{len(self.dropped)} dropped{listed(self.dropped)}")
+
+
 class InitReport(BaseModel):
     """Where a model's weights started, and which of them train: the run summary, metrics.json and bundle record it.
 
@@ -205,6 +228,7 @@ class InitReport(BaseModel):
     ignored: tuple[str, ...] = ()
     mismatched: tuple[str, ...] = ()  # outside the head, shape differs, kept fresh (init_strict: false)
     frozen: tuple[str, ...] = ()  # module-name prefixes frozen
+    inputs: InputMapping | None = None  # a table's input columns mapped by name (None: the same inputs)
     frozen_parameters: int = 0
     trainable_parameters: int = 0
 
@@ -214,6 +238,8 @@ class InitReport(BaseModel):
         parts = [f"from {start}"]
         if self.source is not None:
             parts.append(f"{len(self.loaded)} tensors loaded, {len(self.new)} new, {len(self.ignored)} ignored")
+        if self.inputs is not None:
+            parts.append(self.inputs.line())
         if self.head_note:
             parts.append(self.head_note)
         if self.mismatched:

@@ -76,7 +76,7 @@ def check_input_file(
         if os.path.islink(path):
             raise error(f"{shown}: a symbolic link to {clip_text(os.readlink(path), 300)}, which does not exist; "
                         f"expected {_article(what)}") from None
-        raise error(f"{what} not found: {shown}") from None
+        raise error(f"{what} not found: {_shown(path.absolute())}") from None  # where it was looked for
     except OSError as exc:
         raise error(_stat_problem(path, exc, what)) from None
     except ValueError:  # an embedded NUL byte

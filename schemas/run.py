@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from schemas.base import StrictModel, form_schema
 from schemas.data import DataConfig
 from schemas.device import DeviceConfig
-from schemas.evaluate import EvaluateConfig, SaveConfig
+from schemas.audit import DataAudit
+from schemas.evaluate import EvaluateConfig, SaveConfig, Uncertainty
 from schemas.limits import MAX_NAME_CHARS, NAME_PATTERN
 from schemas.model import InitReport, MLPConfig, ModelConfig
 from schemas.optim import (
@@ -203,8 +204,12 @@ class RunSummary(BaseModel):
     stopped_early: bool
     train_seconds: float
     ranks: int = 1  # data-parallel processes that trained (train.distributed)
+    batch_size: int | None = None  # rows per training step as trained
+    batch_note: str = ""  # why that is not train.batch_size (a small table's cap, running out of memory)
     test: dict[str, float]
     baseline: dict[str, float]
     baseline_kind: str
     bundle: str | None
     init: InitReport | None = None  # where the weights started and what was frozen
+    audit: DataAudit | None = None  # what the data audit found (tables and named features)
+    uncertainty: Uncertainty | None = None  # the test metrics' intervals, and a k-fold estimate where made

@@ -39,11 +39,13 @@ from schemas.keys import (
 )
 from schemas.limits import MAX_SWEEP_CHOICES, NAME_PATTERN, clip_text, quote
 from schemas.loading import (
+    absolute_paths,
     apply_overrides,
     config_to_yaml,
     parent_mapping,
     parse_override,
     read_yaml_mapping,
+    resolve_paths,
     validate_config,
 )
 from schemas.run import RunConfig
@@ -576,12 +578,13 @@ def _body(exc: ConfigError) -> str:
 
 
 def load_base(path: Path, relative_to: Path | None = None) -> dict[str, Any]:
-    """A run preset named by `base:`, resolved against the sweep file's folder first."""
+    """A run preset named by `base:`, resolved against the sweep file's folder first; the relative paths
+    inside it resolve against the preset's own folder, as `load_config` resolves them."""
     candidates = [relative_to / path] if relative_to is not None and not path.is_absolute() else []
     candidates.append(path)
     for candidate in candidates:
         if os.path.lexists(candidate):  # what is there is read or named (a folder, a FIFO), never skipped
-            return read_yaml_mapping(candidate)
+            return resolve_paths(read_yaml_mapping(candidate), candidate.expanduser().absolute().parent)
     raise ConfigError(f"base = {str(path)!r}: run preset not found (looked in {', '.join(map(str, candidates))})")
 
 
@@ -605,6 +608,8 @@ def load_sweep_config(path: str | Path | None, overrides: Iterable[str] = ()) ->
         base = {}
     elif not isinstance(base, dict):
         raise ConfigError(f"base: expected a run config mapping or the path of a run preset, got {quote(base)}")
+    elif folder is not None:  # paths in an inline base resolve against the sweep file's folder
+        base = resolve_paths(base, folder.expanduser().absolute())
     base_overrides = []
     for text in overrides:
         key, value = parse_override(text)
@@ -617,10 +622,10 @@ def load_sweep_config(path: str | Path | None, overrides: Iterable[str] = ()) ->
     base = apply_overrides(base, base_overrides)
     source = str(path) if path is not None else None
     try:
-        validate_config(base, source)
+        resolved = absolute_paths(validate_config(base, source))  # --set paths: against the working directory
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("invalid config", "invalid base run config", 1)) from None
-    data["base"] = base
+    data["base"] = resolved.model_dump(mode="json")
     return validate_sweep(data, source)
 
 

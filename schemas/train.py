@@ -54,7 +54,11 @@ class TrainConfig(StrictModel):
     epochs: int = Field(
         200, ge=1, le=100_000, description="Passes over the training split, at most (early stopping usually ends sooner)."
     )
-    batch_size: int = Field(64, ge=1, le=1_000_000, description="Rows per training step.")
+    batch_size: int = Field(
+        64, ge=1, le=1_000_000,
+        description="Rows per training step; at most a quarter of the training rows (at least 4 steps per epoch: "
+        "a table of under 256 training rows trains with smaller batches than 64), and the run summary says so.",
+    )
     monitor: Literal["val_loss", "val_accuracy", "val_mae", "val_r2"] = Field(
         "val_loss", description="Validation metric for early stopping, best weights and plateau LR."
     )
@@ -140,4 +144,6 @@ class TrainResult(BaseModel):
     ranks: int = 1  # data-parallel processes that trained (train.distributed)
     stop_reason: str | None = None  # a callback ended training early (tasks.common.callbacks.Stop)
     pruned: bool = False  # ... and abandoned the run: no evaluation, no bundle (a pruned sweep trial)
+    batch_size: int | None = None  # rows per step as trained: train.batch_size, or less (`batch_note` says why)
+    batch_note: str = ""  # why the batch size is not train.batch_size: capped for a small table, or out of memory
     data_placement: str = "device"  # "device": moved once; "host": each batch copied from (pinned) host memory;

@@ -181,21 +181,23 @@ def test_finetune_benchmark_compares_with_scratch_and_the_feature_cache(tmp_path
     assert "epoch-time ratio off/on" in format_report(result)
 
 
-def test_raw_tables_benchmark_runs_ours_and_the_references_on_the_same_rows(tmp_path):
-    from benchmarks.raw_tables import format_report, penguins_like, run_benchmark, sales_like, split_rows
+def test_raw_tables_benchmark_scores_ours_and_the_references_on_the_same_holdout(tmp_path):
+    from benchmarks.raw_tables import format_report, holdout_split, penguins_like, run_benchmark, sales_like
 
     small = [penguins_like(120), sales_like(120)]
-    frame, train, test = split_rows(small[1])
-    assert len(frame) == 119 and not set(train) & set(test)  # the empty-target row is dropped first
-    rows = run_benchmark(small, tmp_path, ("train.epochs=1", "model.hidden_sizes=[8]"), seeds=(0, 1))
+    train_file, holdout = holdout_split(small[1], seed=0)
+    assert (len(train_file), len(holdout)) == (96, 24)
+    assert not set(map(tuple, train_file.astype(str).to_numpy())) & set(map(tuple, holdout.astype(str).to_numpy()))
+    rows = run_benchmark(small, tmp_path, ("train.epochs=1", "model.hidden_sizes=[8]", "evaluate.folds=0"),
+                         seeds=(0, 1))
     text = format_report(rows, None, "python -m benchmarks.raw_tables --quick")
-    assert "| penguins-like" in text and "HistGradientBoosting" in text and "one-hot + median + ridge" in text
-    assert "seeds 0, 1" in text
+    assert "| penguins-like" in text and "on a holdout" in text and "seeds 0, 1" in text
+    assert "no possible leak" in text and "holdout inside" in text
     for row in rows:
         assert len(row["ours"]) == 2 and all(len(runs) == 2 for runs in row["references"].values())
-        assert all(math.isfinite(run[0]) for run in row["ours"])
+        assert all(math.isfinite(run["holdout"]) for run in row["ours"])
         assert all(math.isfinite(run[0]) for runs in row["references"].values() for run in runs)
-    # Each seed draws its own split: the references score other test rows.
+    # Each seed draws its own holdout: the references score other rows.
     ridge = rows[1]["references"]["one-hot + median + ridge"]
     assert ridge[0][0] != ridge[1][0]
 

@@ -36,6 +36,7 @@ def _parquet(tmp_path: Path, frame: pd.DataFrame, name: str = "data.parquet") ->
 
 
 def _csv_config(path: Path, target: str = "y", **kwargs) -> DataConfig:
+    kwargs.setdefault("drop_id_like", False)  # the tests follow rows through the split by their "id" feature
     return DataConfig(source=CsvSource(path=path, target=target), **kwargs)
 
 
@@ -161,7 +162,7 @@ def test_splits_partition_the_rows(tmp_path):
 
 
 def test_split_sizes_match_the_rows_each_split_gets(tmp_path):
-    frame = pd.DataFrame({"x": np.arange(100.0), "y": np.arange(100) * 1.5})
+    frame = pd.DataFrame({"x": (np.arange(100.0) + 0.5), "y": np.arange(100) * 1.5})
     data = _prepare(_csv_config(_csv(tmp_path, frame)))
     actual = (data.spec.n_train, data.spec.n_val, data.spec.n_test)
     assert actual == (69, 16, 15)  # what train_test_split makes of 100 rows
@@ -169,7 +170,7 @@ def test_split_sizes_match_the_rows_each_split_gets(tmp_path):
 
 
 def test_val_split_too_small_for_the_classes_is_a_data_error(tmp_path):
-    frame = pd.DataFrame({"x": np.arange(20.0), "y": (["a", "b", "c"] * 7)[:20]})
+    frame = pd.DataFrame({"x": (np.arange(20.0) + 0.5), "y": (["a", "b", "c"] * 7)[:20]})
     path = _csv(tmp_path, frame)
     config = _csv_config(path, split=SplitConfig(val=0.1, test=0.15))
     with pytest.raises(DataError) as info:
@@ -231,7 +232,7 @@ def test_no_scaling_keeps_the_raw_values(tmp_path):
 def test_csv_and_parquet_give_the_same_tensors(tmp_path):
     frame = _labelled_frame(60)
     csv = _prepare(_csv_config(_csv(tmp_path, frame)))
-    parquet = _prepare(DataConfig(source=ParquetSource(path=_parquet(tmp_path, frame), target="y")))
+    parquet = _prepare(DataConfig(source=ParquetSource(path=_parquet(tmp_path, frame), target="y"), drop_id_like=False))
     for name in ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test"):
         assert torch.equal(getattr(csv, name), getattr(parquet, name)), name
     assert csv.spec.data_hash == parquet.spec.data_hash
@@ -262,7 +263,7 @@ def test_string_labels_map_to_sorted_class_names(tmp_path):
 
 
 def test_few_integer_values_infer_classification(tmp_path):
-    frame = pd.DataFrame({"x": np.arange(30.0), "y": [3, 1, 2] * 10})
+    frame = pd.DataFrame({"x": (np.arange(30.0) + 0.5), "y": [3, 1, 2] * 10})
     data = _prepare(_csv_config(_csv(tmp_path, frame)))
     assert data.spec.task == "classification"
     assert data.spec.class_names == ("1", "2", "3")
@@ -272,7 +273,7 @@ def test_few_integer_values_infer_classification(tmp_path):
 def test_inference_limit_on_the_number_of_integer_classes(tmp_path):
     def task_for(n_values: int) -> str:
         y = np.repeat(np.arange(n_values), 3)
-        frame = pd.DataFrame({"x": np.arange(len(y), dtype=float), "y": y})
+        frame = pd.DataFrame({"x": np.arange(len(y), dtype=float) + 0.5, "y": y})
         path = _csv(tmp_path, frame, f"k{n_values}.csv")
         return _prepare(_csv_config(path, split=SplitConfig(stratify=False))).spec.task
 
@@ -291,14 +292,14 @@ def test_float_target_infers_regression(tmp_path):
 
 
 def test_task_override(tmp_path):
-    frame = pd.DataFrame({"x": np.arange(30.0), "y": [0, 1, 2] * 10})
+    frame = pd.DataFrame({"x": (np.arange(30.0) + 0.5), "y": [0, 1, 2] * 10})
     path = _csv(tmp_path, frame)
     data = _prepare(_csv_config(path, task="regression", scale_target=False))
     assert data.spec.task == "regression"
     assert data.spec.class_names is None
     assert set(np.unique(data.y_train.numpy())) <= {0.0, 1.0, 2.0}
 
-    floats = pd.DataFrame({"x": np.arange(30.0), "y": np.linspace(0.5, 3.5, 30)})
+    floats = pd.DataFrame({"x": (np.arange(30.0) + 0.5), "y": np.linspace(0.5, 3.5, 30)})
     with pytest.raises(DataError, match=r"target 'y' has non-integer values.*data\.task=regression") as info:
         _prepare(_csv_config(_csv(tmp_path, floats, "f.csv"), task="classification"))
     assert str(tmp_path / "f.csv") in str(info.value)
@@ -312,7 +313,7 @@ def test_regression_target_is_standardized_on_train_and_inverts(tmp_path):
     rng = np.random.default_rng(3)
     n = 40
     frame = pd.DataFrame({"id": np.arange(n, dtype=float), "y": rng.normal(250.0, 40.0, size=n).round(3)})
-    data = _prepare(DataConfig(source=ParquetSource(path=_parquet(tmp_path, frame), target="y")))
+    data = _prepare(DataConfig(source=ParquetSource(path=_parquet(tmp_path, frame), target="y"), drop_id_like=False))
     pre = data.spec.preprocessing
     train_ids, val_ids, _ = _raw_ids(data)
     raw_y = frame["y"].to_numpy()
@@ -325,7 +326,7 @@ def test_regression_target_is_standardized_on_train_and_inverts(tmp_path):
     assert np.allclose(pre.inverse_target(data.y_val.numpy()), raw_y[val_ids], rtol=1e-6)
     assert np.allclose(pre.inverse_target(pre.transform_target(raw_y)), raw_y, rtol=1e-6)
 
-    unscaled = _prepare(DataConfig(source=ParquetSource(path=tmp_path / "data.parquet", target="y"), scale_target=False))
+    unscaled = _prepare(DataConfig(source=ParquetSource(path=tmp_path / "data.parquet", target="y"), scale_target=False, drop_id_like=False))
     assert unscaled.spec.preprocessing.target_center is None
     ids = _raw_ids(unscaled)[0]
     assert np.array_equal(unscaled.y_train.numpy(), raw_y[ids].astype(np.float32))
@@ -488,7 +489,7 @@ def test_nan_in_regression_npz_target_names_the_row(tmp_path):
     y = np.linspace(0.5, 30.5, 30)
     y[[3, 9]] = np.nan
     path = tmp_path / "r.npz"
-    np.savez(path, X=np.arange(60.0).reshape(30, 2), y=y)
+    np.savez(path, X=(np.arange(60.0) + 0.5).reshape(30, 2), y=y)
     _raises(DataConfig(source=NpzSource(path=path)), str(path), "NaN or inf in 2 row(s): 4, 10")
 
 
@@ -576,7 +577,7 @@ def test_data_hash_is_stable_and_sees_one_changed_value(tmp_path):
     first = _prepare(_csv_config(path)).spec.data_hash
     again = _prepare(_csv_config(path), seed=5).spec.data_hash
     assert re.fullmatch(r"[0-9a-f]{64}", first)
-    assert first == again == data_hash(load_raw(CsvSource(path=path, target="y")))
+    assert first == again == data_hash(load_raw(CsvSource(path=path, target="y"), _csv_config(path)))
 
     copy = tmp_path / "copy.csv"
     shutil.copy(path, copy)
@@ -592,7 +593,7 @@ def test_data_hash_is_stable_and_sees_one_changed_value(tmp_path):
 
 
 def test_a_split_scikit_learn_cannot_stratify_is_a_data_error(tmp_path):
-    frame = pd.DataFrame({"x": np.arange(100.0), "y": [0] * 97 + [1] * 3})
+    frame = pd.DataFrame({"x": (np.arange(100.0) + 0.5), "y": [0] * 97 + [1] * 3})
     path = _csv(tmp_path, frame)
     with pytest.raises(DataError) as info:
         _prepare(_csv_config(path, split=SplitConfig(val=0.25, test=0.6)))

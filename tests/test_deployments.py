@@ -399,6 +399,8 @@ def test_the_form_shows_the_default_model_optimizer_and_scheduler_as_fields():
     ]
     threads = schema["definitions"]["DeviceConfig"]["properties"]["threads"]
     assert threads["anyOf"] == [{"type": "integer"}, {"const": "auto", "type": "string"}]  # no null switch
+    folds = schema["definitions"]["EvaluateConfig"]["properties"]["folds"]  # a number or auto, as threads
+    assert folds["anyOf"] == threads["anyOf"] and folds["default"] == "auto"
     clip = schema["definitions"]["TrainConfig"]["properties"]["grad_clip_norm"]  # optional, default none
     assert clip["type"] == "number" and "anyOf" not in clip and "default" not in clip
     text = json.dumps(schema)
@@ -420,6 +422,8 @@ def test_the_form_values_validate_the_way_the_server_checks_them():
         {**values, "train": {**values["train"], "grad_clip_norm": None}},  # an empty optional input
         {**values, "device": {**values["device"], "threads": 1}},
         {**values, "device": {**values["device"], "threads": "auto"}},
+        {**values, "evaluate": {**values["evaluate"], "folds": 3}},
+        {**values, "evaluate": {**values["evaluate"], "folds": "auto"}},
         {**values, "scheduler": {"name": "step", "step_size": 5}},
         {**values, "optimizer": {"name": "sgd", "lr": 0.05}},
     ]

@@ -77,7 +77,7 @@ def test_sweep_data_error_answers_before_the_server(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(flows.sweep, "prefect_session", no_prefect_session)
     args = ["--config", str(ROOT / "configs" / "sweep_digits.yaml"), "--sweep-dir", "s"]
     assert flows.sweep.main([*args, "--set", "base.data.source={kind: csv, path: missing.csv, target: y}"]) == 3
-    assert capsys.readouterr().err == "error: data file not found: missing.csv\n"
+    assert capsys.readouterr().err == f"error: data file not found: {tmp_path / 'missing.csv'}\n"
     assert not (tmp_path / "sweeps").exists() and not (tmp_path / "s").exists()
 
 
@@ -100,7 +100,7 @@ def test_train_command_with_missing_data_startsno_prefect_session(tmp_path):
     )
     seconds = time.monotonic() - started
     assert result.returncode == 3, result.stderr
-    assert result.stderr == "error: data file not found: missing.csv\n"
+    assert result.stderr == f"error: data file not found: {tmp_path / 'missing.csv'}\n"
     assert not (tmp_path / "runs").exists()
     assert not (Path(env["PREFECT_HOME"]) / "prefect.db").exists(), "a temporary Prefect server was started"
     print(f"missing data answered in {seconds:.1f}s")

@@ -263,7 +263,7 @@ def test_the_command_line_refuses_a_missing_init_from_before_any_run_folder(tmp_
     code = main(["--set", "data.source.name=iris", "--set", "model.init_from=runs/old/model", "--set", "device=cpu"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
-    assert "model.init_from = 'runs/old/model': no such file or folder" in err
+    assert f"model.init_from = '{tmp_path / 'runs/old/model'}': no such file or folder" in err  # the full path tried
     assert not (tmp_path / "runs").exists()
 
 

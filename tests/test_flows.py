@@ -152,9 +152,9 @@ def test_cli_help(capsys):
     ("args", "message", "code"),
     [
         (["--set", "train.epochs=-1"], "train.epochs = -1", 2),
-        (["--config", "nope.yaml"], "config file not found: nope.yaml", 2),
+        (["--config", "nope.yaml"], "config file not found: /", 2),
         (["--set", "device=cuda:7"], "device.name = 'cuda:7': not available on this machine; available: cpu", 2),
-        (["--set", "data.source={kind: npz, path: none.npz}"], "data file not found: none.npz", 3),
+        (["--set", "data.source={kind: npz, path: none.npz}"], "data file not found: /", 3),
     ],
 )
 def test_cli_bad_input_exits_nonzero_with_one_line(prefect_api, capsys, tmp_path, monkeypatch, args, message, code):

@@ -159,8 +159,18 @@ def test_gradient_clipping_bounds_the_update():
     assert float(step) <= 0.001 + 1e-6
 
 
+def test_a_batch_is_at_most_a_quarter_of_the_training_rows():
+    """iris: 104 training rows, so a batch of 64 would make 2 steps an epoch; it trains with 26, and says so."""
+    _, data, _, result = _train("train.batch_size=64", "train.epochs=1")
+    assert data.spec.n_train == 104 and result.batch_size == 26
+    assert result.batch_note == "train.batch_size 64 capped at a quarter of the 104 training rows (at least 4 steps per epoch)"
+    _, _, _, result = _train("train.batch_size=26", "train.epochs=1")
+    assert (result.batch_size, result.batch_note) == (26, "")
+
+
 def test_progress_prints_one_line_per_epoch(capsys):
     config, data, parts = _setup("train.progress=true", "train.epochs=3", "train.early_stopping.enabled=false")
+    capsys.readouterr()  # the data stage's own lines (the audit's)
     train_model(parts, data, config.train, CPU, config.seed)
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3

@@ -332,3 +332,23 @@ def test_a_checkpoint_of_an_unfused_optimizer_resumes_into_the_fused_one(tmp_pat
     first = group["params"][0]
     assert fused.optimizer.state[first]["step"].device == first.device
     assert all(math.isfinite(r.train_loss) for r in resumed.history)
+
+
+def test_resume_takes_a_relative_path_in_config_yaml_against_the_working_directory(tmp_path, monkeypatch, capsys):
+    """config.yaml is written with absolute paths; one with relative paths (as written when paths were taken
+    relative to the working directory) resumes as it started, from the project folder, not the run folder."""
+    from flows.train import main
+    from schemas.loading import resume_config
+
+    project = tmp_path / "project"
+    run = project / "runs" / "old"
+    run.mkdir(parents=True)
+    (project / "t.csv").write_text("a,y\n1,2\n")
+    (run / "config.yaml").write_text("data: {source: {kind: csv, path: t.csv, target: y}}\n"
+                                     "model: {kind: mlp, init_from: runs/first/model}\n")
+    monkeypatch.chdir(project)
+    config = resume_config(Path("runs/old"), None, [])
+    assert config.data.source.path == project / "t.csv"  # not runs/old/t.csv
+    assert config.model.init_from == str(project / "runs" / "first" / "model")
+    assert main(["--resume", "runs/old", "--print-config"]) == 0
+    assert f"path: {project / 't.csv'}" in capsys.readouterr().out

@@ -169,3 +169,68 @@ def test_an_unnamed_run_is_named_after_its_data_and_model():
     assert load_config(None, [csv, "name=mine"]).name == "mine"  # a name given is kept
     long = load_config(None, [f"data.source={{kind: npz, path: /d/{'x' * 80}.npz}}", "model.kind=cnn"]).name
     assert long == "x" * 60 + "-cnn" and len(long) == 64  # the longest name the field takes
+
+
+def test_the_table_preset_is_the_default_run_plus_the_table():
+    from schemas.loading import config_diff
+
+    config = load_config(ROOT / "configs" / "csv_example.yaml")
+    changed = {key for key, _, _ in config_diff(RunConfig(), config)}
+    assert changed and all(key == "name" or key.startswith("data.source.") for key in changed), changed
+    assert config.data.source.path == ROOT / "configs" / "my_table.csv"
+
+
+# --------------------------------------------------------------------------- paths that travel
+
+
+def _preset(folder: Path, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.yaml").write_text(text)
+    return folder / "run.yaml"
+
+
+def test_relative_paths_in_a_config_resolve_against_its_folder_from_anywhere(tmp_path: Path, monkeypatch):
+    preset = _preset(tmp_path / "project", "data: {source: {kind: csv, path: data/t.csv, target: y}}\n"
+                                           "model: {kind: mlp, init_from: ../old/model}\n")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(Path("project/run.yaml"))
+    assert config.data.source.path == tmp_path / "project" / "data" / "t.csv"
+    assert config.model.init_from == str(tmp_path / "old" / "model")
+    # The saved YAML holds absolute paths: it repeats the run from any folder.
+    again = tmp_path / "elsewhere" / "config.yaml"
+    again.parent.mkdir()
+    again.write_text(config_to_yaml(config))
+    monkeypatch.chdir(again.parent)
+    assert load_config(again) == config
+    # --set paths are the command line's: relative to the working directory.
+    moved = load_config(preset, ["data.source.path=mine.csv", "device.cache_dir=~/c"])
+    assert moved.data.source.path == tmp_path / "elsewhere" / "mine.csv"
+    assert moved.device.cache_dir == str(Path("~/c").expanduser())
+
+
+def test_a_sweeps_paths_follow_the_same_rule(tmp_path: Path, monkeypatch):
+    from schemas.sweep import load_sweep_config
+
+    _preset(tmp_path / "presets", "data: {source: {kind: csv, path: t.csv, target: y}}\n")
+    sweeps = tmp_path / "sweeps"
+    sweeps.mkdir()
+    (sweeps / "a.yaml").write_text("base: ../presets/run.yaml\nspace: {optimizer.lr: [0.1, 0.01]}\n")
+    (sweeps / "b.yaml").write_text("base: {data: {source: {kind: csv, path: t.csv, target: y}}}\n"
+                                   "space: {optimizer.lr: [0.1, 0.01]}\n")
+    monkeypatch.chdir(tmp_path / "presets")
+    assert load_sweep_config(sweeps / "a.yaml").base.data.source.path == tmp_path / "presets" / "t.csv"
+    assert load_sweep_config(sweeps / "b.yaml").base.data.source.path == sweeps / "t.csv"
+    overridden = load_sweep_config(sweeps / "b.yaml", ["base.data.source.path=u.csv"])
+    assert overridden.base.data.source.path == tmp_path / "presets" / "u.csv"
+
+
+def test_a_missing_file_is_named_by_the_full_path_tried(tmp_path: Path, monkeypatch):
+    from schemas import DataError
+    from tasks.data import prepare_data
+
+    preset = _preset(tmp_path / "project", "data: {source: {kind: csv, path: t.csv, target: y}}\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=f"data file not found: {tmp_path / 'project' / 't.csv'}$"):
+        prepare_data(load_config(preset).data, 0)
+    with pytest.raises(ConfigError, match=f"config file not found: {tmp_path / 'nope.yaml'}$"):
+        load_config("nope.yaml")

@@ -725,3 +725,19 @@ def test_cli_regression_sweep_on_test_r2_warns_and_a_failed_setup_does_not_claim
     assert "trials    2 complete" in out
     assert main(["--config", str(config)]) == 0
     assert "(resumed)" in capsys.readouterr().out
+
+
+def test_a_trial_makes_a_k_fold_estimate_only_for_a_number_of_folds(iris):
+    """iris is small enough for evaluate.folds: auto to make one in a run; a trial makes none unless asked."""
+    from schemas.loading import validate_config
+    from schemas.trial import TrialRequest
+    from tasks.sweep.trial import execute_trial
+
+    def trial(evaluate: dict):
+        config = validate_config({**BASE, "train": {**BASE["train"], "epochs": 1}, "evaluate": evaluate})
+        return execute_trial(TrialRequest(number=0, params={}, config=config, metric="val_loss"), iris)
+
+    auto = trial({}).report.uncertainty
+    assert auto.resamples == 1000 and auto.intervals and not auto.cross_validation  # the run's intervals, no folds
+    asked = trial({"folds": 2, "bootstrap": 200}).report.uncertainty
+    assert asked.resamples == 200 and asked.folds == 2 and len(asked.cross_validation["accuracy"].values) == 2

@@ -214,7 +214,7 @@ def _train_exit(tmp_path, monkeypatch, capsys, path, *sets: str) -> tuple[int, s
 
 
 def test_column_and_split_problems_come_in_one_message_before_the_server(tmp_path, monkeypatch, capsys):
-    frame = pd.DataFrame({"a": np.arange(30.0), "w": [str(i) for i in range(30)], "label": ["x"] * 15 + ["y"] * 14 + ["z"]})
+    frame = pd.DataFrame({"a": (np.arange(30.0) + 0.5), "w": [str(i) for i in range(30)], "label": ["x"] * 15 + ["y"] * 14 + ["z"]})
     frame.loc[3, "w"] = "heavy"
     path = _csv(tmp_path, frame)
     code, err = _train_exit(tmp_path, monkeypatch, capsys, path)
@@ -237,11 +237,11 @@ def test_too_few_rows_and_a_single_class_are_found_before_the_server(tmp_path, m
     assert code == 3
     assert err == (f"error: {few}: 3 row(s) are too few to split into train/val/test (val=0.15, test=0.15); "
                    "need at least 4\n")
-    one = _csv(tmp_path, pd.DataFrame({"a": np.arange(12.0), "label": ["only"] * 12}), "one.csv")
+    one = _csv(tmp_path, pd.DataFrame({"a": (np.arange(12.0) + 0.5), "label": ["only"] * 12}), "one.csv")
     code, err = _train_exit(tmp_path, monkeypatch, capsys, one)
     assert code == 3
     assert err == f"error: {one}: target 'label' has a single class 'only'; classification needs at least two\n"
-    floats = _csv(tmp_path, pd.DataFrame({"a": np.arange(30.0), "label": np.linspace(0.5, 3.5, 30)}), "f.csv")
+    floats = _csv(tmp_path, pd.DataFrame({"a": (np.arange(30.0) + 0.5), "label": np.linspace(0.5, 3.5, 30)}), "f.csv")
     code, err = _train_exit(tmp_path, monkeypatch, capsys, floats, "--set", "data.task=classification")
     assert code == 3 and "target 'label' has non-integer values; " in err and "set data.task=regression" in err
     assert not (tmp_path / "runs").exists()
@@ -256,14 +256,14 @@ def test_the_early_check_and_the_device_probe_read_a_table_once(tmp_path, monkey
     reads = []
     real = peek.read_table
     monkeypatch.setattr(peek, "read_table", lambda path, kind: (reads.append(path), real(path, kind))[1])
-    path = _csv(tmp_path, pd.DataFrame({"a": np.arange(30.0), "c": ["x", "y", "z"] * 10, "label": [0, 1] * 15}))
+    path = _csv(tmp_path, pd.DataFrame({"a": (np.arange(30.0) + 0.5), "c": ["x", "y", "z"] * 10, "label": [0, 1] * 15}))
     config = _data_config(path)
     first = peek_shape(config)
     assert peek_shape(config) == first and len(reads) == 1
     assert first.input_shape == (4,) and first.n_outputs == 2  # a, and c one-hot as 3
     other = DataConfig(source=CsvSource(path=path, target="label", exclude=["c"]))
     assert peek_shape(other).input_shape == (1,) and len(reads) == 2  # another data config: judged again
-    pd.DataFrame({"a": np.arange(30.0), "label": [0, 1, 2] * 10}).to_csv(path, index=False)
+    pd.DataFrame({"a": (np.arange(30.0) + 0.5), "label": [0, 1, 2] * 10}).to_csv(path, index=False)
     os.utime(path, ns=(1, 1))  # a rewritten file: another modification time (and here size)
     assert peek_shape(config).n_outputs == 3 and len(reads) == 3
 
@@ -271,9 +271,9 @@ def test_the_early_check_and_the_device_probe_read_a_table_once(tmp_path, monkey
 def test_a_regression_target_gets_no_class_checks_early(tmp_path):
     from flows._cli import check_data_first
 
-    values = _csv(tmp_path, pd.DataFrame({"a": np.arange(30.0), "label": np.linspace(0.5, 3.5, 30)}))
+    values = _csv(tmp_path, pd.DataFrame({"a": (np.arange(30.0) + 0.5), "label": np.linspace(0.5, 3.5, 30)}))
     check_data_first(_data_config(values))  # non-integer values: regression, not a class problem
-    rare = _csv(tmp_path, pd.DataFrame({"a": np.arange(30.0), "label": [0] * 29 + [7]}), "rare.csv")
+    rare = _csv(tmp_path, pd.DataFrame({"a": (np.arange(30.0) + 0.5), "label": [0] * 29 + [7]}), "rare.csv")
     check_data_first(DataConfig(source=CsvSource(path=rare, target="label"), task="regression"))  # 7 is a value
     few = _csv(tmp_path, pd.DataFrame({"a": [1.0, 2.0, 3.0], "label": [0.5, 1.5, 2.5]}), "few.csv")
     with pytest.raises(DataError) as early:

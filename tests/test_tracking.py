@@ -194,7 +194,8 @@ def test_tracking_off_writes_plots_and_report_only(prefect_api, tmp_path, monkey
         _assert_png(run / "plots" / name)
     report = (run / "report.md").read_text()
     assert "![Loss](plots/loss.png)" in report and "![Confusion matrix](plots/confusion_matrix.png)" in report
-    accuracy = f"| accuracy | {summary.test['accuracy']:.4f} | {summary.baseline['accuracy']:.4f} |"
+    accuracy = (f"| accuracy | {summary.test['accuracy']:.4f} | {summary.uncertainty.interval('accuracy')} | "
+                f"{summary.baseline['accuracy']:.4f} |")
     assert accuracy in report and "| device | cpu (" in report
 
     config = load_config(None, tiny_overrides(**{"tracking.plots": "false"}))

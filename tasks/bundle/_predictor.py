@@ -20,6 +20,7 @@ from schemas.data import DataSpec
 from schemas.errors import DataError
 from schemas.limits import available_memory_bytes, format_bytes
 from schemas.run import RunConfig
+from tasks.bundle._extrapolation import extrapolation
 from tasks.common.encoding import encode_table
 from tasks.common.log import say
 from tasks.common.tables import frame_to_features
@@ -49,13 +50,13 @@ class Predictor:
         """Class names for classification, values in the target's units for regression."""
         return self._decode(self.outputs(X, source))
 
-    def predict_frame(self, frame: pd.DataFrame, source: str = "input") -> pd.DataFrame:
+    def predict_frame(self, frame: pd.DataFrame, source: str = "input", flag_extrapolation: bool = False) -> pd.DataFrame:
         """Predict raw rows of a frame whose columns are matched to the features by name.
 
         For a model trained on a table, the rows are as published (strings,
         gaps, dates) and the output starts with the id columns the input has.
         """
-        result = self.predict_array(self.features_from_frame(frame, source), source)
+        result = self.predict_array(self.features_from_frame(frame, source), source, flag_extrapolation)
         table = self.spec.preprocessing.table
         if table is not None:
             frame = frame.rename(columns=str)
@@ -63,8 +64,13 @@ class Predictor:
                 result.insert(i, name, frame[name].to_numpy())
         return result
 
-    def predict_array(self, X: np.ndarray, source: str = "input") -> pd.DataFrame:
-        """One row per input row: `prediction`, plus `proba_<class>` columns for classification."""
+    def predict_array(self, X: np.ndarray, source: str = "input", flag_extrapolation: bool = False) -> pd.DataFrame:
+        """One row per input row: `prediction`, plus `proba_<class>` columns for classification.
+
+        Rows whose features lie outside the training range, and regression predictions outside the
+        training target range, are counted in a warning (`_extrapolation`); with `flag_extrapolation`
+        an `extrapolation` column names, per row, the columns outside their range (and `prediction`).
+        """
         out = self.outputs(X, source)
         result = pd.DataFrame({"prediction": self._decode(out)})
         if self.spec.task == "classification":
@@ -72,6 +78,12 @@ class Predictor:
             proba = _softmax(out)
             for i, name in enumerate(self.spec.class_names):
                 result[f"proba_{name}"] = proba[:, i]
+        if self.spec.preprocessing.image is None:
+            notes, flags = extrapolation(self.spec, X, result["prediction"].to_numpy(), source)
+            for note in notes:
+                say(f"warning: {note}")
+            if flag_extrapolation:
+                result["extrapolation"] = flags
         return result
 
     def features_from_frame(self, frame: pd.DataFrame, source: str = "input") -> np.ndarray:

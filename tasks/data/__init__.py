@@ -24,6 +24,7 @@ from tasks.data._images import (
     prediction_images,
     prepare_image_folder,
 )
+from tasks.data._folds import prepare_folds
 from tasks.data._peek import peek_shape
 from tasks.data._prepare import prepare_arrays
 from tasks.data._raw import data_hash, load_raw
@@ -31,7 +32,7 @@ from tasks.data._split_checks import MAX_INFERRED_CLASSES, split_sizes
 
 __all__ = [
     "MAX_INFERRED_CLASSES", "data_hash", "decode_for_prediction", "load_raw", "peek_shape", "prediction_images",
-    "prepare_data", "probe_workload", "split_sizes",
+    "prepare_data", "prepare_folds", "probe_workload", "split_sizes",
 ]
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from schemas.audit import DataAudit, IdLike
 from schemas.data import CsvSource, DataConfig, ParquetSource
 from schemas.errors import DataError
 from schemas.limits import MAX_ABS_FEATURE, clip_text
@@ -31,6 +32,7 @@ from tasks.common.encoding import (
     numbers,
     row_label,
 )
+from tasks.data._audit import id_like_reason
 from tasks.data._split_checks import joined, target_problems
 
 # A text column the user did not pick whose values are nearly all distinct is free text (names,
@@ -48,6 +50,7 @@ class TablePlan:
     left_out: tuple[str, ...]
     notes: tuple[str, ...]  # warnings for the user: columns left out, rows dropped
     keep: np.ndarray  # rows whose target is present
+    id_like: tuple[IdLike, ...] = ()  # columns that look like row ids: left out, unless kept
 
 
 def _rows(positions: np.ndarray, limit: int = 5) -> str:
@@ -147,8 +150,14 @@ def plan_table(
     skip = {target, *source.id_columns, *source.exclude}
     picked = source.features is not None
     candidates = [c for c in (source.features if picked else columns) if c not in skip and c in present]
-    features, free_text, dated = [], [], []
+    features, free_text, dated, id_like = [], [], [], []
     for name in candidates:
+        reason = id_like_reason(frame[name], name)
+        if reason is not None:
+            kept = name in (source.features or ()) or name in source.categorical or not config.drop_id_like
+            id_like.append(IdLike(column=name, reason=reason, kept=kept))
+            if not kept:
+                continue
         kind, problem = _column_kind(frame[name], name, picked, source, config)
         if problem:
             problems.append(problem)
@@ -158,6 +167,8 @@ def plan_table(
             dated.append(name)
         else:
             free_text.append(name)
+    if any(not c.kept for c in id_like):
+        notes.append(f"warning: {DataAudit(id_like=tuple(id_like)).lines()[0]}")
     if free_text:
         notes.append(
             f"left out column(s) {', '.join(repr(clip_text(n, 60)) for n in free_text)}: free text (nearly every value "
@@ -178,7 +189,7 @@ def plan_table(
         raise DataError(f"{label}: {joined(problems)}")
     used = dict(features)
     left_out = tuple(c for c in columns if c not in skip and c not in used)
-    return TablePlan(tuple(features), tuple(source.id_columns), left_out, tuple(notes), keep)
+    return TablePlan(tuple(features), tuple(source.id_columns), left_out, tuple(notes), keep, tuple(id_like))
 
 
 def _categorical_column(name: str, series: pd.Series, config: DataConfig) -> ColumnSpec:

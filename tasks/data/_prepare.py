@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -11,10 +13,14 @@ from schemas.data import (
     DataSpec,
     PreparedData,
     Preprocessing,
+    Task,
     check_magnitude,
     describe_nonfinite,
 )
+from schemas.audit import DataAudit
 from schemas.errors import DataError, first_line
+from tasks.common.log import say
+from tasks.data._audit import audit_matrix, audit_table
 from tasks.data._raw import (
     RawData,
     data_hash,
@@ -22,7 +28,7 @@ from tasks.data._raw import (
     infer_task,
     regression_target,
 )
-from tasks.data._scaling import as_floats, fit_statistics, target_statistics
+from tasks.data._scaling import as_floats, fit_statistics, target_statistics, value_range, value_ranges
 from tasks.data._split_checks import joined, split_problems, val_fraction_of_rest
 from tasks.data._table_splits import table_features, table_preprocessing
 
@@ -33,6 +39,7 @@ def fit_preprocessing(
     """Fit imputer, scaler and target scaler on the training rows only."""
     fill, center, scale = fit_statistics(X_train, config)
     t_center, t_scale = target_statistics(y_train, config)
+    flat = len(raw.input_shape) == 1  # images: a pixel's training range says little about a new image
     return Preprocessing(
         feature_names=raw.feature_names,
         input_shape=raw.input_shape,
@@ -42,6 +49,8 @@ def fit_preprocessing(
         scale=as_floats(scale),
         target_center=t_center,
         target_scale=t_scale,
+        feature_ranges=tuple(value_ranges(X_train)) if flat else None,
+        target_range=value_range(y_train),
     )
 
 
@@ -76,8 +85,29 @@ def _split(y: np.ndarray, stratify: bool, config: DataConfig, seed: int, source:
     return np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)
 
 
-def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
-    """Validate, split, fit preprocessing on train, and build tensors."""
+def _audit(raw: RawData, task: Task, y: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
+           seed: int) -> DataAudit | None:
+    """The data audit of a table or of a matrix of named features (not of images); its warnings said once."""
+    if raw.table is not None and raw.plan is not None:
+        audit = audit_table(raw.table, dict(raw.plan.features), y, task, train_idx, test_idx, raw.plan.id_like, seed)
+    elif len(raw.input_shape) == 1:
+        audit = audit_matrix(raw.X, raw.feature_names, y, task, train_idx, test_idx, seed)
+    else:
+        return None
+    for line in audit.lines(ids=False):  # the id-like columns were named when the table was read
+        say(f"data: {raw.source}: warning: {line}")
+    return audit
+
+
+def prepare_arrays(
+    raw: RawData, config: DataConfig, seed: int,
+    split: Callable[[np.ndarray, bool], tuple[np.ndarray, ...]] | None = None, audit: bool = True,
+) -> PreparedData:
+    """Validate, split, fit preprocessing on train, and build tensors.
+
+    `split(y, stratify)`, when given, returns the (train, val, test) row indices instead of the seeded
+    split of `config.split` (a fold of a k-fold estimate); `audit=False` skips the data audit.
+    """
     task = infer_task(raw, config.task)
     if raw.table is None:
         _check_features(raw, config)
@@ -92,7 +122,10 @@ def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
     else:
         y = regression_target(raw)
         stratify = False
-    train_idx, val_idx, test_idx = _split(y, stratify, config, seed, raw.source)
+    if split is None:
+        train_idx, val_idx, test_idx = _split(y, stratify, config, seed, raw.source)
+    else:
+        train_idx, val_idx, test_idx = split(y, stratify)
     y_fit = y[train_idx] if task == "regression" else None
     if raw.table is not None:
         pre = table_preprocessing(raw, train_idx, config, y_fit)
@@ -110,6 +143,7 @@ def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
             return torch.from_numpy(y[rows])
         return torch.from_numpy(pre.transform_target(y[rows]))
 
+    found = _audit(raw, task, y, train_idx, test_idx, seed) if audit else None
     spec = DataSpec(
         task=task,
         source=raw.source,
@@ -122,6 +156,7 @@ def prepare_arrays(raw: RawData, config: DataConfig, seed: int) -> PreparedData:
         n_train=len(train_idx),
         n_val=len(val_idx),
         n_test=len(test_idx),
+        audit=found,
     )
     return PreparedData(
         spec,

@@ -44,22 +44,25 @@ class RawData:
     row_numbers: np.ndarray | None = None  # 0-based file rows of the rows kept, for messages
 
 
-def load_raw(source: BuiltinSource | CsvSource | ParquetSource | NpzSource, config: DataConfig | None = None) -> RawData:
-    """Read a source into arrays; no splitting, no scaling. A table's columns are judged by `config`."""
+def load_raw(source: BuiltinSource | CsvSource | ParquetSource | NpzSource, config: DataConfig | None = None,
+             notes: bool = True) -> RawData:
+    """Read a source into arrays; no splitting, no scaling. A table's columns are judged by `config`
+    (and what was left out or dropped said, unless `notes` is false: the table was read before)."""
     if isinstance(source, BuiltinSource):
         return _load_builtin(source.name)
     if isinstance(source, NpzSource):
         return load_npz(Path(source.path))
     frame = read_table(Path(source.path), source.kind)
-    return load_table(frame, source, config or DataConfig(source=source), str(source.path))
+    return load_table(frame, source, config or DataConfig(source=source), str(source.path), notes)
 
 
-def load_table(frame: pd.DataFrame, source: CsvSource | ParquetSource, config: DataConfig, label: str) -> RawData:
+def load_table(frame: pd.DataFrame, source: CsvSource | ParquetSource, config: DataConfig, label: str,
+               notes: bool = True) -> RawData:
     """A table's feature columns, target and column roles; rows with an empty target dropped (with a note)."""
     from tasks.data._columns import plan_table
 
     plan = plan_table(frame, source, config, label, check_split=True)  # the same message as the early check
-    for note in plan.notes:
+    for note in plan.notes if notes else ():
         say(f"data: {label}: {note}")
     rows = np.flatnonzero(plan.keep)
     names = tuple(name for name, _ in plan.features)

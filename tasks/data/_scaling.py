@@ -45,3 +45,20 @@ def target_statistics(y_train: np.ndarray | None, config: DataConfig) -> tuple[f
 
 def as_floats(values: np.ndarray | None) -> tuple[float, ...] | None:
     return None if values is None else tuple(float(v) for v in values)
+
+
+def value_ranges(X_train: np.ndarray) -> list[tuple[float, float] | None]:
+    """Each column's (min, max) over its finite training values; None for a column with none."""
+    out: list[tuple[float, float] | None] = []
+    for column in np.asarray(X_train, dtype=np.float64).T:
+        out.append(value_range(column))
+    return out
+
+
+def value_range(values: np.ndarray | None) -> tuple[float, float] | None:
+    """(min, max) of the finite values, or None."""
+    if values is None:
+        return None
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    return (float(finite.min()), float(finite.max())) if len(finite) else None

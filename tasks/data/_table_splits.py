@@ -20,7 +20,7 @@ from schemas.errors import DataError
 from schemas.table import ColumnSpec
 from tasks.common.encoding import encode_column
 from tasks.data._raw import RawData
-from tasks.data._scaling import as_floats, fit_statistics, target_statistics
+from tasks.data._scaling import as_floats, fit_statistics, target_statistics, value_range, value_ranges
 
 CHUNK_ROWS = 65_536
 
@@ -45,10 +45,12 @@ def table_preprocessing(
 
     assert raw.table is not None and raw.plan is not None
     spec = fit_table(raw.plan, raw.table, train_idx, config)
-    fills, centers, scales = [], [], []
+    fills, centers, scales, ranges = [], [], [], []
     for column in spec.ordered:
-        fill, center, scale = fit_statistics(_encoded(raw, column, train_idx), config)
+        block = _encoded(raw, column, train_idx)
+        fill, center, scale = fit_statistics(block, config)
         scaled = np.asarray(column.scaled, dtype=bool)
+        ranges += [r if s else None for r, s in zip(value_ranges(block), scaled)]
         fills.append(fill)
         if center is not None and scale is not None:
             centers.append(np.where(scaled, center, 0.0))
@@ -62,6 +64,7 @@ def table_preprocessing(
         feature_names=spec.feature_names, input_shape=(len(spec.feature_names),),
         fill_values=joined(fills), scaling=config.scaling, center=joined(centers), scale=joined(scales),
         target_center=t_center, target_scale=t_scale, table=spec,
+        feature_ranges=tuple(ranges), target_range=value_range(y_train),
     )
 
 

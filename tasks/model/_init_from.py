@@ -8,8 +8,9 @@ folder (its bundle `model/`, else `checkpoints/best.pt`, else `last.pt`), a
 checkpoint file written by the train stage, and a plain state dict as
 `.safetensors` or `.pt`/`.pth`/`.bin`. `.pt` files are read with
 `torch.load(weights_only=True)`: a pickle with code in it is refused and
-nothing runs. A bundle whose task or input shape differs from this data's is
-a ConfigError that says which. A bundle is read as the bundle stage reads it
+nothing runs. A bundle whose task or image shape differs from this data's is
+a ConfigError that says which; a table's columns are mapped by name
+(`_input_map`). A bundle is read as the bundle stage reads it
 (tasks.common.bundle_format: its manifest and hashes); its tensors are
 loaded by name, and none of its code runs.
 """
@@ -24,6 +25,7 @@ from typing import Any
 import safetensors
 import safetensors.torch
 import torch
+from pydantic import ValidationError
 
 from schemas.data import DataSpec
 from schemas.errors import BundleError, ConfigError
@@ -42,6 +44,7 @@ class InitSource:
     tensors: dict[str, torch.Tensor]
     sha256: str
     classes: tuple[str, ...] | None  # a bundle's class names, when it has them
+    spec: DataSpec | None = None  # a bundle's data spec: its input columns, by name
 
 
 def locate_init_source(value: str) -> tuple[Path, str]:
@@ -102,8 +105,12 @@ def _from_bundle(path: Path, value: str, spec: DataSpec) -> InitSource:
     theirs: dict[str, Any] = manifest.get("spec") or {}
     _check_same_kind_of_data(theirs, spec, value)
     classes = theirs.get("class_names")
+    try:
+        their_spec: DataSpec | None = DataSpec.model_validate(theirs)
+    except ValidationError:
+        their_spec = None
     return InitSource(weights, "bundle", _safetensors(weights, value), digest,
-                      tuple(classes) if isinstance(classes, list) else None)
+                      tuple(classes) if isinstance(classes, list) else None, their_spec)
 
 
 def _check_same_kind_of_data(theirs: dict[str, Any], spec: DataSpec, value: str) -> None:
@@ -113,7 +120,8 @@ def _check_same_kind_of_data(theirs: dict[str, Any], spec: DataSpec, value: str)
             f"({spec.source}); start from a {spec.task} model, or set data.task"
         )
     shape = tuple(theirs.get("input_shape") or ())
-    if shape != tuple(spec.input_shape):
+    if shape != tuple(spec.input_shape) and not (len(shape) == 1 and len(spec.input_shape) == 1):
+        # Rows of features of another width are mapped by name (`_input_map`); images must match.
         raise ConfigError(
             f"model.init_from = {value!r}: the bundle's input shape is {list(shape)}, this data's is "
             f"{list(spec.input_shape)} ({spec.source}); for images set data.source.size and mode to the bundle's"

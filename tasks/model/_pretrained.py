@@ -20,6 +20,7 @@ from schemas.train import FinetuneConfig
 from tasks.common.log import say
 from tasks.model._init_checks import check_init_tensors
 from tasks.model._init_from import read_init_source
+from tasks.model._input_map import map_inputs
 from tasks.nets.finetune import FreezePlan, Merged, head_name, merge_weights
 from tasks.nets.vision import pretrained_weights
 
@@ -43,8 +44,10 @@ def start_and_freeze(
         classes_changed = (
             source.classes is not None and spec.task == "classification" and source.classes != spec.class_names
         )
-        merged = merge_weights(network, source.tensors, head, config.init_strict, config.init_from, classes_changed)
+        tensors, inputs = map_inputs(source.tensors, source.spec, spec, network, config.init_from)
+        merged = merge_weights(network, tensors, head, config.init_strict, config.init_from, classes_changed)
         fields.update(
+            inputs=inputs,
             source=config.init_from, source_kind=source.kind, sha256=source.sha256, loaded=merged.loaded,
             new=merged.new, ignored=merged.ignored, mismatched=merged.mismatched,
             head_note=_head_note(head, merged, spec, source.classes if classes_changed else None),

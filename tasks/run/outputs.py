@@ -73,11 +73,15 @@ def run_summary(run: "RunResult", run_dir: Path) -> RunSummary:
         stopped_early=result.stopped_early,
         train_seconds=result.seconds,
         ranks=result.ranks,
+        batch_size=result.batch_size,
+        batch_note=result.batch_note,
         test=report.metrics,
         baseline=report.baseline,
         baseline_kind=report.baseline_kind,
         bundle=None if run.bundle is None else str(run.bundle),
         init=run.parts.init,
+        audit=spec.audit,
+        uncertainty=report.uncertainty,
     )
 
 
@@ -105,10 +109,14 @@ def record_results(run_dir: Path, run: "RunResult") -> RunSummary:
                 "seconds": result.seconds,
                 "samples_per_second": result.samples_per_second,
                 "ranks": result.ranks,
+                "batch_size": result.batch_size,
+                "batch_note": result.batch_note,
             },
             "device": {**device.model_dump(), "data_placement": result.data_placement},
             "data": {"source": spec.source, "hash": spec.data_hash, "rows": summary.rows},
             "init": None if init is None else init.model_dump(),
+            "audit": None if spec.audit is None else spec.audit.model_dump(mode="json"),
+            "uncertainty": None if report.uncertainty is None else report.uncertainty.model_dump(mode="json"),
         },
     )
     write_csv(run_dir / HISTORY_FILE, result.history)

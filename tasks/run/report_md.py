@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks.common.files import atomic_write_text
+from tasks.run.trust import trust_markdown
 
 if TYPE_CHECKING:
     from schemas.run import RunSummary
@@ -65,7 +66,8 @@ def markdown_report(
         f"| seed | {config.seed} |",
         f"| device | {summary.device} ({summary.device_reason}; {summary.threads} CPU thread{'s' if summary.threads != 1 else ''}, {summary.precision}) |",
         f"| training | {summary.epochs_run} epochs in {summary.train_seconds:.1f} s; best epoch {summary.best_epoch} "
-        f"({summary.monitor} {summary.best_score:.4f}){', stopped early' if summary.stopped_early else ''} |",
+        f"({summary.monitor} {summary.best_score:.4f}){', stopped early' if summary.stopped_early else ''}"
+        f"{f'; batch {summary.batch_size}: {summary.batch_note}' if summary.batch_note else ''} |",
         f"| bundle | {'`' + summary.bundle + '`' if summary.bundle else 'not saved'} |",
         *([f"| starting weights | {summary.init.line()} |"] if summary.init is not None else []),
     ]
@@ -74,14 +76,7 @@ def markdown_report(
         for row in summary.device_table:
             ms = "failed" if row["ms_per_step"] is None else f"{row['ms_per_step']:.3g}"
             lines.append(f"| {row['device']} | {ms} | {'yes' if row['chosen'] else ''} |")
-    lines += [
-        "",
-        f"## Test metrics (baseline: {summary.baseline_kind})",
-        "",
-        "| metric | model | baseline |",
-        "|---|---:|---:|",
-    ]
-    lines += [f"| {name} | {value:.4f} | {summary.baseline[name]:.4f} |" for name, value in summary.test.items()]
+    lines += trust_markdown(summary)  # the data audit's findings; test metrics with intervals (tasks.run.trust)
     if plots:
         lines += ["", "## Plots", ""]
         for title, path in plots.items():

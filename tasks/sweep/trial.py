@@ -7,7 +7,8 @@ complete trial left.
 
 A trial is `run_recipe` (tasks.recipe) given the device chosen and the data
 prepared once per sweep, without a run folder (no checkpoints, no bundle, no
-record-keeping callbacks): the same stage code as `flows.train`. Where it runs
+record-keeping callbacks, and no k-fold estimate unless the sweep sets
+`evaluate.folds` to a number): the same stage code as `flows.train`. Where it runs
 is the executor's business (tasks.sweep.executors).
 
 Pruning (`Pruning`, a callback) is decided where the trial runs, against a
@@ -30,7 +31,7 @@ import torch
 from schemas.data import DataSpec, PreparedData
 from schemas.device import DeviceInfo
 from schemas.errors import ConfigError
-from schemas.evaluate import EvalReport
+from schemas.evaluate import EvalReport, EvaluateConfig
 from schemas.limits import MAX_RECORD_BYTES
 from schemas.recipe import RunResult
 from schemas.run import RunConfig
@@ -97,13 +98,24 @@ class Pruning(Callback):
         return {k: v for k, v in attrs.items() if k.startswith(RUNG_PREFIX)}
 
 
+def trial_evaluate(config: RunConfig) -> EvaluateConfig:
+    """A trial's evaluate section: its own, except that `folds: auto` makes no k-fold estimate in a trial (k more
+    trainings per trial); a number of folds set for the sweep is made in every trial."""
+    if config.evaluate.folds == "auto":
+        return config.evaluate.model_copy(update={"folds": 0})
+    return config.evaluate
+
+
 def execute_trial(request: TrialRequest, data: PreparedData, data_loads: int = 1) -> TrialOutcome:
     """Run one trial's config through the recipe on `data`; pruned when the plan says so."""
     started = time.perf_counter()
     if request.threads is not None:
         torch.set_num_threads(request.threads)
     config = request.config
-    config = config.model_copy(update={"train": config.train.model_copy(update={"progress": False})})  # one line each
+    config = config.model_copy(update={
+        "train": config.train.model_copy(update={"progress": False}),  # one line each
+        "evaluate": trial_evaluate(config),
+    })
     info = trial_device(request.device, config, torch.get_num_threads())
     pruning = None if request.pruning is None else Pruning(request.pruning)
     where = dict(number=request.number, threads=torch.get_num_threads(), data_loads=data_loads,

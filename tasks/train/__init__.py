@@ -12,7 +12,8 @@ gather per epoch, then views), which is faster than a per-sample DataLoader.
 Where the parts are: the batch sources in `_batches.py`, the epochs (early
 stopping, checkpoints, time limit, channels_last, the callbacks' hooks) in `_epochs.py`,
 validation in `_validate.py`, the loop's state and its checkpoint keys in
-`_state.py`, checkpoint files in `_checkpoint.py`, running out of memory in
+`_state.py`, checkpoint files in `_checkpoint.py`, the batch size (at most a
+quarter of the training rows) in `_batch_size.py`, running out of memory in
 `_oom.py`, the terminal display in `_console.py`, the frozen-feature cache
 (a frozen backbone run once, only the head trained) in `_features.py`.
 Data-parallel training (`train.distributed`): launching the ranks in
@@ -38,7 +39,8 @@ from tasks.train._console import ConsoleProgress
 from tasks.train._distributed import is_distributed, train_distributed
 from tasks.train._epochs import EpochLoop, TimeLimitReached, training_layout
 from tasks.train._features import frozen_feature_cache
-from tasks.train._oom import batch_size_for, out_of_memory
+from tasks.train._batch_size import batch_size_for
+from tasks.train._oom import out_of_memory
 from tasks.train._ranks import check_ranks
 from tasks.train._shard import SINGLE, Shard
 from tasks.train._state import LoopState
@@ -118,8 +120,8 @@ def train_on_rank(
         parts, data = cached
     batches = batch_source(data, device, plan.data_on_device if plan is not None else "auto", shard)
     directory = checkpoint_dir if checkpoint_dir is not None and config.checkpoint.enabled else None
-    state = LoopState(parts, device, seed, data.spec.data_hash, batch_size_for(config, directory),
-                      scaler=grad_scaler(device, precision))
+    batch_size, batch_note = batch_size_for(config, directory, batches.n, shard.world_size)
+    state = LoopState(parts, device, seed, data.spec.data_hash, batch_size, scaler=grad_scaler(device, precision))
     torch.manual_seed(shard.seed(seed))  # dropout and any other sampling inside the model
     start_or_resume(state, directory, shard)
     loop = EpochLoop(parts, batches, config, state, directory, precision, data.spec, hooks, shard)
@@ -130,7 +132,8 @@ def train_on_rank(
         out_of_memory(exc, config, state, directory)
     return _result(state, config, batches, precision, features_cached=cached is not None).model_copy(
         update={"ranks": shard.world_size, "stop_reason": None if loop.stop is None else loop.stop.reason,
-                "pruned": loop.stop is not None and loop.stop.prune}
+                "pruned": loop.stop is not None and loop.stop.prune, "batch_size": state.batch_size,
+                "batch_note": batch_note}
     )
 
 

@@ -1,9 +1,10 @@
 """Running out of device memory: a clear error, or (train.oom_smaller_batch) a retry with half the batch.
 
-    batch_size = batch_size_for(config, checkpoint_dir)  # config.batch_size, or the reduced one a retry left
+    out_of_memory(exc, config, state, checkpoint_dir)   # raises TrainingError, or RetryWithSmallerBatch
 
-The reduced batch size is kept beside the checkpoints, so the retry (a
-Prefect retry, or `--resume`) continues from the last epoch boundary with it.
+The reduced batch size is kept beside the checkpoints (`_batch_size` reads it
+back), so the retry (a Prefect retry, or `--resume`) continues from the last
+epoch boundary with it.
 """
 
 from __future__ import annotations
@@ -15,20 +16,9 @@ import torch
 
 from schemas.errors import TrainingError, first_line
 from schemas.train import TrainConfig
-from tasks.common.log import say
 from tasks.common.retry import RetryWithSmallerBatch
-from tasks.train._checkpoint import read_reduced_batch_size, write_reduced_batch_size
+from tasks.train._checkpoint import write_reduced_batch_size
 from tasks.train._state import LoopState
-
-
-def batch_size_for(config: TrainConfig, directory: Path | None) -> int:
-    """The batch size to train with: the configured one, unless an earlier attempt ran out of memory with it."""
-    if directory is not None and config.oom_smaller_batch:
-        reduced = read_reduced_batch_size(directory)
-        if reduced is not None:
-            say(f"using batch size {reduced} after running out of memory")
-            return reduced
-    return config.batch_size
 
 
 def out_of_memory(exc: torch.OutOfMemoryError, config: TrainConfig, state: LoopState, directory: Path | None) -> NoReturn:
