@@ -181,13 +181,13 @@ def test_a_run_on_a_leaky_table_says_so_with_intervals_and_folds(prefect_api, tm
     out = capsys.readouterr().out
     assert "audit     left out id-like column(s) 'id'" in out and "'paid' (balanced accuracy" in out
     assert "95% interval" in out and "2-fold mean +- std" in out
-    assert "batch 35: train.batch_size 64 capped at a quarter of the 140 training rows" in out  # 200 rows, 70% train
+    assert "batch 34: train.batch_size 64 capped at a quarter of the 139 training rows" in out  # 200 rows: 139/31/30
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["audit"]["possible_leaks"][0]["column"] == "paid"
     low, high = metrics["uncertainty"]["intervals"]["accuracy"]
     assert low <= metrics["test"]["accuracy"] <= high
     assert len(metrics["uncertainty"]["cross_validation"]["accuracy"]["values"]) == 2
-    assert metrics["training"]["batch_size"] == 35 and "capped" in metrics["training"]["batch_note"]
+    assert metrics["training"]["batch_size"] == 34 and "capped" in metrics["training"]["batch_note"]
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Data audit" in report and "| metric | model | 95% interval | baseline | 2-fold mean ± std |" in report
 
