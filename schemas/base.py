@@ -37,6 +37,44 @@ def union_tag(cls: type[BaseModel]) -> tuple[str, tuple[str, ...]] | None:
     return None
 
 
+def union_keys(member: type[BaseModel]) -> frozenset[str]:
+    """Every field name of the tagged unions `member` belongs to, its own included; empty for other classes.
+
+    A union is any field of a StrictModel typed as two or more models tagged
+    by `kind` or `name` (`model`, `optimizer`, `scheduler`, `data.source`).
+    """
+    from schemas.keys import peel, union_members
+
+    names: set[str] = set()
+    for model in _subclasses(StrictModel):
+        for field in model.model_fields.values():
+            members = set(union_members(peel(field.annotation)).values())
+            if member in members and len(members) > 1:
+                names.update(*(m.model_fields for m in members))
+    return frozenset(names)
+
+
+def _subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+# A path or name with placeholders in angle brackets: `<run dir>/plots/`, `<data>-<model kind>`.
+_PLACEHOLDERS = re.compile(r"(?<![^\s'\"(])[^\s`'\"(]*(?:<[A-Za-z][^<>]*>[^\s`'\",;)]*)+")
+
+
+def code_placeholders(text: str) -> str:
+    """`text` with each `<placeholder>` path set as code, which markdown (the UI's, the docs') shows as written
+    instead of taking `<data>` for an HTML tag and dropping it."""
+    def code(match: re.Match[str]) -> str:
+        path = match.group(0).rstrip(".:")
+        return f"`{path}`{match.group(0)[len(path):]}"
+
+    return _PLACEHOLDERS.sub(code, text)
+
+
 def form_title(cls: type[BaseModel]) -> str:
     """The title the Prefect UI shows for a section: a union member's tag (`mlp`, `adam`), else its name in words."""
     tag = union_tag(cls)
@@ -57,11 +95,24 @@ def form_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
     property when it checks a run's parameters; a deployment's parameters are
     checked as the schema stands, so they leave nulls out
     (`schemas.run.form_values`).
+
+    A tagged union is an `anyOf` of its members, not pydantic's `oneOf`:
+    Prefect's form (3.9) rebuilds a `oneOf` property on every render, and its
+    tabs then pick the member from the value by the keys it shares with each
+    member, so a tab snapped back (data source builtin -> csv) or kept the
+    first member's fields (model mlp -> cnn kept hidden_sizes). A member lets
+    its sibling members' keys through (the flow leaves them out, naming them:
+    `schemas.form`) and still refuses a key of no member, naming it.
     """
     schema["title"] = form_title(cls)
+    for prop in [schema, *schema.get("properties", {}).values()]:
+        if isinstance(prop.get("description"), str):
+            prop["description"] = code_placeholders(prop["description"])
     tag = union_tag(cls)
     bounds: dict[str, dict[str, Any]] = {}
     for name, prop in schema.get("properties", {}).items():
+        if "oneOf" in prop and "discriminator" in prop:
+            prop["anyOf"] = prop.pop("oneOf")
         if tag is not None and name == tag[0]:
             prop.pop("const", None)
             prop["enum"] = list(tag[1])
@@ -83,10 +134,12 @@ def form_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
         # the tag alone, so the server's message names the field and why (`config.optimizer.lr: -1 is less
         # than or equal to the minimum of 0`; `config.optimizer.lrr: 1 should not be valid under {}`),
         # not "not valid under any of the given schemas".
-        closed = schema.get("additionalProperties") is False
+        closed = schema.pop("additionalProperties", None) is False
+        own = schema.get("properties", {})
+        siblings = {name: {} for name in sorted(union_keys(cls) - set(own))}  # left out by the flow (schemas.form)
         schema["if"] = {"properties": {tag[0]: {"enum": list(tag[1])}}}
         schema["then"] = {
-            "properties": {name: bounds.get(name, {}) for name in schema.get("properties", {})} if closed else bounds,
+            "properties": {**{name: bounds.get(name, {}) for name in own}, **siblings} if closed else bounds,
             **({"additionalProperties": {"not": {}}} if closed else {}),  # an error at the unknown key itself
         }
 

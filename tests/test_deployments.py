@@ -42,7 +42,7 @@ def test_prefect_yaml_is_generated_from_the_definitions():
     document = yaml.safe_load(PREFECT_YAML.read_text())
     assert [d["name"] for d in document["deployments"]] == [s.name for s in DEPLOYMENTS]
     nightly = next(d for d in document["deployments"] if d["name"] == "digits-mlp-nightly")
-    assert nightly["schedules"] == [{"cron": "0 2 * * *"}] and nightly["entrypoint"] == "flows/train.py:train_flow"
+    assert nightly["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC", "slug": "digits-mlp-nightly"}] and nightly["entrypoint"] == "flows/train.py:train_flow"
     assert nightly["parameters"]["config"] == form_values(load_config(ROOT / "configs/digits_mlp.yaml", ["name=digits-mlp-nightly"]))
     assert nightly["parameters"]["config"]["scheduler"] == {"name": "none"}  # the form's tab for no scheduler
 
@@ -378,23 +378,23 @@ def test_the_form_shows_the_default_model_optimizer_and_scheduler_as_fields():
         ("model", "kind", {"hidden_sizes", "activation", "dropout"}),
         ("optimizer", "name", {"lr", "betas", "weight_decay"}),
     ):
-        default = _definition(schema, run[section]["oneOf"][0])
+        default = _definition(schema, run[section]["anyOf"][0])
         assert default["title"] == {"model": "mlp", "optimizer": "adam"}[section]
         assert default["properties"][tag]["enum"] == [default["title"]]  # a drop-down, not a text box
         assert fields <= set(default["properties"])
         for name in fields:
             assert default["properties"][name]["description"], f"{section}.{name}"
-    assert [_definition(schema, o)["title"] for o in run["model"]["oneOf"]] == [
+    assert [_definition(schema, o)["title"] for o in run["model"]["anyOf"]] == [
         "mlp", "cnn", "tinyvgg", "resnet", "linear / logistic", "torchvision", "custom",
     ]
     assert _definition(schema, run["data"])["title"] == "Data"  # not the class name DataConfig
-    adam = _definition(schema, run["optimizer"]["oneOf"][0])
+    adam = _definition(schema, run["optimizer"]["anyOf"][0])
     assert adam["properties"]["lr"]["type"] == "number"
     # The bound applies once the tag picked this member, so a refusal names the field (next test).
     assert adam["if"] == {"properties": {"name": {"enum": ["adam"]}}}
     assert adam["then"]["properties"]["lr"] == {"exclusiveMinimum": 0, "maximum": 10}
     # No scheduler is a tab of its own, not a null switch; optional numbers are plain inputs.
-    assert [o.get("title") or _definition(schema, o)["title"] for o in run["scheduler"]["oneOf"]] == [
+    assert [o.get("title") or _definition(schema, o)["title"] for o in run["scheduler"]["anyOf"]] == [
         "none", "step", "cosine", "plateau",
     ]
     threads = schema["definitions"]["DeviceConfig"]["properties"]["threads"]
