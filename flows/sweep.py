@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Annotated
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,16 +77,20 @@ if __name__ == "__main__":  # the command: before torch, Prefect and the stages 
         exit_quickly(_code)
 
 from prefect import flow
+from prefect.states import Failed
 
 from flows._cli import (
     TRAINING_IMPORTS, check_data_first, command_line, exit_quickly, prefect_session, run_command, shown_path,
 )
 from flows._callbacks import PrefectReport
+from flows._deployed import deployed_config, flow_run_name
 from flows.stages import prefect_dispatch, prefect_stages, save_model
 from schemas.base import OptionalText
+from schemas.errors import PipelineError
+from schemas.form import form_input
 from schemas.sweep import SweepConfig, load_sweep_config, sweep_to_yaml
 from schemas.trial import SweepSummary
-from tasks.common.log import pipeline_errors_in_one_line, say
+from tasks.common.log import log_to_prefect, pipeline_errors_in_one_line, say
 from tasks.common.retry import retry_options
 from tasks.recipe import prepare
 from tasks.run.outputs import record_device
@@ -111,8 +116,13 @@ from tasks.sweep import (
 )
 
 
-@flow(name="sweep", flow_run_name="sweep-{config.name}", validate_parameters=True)
-def sweep_flow(config: SweepConfig, sweep_dir: OptionalText = "") -> SweepSummary:
+def sweep_run_name() -> str:
+    """`sweep-<config.name>`, or the name a run started by hand from a deployment was given (the form's Run Name)."""
+    return flow_run_name(SweepConfig, lambda config: f"sweep-{config.name}")
+
+
+@flow(name="sweep", flow_run_name=sweep_run_name, validate_parameters=True)
+def sweep_flow(config: Annotated[SweepConfig, form_input(SweepConfig)], sweep_dir: OptionalText = "") -> SweepSummary:
     """Run (or resume) the sweep described by `config` in `sweep_dir` (default sweeps/<name>/).
 
     Args:
@@ -128,6 +138,11 @@ def sweep_flow(config: SweepConfig, sweep_dir: OptionalText = "") -> SweepSummar
     """
     started = time.perf_counter()
     pipeline_errors_in_one_line()  # in the run's log: our errors as their message, without a traceback
+    try:
+        config = deployed_config(SweepConfig, config)  # a deployment run: a schedule's overrides, allowed code
+        check_data_first(config.base.data)  # a data problem fails here, not in the device stage's probe
+    except PipelineError as exc:
+        return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)
     base = config.base
     check_tracking(base.tracking)  # a missing tracking extra fails before any work
     if config.selection_warning:
@@ -164,6 +179,7 @@ def sweep_flow(config: SweepConfig, sweep_dir: OptionalText = "") -> SweepSummar
             device=f"{device.device} ({device.reason}; precision {device.precision})",
             warnings=[config.selection_warning] if config.selection_warning else [],
         )
+    log_to_prefect(format_summary(summary))  # the run's log ends as the command line's output does
     return summary
 
 

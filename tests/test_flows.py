@@ -100,6 +100,12 @@ def test_data_error_fails_at_once_and_marks_the_run_failed(prefect_api, tmp_path
         tiny_overrides(**{"data.source": f"{{kind: csv, path: {csv_path}, target: label}}", "data.retry.retries": "3",
                           "data.retry.delay_seconds": "0", "device.threads": "1"}),  # 1: no thread probe peeks first
     )
+    # The early check (the flow's first step, before any task or folder) sees this one ...
+    with pytest.raises(DataError, match="target column 'label' not found; columns are: a, b"):
+        _train(config, tmp_path / "run")
+    assert calls == [] and not (tmp_path / "run").exists()
+    # ... and a problem only the data stage sees fails that stage at once, the run marked failed.
+    monkeypatch.setattr("flows.train.check_data_first", lambda data: None)
     with pytest.raises(DataError, match="target column 'label' not found; columns are: a, b"):
         _train(config, tmp_path / "run")
     assert len(calls) == 1  # never retried
