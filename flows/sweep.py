@@ -96,6 +96,7 @@ from tasks.recipe import prepare
 from tasks.run.outputs import record_device
 from tasks.run.rundir import run_lifecycle
 from tasks.run.tracking import check_tracking
+from tasks.sweep.page import publish_sweep_page
 from tasks.sweep import (
     SWEEP_FILE,
     SweepTracking,
@@ -179,6 +180,7 @@ def sweep_flow(config: Annotated[SweepConfig, form_input(SweepConfig)], sweep_di
             device=f"{device.device} ({device.reason}; precision {device.precision})",
             warnings=[config.selection_warning] if config.selection_warning else [],
         )
+    publish_sweep_page(summary, config)  # the UI's artifacts: rounded leaderboard, best trial, plots
     log_to_prefect(format_summary(summary))  # the run's log ends as the command line's output does
     return summary
 
