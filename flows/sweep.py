@@ -124,11 +124,11 @@ def sweep_run_name() -> str:
 
 @flow(name="sweep", flow_run_name=sweep_run_name, validate_parameters=True)
 def sweep_flow(config: Annotated[SweepConfig, form_input(SweepConfig)], sweep_dir: OptionalText = "") -> SweepSummary:
-    """Run (or resume) the sweep described by `config` in `sweep_dir` (default sweeps/<name>/).
+    """Run (or resume) the sweep described by `config` in `sweep_dir` (default sweeps/{name}/).
 
     Args:
         config: The sweep: the base run, the search space, sampler, pruner, metric and trials.
-        sweep_dir: Folder of the sweep, on the machine that runs the flow. Empty: sweeps/(name)/ under the directory the flow runs in; a rerun continues the study there.
+        sweep_dir: Folder of the sweep, on the machine that runs the flow. Empty: sweeps/{name}/ under the directory the flow runs in; a rerun continues the study there.
 
     Writes sweep.yaml, device.json, study.journal, trials/<n>/, leaderboard.csv,
     best_config.yaml, best_model/ (a bundle, as flows.train saves),

@@ -142,7 +142,7 @@ def train_flow(
 
     Args:
         config: The run: device, data, model, optimizer, training, evaluation, bundle, tracking.
-        run_dir: Folder for the run's outputs, on the machine that runs the flow. Empty: runs/(time)-(name)/ under the directory the flow runs in.
+        run_dir: Folder for the run's outputs, on the machine that runs the flow. Empty: runs/{time}-{name}/ under the directory the flow runs in.
         resume: Continue the unfinished run in run_dir from its last checkpoint.
         force: With resume: continue even when run.json names a live process as running it (with a warning).
 

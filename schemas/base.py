@@ -61,18 +61,14 @@ def _subclasses(cls: type) -> list[type]:
     return found
 
 
-# A path or name with placeholders in angle brackets: `<run dir>/plots/`, `<data>-<model kind>`.
-_PLACEHOLDERS = re.compile(r"(?<![^\s'\"(])[^\s`'\"(]*(?:<[A-Za-z][^<>]*>[^\s`'\",;)]*)+")
+# A placeholder in angle brackets: `<run dir>/plots/`, `<data>-<model kind>`.
+_PLACEHOLDER = re.compile(r"<([A-Za-z][^<>]*)>")
 
 
-def code_placeholders(text: str) -> str:
-    """`text` with each `<placeholder>` path set as code, which markdown (the UI's, the docs') shows as written
-    instead of taking `<data>` for an HTML tag and dropping it."""
-    def code(match: re.Match[str]) -> str:
-        path = match.group(0).rstrip(".:")
-        return f"`{path}`{match.group(0)[len(path):]}"
-
-    return _PLACEHOLDERS.sub(code, text)
+def plain_placeholders(text: str) -> str:
+    """`text` with each `<placeholder>` written `{placeholder}`: Prefect's older UI (and a docs page) read a
+    description as markdown, where `<data>` is an HTML tag and vanishes; the newer UI shows it as text."""
+    return _PLACEHOLDER.sub(r"{\1}", text)
 
 
 def form_title(cls: type[BaseModel]) -> str:
@@ -102,12 +98,13 @@ def form_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
     member, so a tab snapped back (data source builtin -> csv) or kept the
     first member's fields (model mlp -> cnn kept hidden_sizes). A member lets
     its sibling members' keys through (the flow leaves them out, naming them:
-    `schemas.form`) and still refuses a key of no member, naming it.
+    `schemas.form`) and still refuses a key of no member, naming it. A
+    description's `<placeholder>` is written `{placeholder}` (plain_placeholders).
     """
     schema["title"] = form_title(cls)
     for prop in [schema, *schema.get("properties", {}).values()]:
         if isinstance(prop.get("description"), str):
-            prop["description"] = code_placeholders(prop["description"])
+            prop["description"] = plain_placeholders(prop["description"])
     tag = union_tag(cls)
     bounds: dict[str, dict[str, Any]] = {}
     for name, prop in schema.get("properties", {}).items():
