@@ -102,10 +102,16 @@ def form_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
     description's `<placeholder>` is written `{placeholder}` (plain_placeholders).
     """
     schema["title"] = form_title(cls)
+    tag = union_tag(cls)
+    if tag is not None and "properties" in schema:
+        # A member's tag first, then its own fields, then those it shares with its siblings: the csv tab
+        # opens with kind, path and target, not the column lists it inherits.
+        own = [name for name in getattr(cls, "__annotations__", {}) if name in schema["properties"]]
+        order = [tag[0], *own, *schema["properties"]]
+        schema["properties"] = {name: schema["properties"][name] for name in dict.fromkeys(order)}
     for prop in [schema, *schema.get("properties", {}).values()]:
         if isinstance(prop.get("description"), str):
             prop["description"] = plain_placeholders(prop["description"])
-    tag = union_tag(cls)
     bounds: dict[str, dict[str, Any]] = {}
     for name, prop in schema.get("properties", {}).items():
         if "oneOf" in prop and "discriminator" in prop:

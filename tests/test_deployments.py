@@ -131,6 +131,8 @@ def test_invalid_parameters_fail_at_once_with_the_schemas_message(served):
         ({"train": {"epochs": 0}}, "config.train.epochs"),
         ({"trian": {"epochs": 3}}, "'trian' was unexpected"),
         ({"optimizer": {"name": "adam", "lr": -1}}, "field 'config.optimizer.lr'. Failure reason: -1 is less than"),
+        # a key of no optimizer, beside a field of another one (left out by the flow): named
+        ({"optimizer": {"name": "sgd", "betas": [0.9, 0.99], "lrr": 1}}, "field 'config.optimizer.lrr'"),
     ):
         with pytest.raises(PrefectHTTPStatusError, match=message):
             run_deployment("train/digits-mlp", parameters={"config": bad}, timeout=0)
