@@ -106,17 +106,28 @@ def deployed_config(cls: type[C], config: C, log: bool = True) -> C:
 
 
 def check_allowed_code(config: Any) -> None:
-    """A ConfigError unless every custom model the config (or a sweep's base) names is allowed here."""
-    model = getattr(getattr(config, "base", config), "model", None)
-    if getattr(model, "kind", None) != "custom":
-        return
-    module = model.target.partition(":")[0]
-    if not is_trusted(module, trust_code=False):
-        raise ConfigError(
-            f"model.target = {model.target!r}: a run started from a deployment imports only modules the serving "
-            f"process allows, and {module!r} is not one; start the serving process with "
-            f"{TRUSTED_MODULES_ENV}={module} to allow it"
-        )
+    """A ConfigError unless every custom model the config names is allowed here: a run's model, a sweep's base
+    model and each model a sweep's choices can make."""
+    for model in _models(config):
+        if getattr(model, "kind", None) != "custom":
+            continue
+        module = model.target.partition(":")[0]
+        if not is_trusted(module, trust_code=False):
+            raise ConfigError(
+                f"model.target = {model.target!r}: a run started from a deployment imports only modules the serving "
+                f"process allows, and {module!r} is not one; start the serving process with "
+                f"{TRUSTED_MODULES_ENV}={module} to allow it"
+            )
+
+
+def _models(config: Any) -> list[Any]:
+    if not hasattr(config, "base"):
+        return [getattr(config, "model", None)]
+    models = [config.base.model]
+    for key, param in config.space.items():
+        if key.split(".")[0] == "model" and hasattr(param, "choices"):
+            models += [config.trial_config({key: choice}).model for choice in param.choices]
+    return models
 
 
 def _validate(cls: type[C], values: dict[str, Any]) -> C:

@@ -122,3 +122,20 @@ def test_the_flows_take_what_the_form_sends_and_keep_their_form():
     schema = parameter_schema(train_flow.fn).model_dump_for_openapi()
     assert schema["properties"]["config"]["$ref"] == "#/definitions/RunConfig"
     assert parameter_schema(sweep_flow.fn).model_dump_for_openapi()["properties"]["config"]["$ref"] == "#/definitions/SweepConfig"
+
+
+def test_a_custom_model_of_a_deployment_run_needs_the_serving_process_to_allow_its_module(monkeypatch):
+    from flows._deployed import check_allowed_code
+
+    custom = {"kind": "custom", "target": "mypkg.nets:make"}
+    run = RunConfig.model_validate({"model": custom})
+    with pytest.raises(ConfigError, match=r"'mypkg.nets' is not one; start the serving process with PYTORCH_WORKFLOW_TRUSTED_MODULES=mypkg.nets"):
+        check_allowed_code(run)
+    sweep = load_sweep_config_values()
+    sweep["space"] = {"model": {"kind": "categorical", "choices": [{"kind": "mlp"}, custom]}}
+    with pytest.raises(ConfigError, match="mypkg.nets:make"):  # a choice of the sweep's space counts too
+        check_allowed_code(SweepConfig.model_validate(sweep))
+    monkeypatch.setenv("PYTORCH_WORKFLOW_TRUSTED_MODULES", "mypkg")
+    check_allowed_code(run)
+    check_allowed_code(SweepConfig.model_validate(sweep))
+    check_allowed_code(RunConfig())
