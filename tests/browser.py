@@ -62,18 +62,24 @@ def switch_tab(page: Any, name: str) -> None:
         raise AssertionError(f"the {name} tab did not stay selected")
 
 
-def submit_run_form(page: Any) -> dict[str, Any]:
-    """Click Submit (again, as a user would, if a busy server answered 503); the flow run the UI created."""
-    for attempt in range(3):
-        with page.expect_response(lambda r: r.url.endswith("/create_flow_run") and r.request.method == "POST") as answer:
-            page.get_by_role("button", name="Submit").click()
+def click_for(page: Any, button: Any, posts_to: str, what: str) -> Any:
+    """Click `button` and return the JSON the server answered the POST to a URL ending in `posts_to`; again, as a
+    user would, when a busy server answered 503 (SQLite's lock)."""
+    for _ in range(3):
+        with page.expect_response(lambda r: r.url.endswith(posts_to) and r.request.method == "POST") as answer:
+            button.click()
         response = answer.value
         if response.status != 503:
             break
         page.wait_for_timeout(2000)
     if response.status != 201:
-        raise AssertionError(f"the run was refused: HTTP {response.status} {response.text()}")
+        raise AssertionError(f"the {what} was refused: HTTP {response.status} {response.text()}")
     return response.json()
+
+
+def submit_run_form(page: Any) -> dict[str, Any]:
+    """Click Submit; the flow run the UI created."""
+    return click_for(page, page.get_by_role("button", name="Submit"), "/create_flow_run", "run")
 
 
 def next_minute(margin_seconds: float = 10) -> datetime:
@@ -101,9 +107,5 @@ def add_interval_schedule(
     page.keyboard.press("Escape")  # closes the calendar, not the dialog
     if before_save is not None:
         before_save(page)
-    with page.expect_response(lambda r: "/schedules" in r.url and r.request.method == "POST") as answer:
-        dialog.get_by_role("button", name="Save").click()
-    response = answer.value
-    if response.status != 201:
-        raise AssertionError(f"the schedule was refused: HTTP {response.status} {response.text()}")
-    return response.json()[0], anchor
+    (schedule,) = click_for(page, dialog.get_by_role("button", name="Save"), "/schedules", "schedule")
+    return schedule, anchor

@@ -56,29 +56,30 @@ def test_switching_tabs_and_adding_a_schedule_by_clicking_every_run_completes(se
         deployment = client.read_deployment_by_name("train/digits-mlp")
     with sync_playwright() as playwright, chromium_context(playwright) as context:
         page = context.new_page()
-        # The model and the optimizer, switched by their tabs.
-        open_run_form(page, served.ui, str(deployment.id))
-        field(page, "Run Name").fill("browser-cnn-sgd")
-        switch_tab(page, "cnn")
-        switch_tab(page, "sgd")
-        field(page, "Epochs (Optional)").fill("2")
-        page.get_by_text("Stage 3: the network").first.scroll_into_view_if_needed()
-        page.screenshot(path=shots / "form-cnn.png")
-        image_run = submit_run_form(page)
-        # The data source switched to a CSV file.
-        open_run_form(page, served.ui, str(deployment.id))
-        field(page, "Run Name").fill("browser-csv")
-        switch_tab(page, "csv")
-        field(page, "Path").fill(str(table))
-        field(page, "Target").fill("label")
-        field(page, "Epochs (Optional)").fill("2")
-        page.get_by_text("Where the data comes from").first.scroll_into_view_if_needed()
-        page.screenshot(path=shots / "form-csv.png")
-        table_run = submit_run_form(page)
-        # An hourly schedule from the "+ Schedule" dialog, its first run at the next whole minute.
+        # An hourly schedule from the "+ Schedule" dialog, its first run at the next whole minute (the runs
+        # below are started while it comes).
         schedule, _ = add_interval_schedule(page, served.ui, str(deployment.id), hours=1)
         page.screenshot(path=shots / "schedule-added.png")
         try:
+            # The model and the optimizer, switched by their tabs.
+            open_run_form(page, served.ui, str(deployment.id))
+            field(page, "Run Name").fill("browser-cnn-sgd")
+            switch_tab(page, "cnn")
+            switch_tab(page, "sgd")
+            field(page, "Epochs (Optional)").fill("2")
+            page.get_by_text("Stage 3: the network").first.scroll_into_view_if_needed()
+            page.screenshot(path=shots / "form-cnn.png")
+            image_run = submit_run_form(page)
+            # The data source switched to a CSV file.
+            open_run_form(page, served.ui, str(deployment.id))
+            field(page, "Run Name").fill("browser-csv")
+            switch_tab(page, "csv")
+            field(page, "Path").fill(str(table))
+            field(page, "Target").fill("label")
+            field(page, "Epochs (Optional)").fill("2")
+            page.get_by_text("Where the data comes from").first.scroll_into_view_if_needed()
+            page.screenshot(path=shots / "form-csv.png")
+            table_run = submit_run_form(page)
             with get_client(sync_client=True) as client:
                 runs = [_wait_for(client, lambda c, i=run["id"]: c.read_flow_run(i), 240) for run in (image_run, table_run)]
 
