@@ -96,7 +96,6 @@ from tasks.recipe import prepare
 from tasks.run.outputs import record_device
 from tasks.run.rundir import run_lifecycle
 from tasks.run.tracking import check_tracking
-from tasks.sweep.page import publish_sweep_page
 from tasks.sweep import (
     SWEEP_FILE,
     SweepTracking,
@@ -115,6 +114,7 @@ from tasks.sweep import (
     sweep_folder,
     sweep_outputs,
 )
+from tasks.sweep.page import publish_sweep_page
 
 
 def sweep_run_name() -> str:

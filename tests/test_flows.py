@@ -441,7 +441,8 @@ def test_a_run_started_by_hand_from_a_deployment_keeps_its_name(monkeypatch, tin
     from flows.train import run_name
 
     def named(deployment_id, auto_scheduled):
-        run = SimpleNamespace(name="typed-in-the-form", deployment_id=deployment_id, auto_scheduled=auto_scheduled)
+        run = SimpleNamespace(name="typed-in-the-form", deployment_id=deployment_id, auto_scheduled=auto_scheduled,
+                              parameters={"config": tiny_config.model_dump(mode="json")}, created_by=None)
         context = SimpleNamespace(flow_run=run, parameters={"config": tiny_config})
         monkeypatch.setattr(prefect.context.FlowRunContext, "get", classmethod(lambda cls: context))
         return run_name()
