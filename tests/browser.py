@@ -62,24 +62,28 @@ def switch_tab(page: Any, name: str) -> None:
         raise AssertionError(f"the {name} tab did not stay selected")
 
 
-def click_for(page: Any, button: Any, posts_to: str, what: str) -> Any:
-    """Click `button` and return the JSON the server answered the POST to a URL ending in `posts_to`; again, as a
-    user would, when a busy server answered 503 (SQLite's lock)."""
-    for _ in range(3):
-        with page.expect_response(lambda r: r.url.endswith(posts_to) and r.request.method == "POST") as answer:
-            button.click()
-        response = answer.value
-        if response.status != 503:
-            break
-        page.wait_for_timeout(2000)
+def _post(page: Any, button: Any, posts_to: str) -> Any:
+    """Click `button`; the server's answer to the POST it makes to a URL ending in `posts_to`."""
+    with page.expect_response(lambda r: r.url.endswith(posts_to) and r.request.method == "POST") as answer:
+        button.click()
+    return answer.value
+
+
+def _created(response: Any, what: str) -> Any:
     if response.status != 201:
         raise AssertionError(f"the {what} was refused: HTTP {response.status} {response.text()}")
     return response.json()
 
 
 def submit_run_form(page: Any) -> dict[str, Any]:
-    """Click Submit; the flow run the UI created."""
-    return click_for(page, page.get_by_role("button", name="Submit"), "/create_flow_run", "run")
+    """Click Submit (again, as a user would, when a busy server answered 503: SQLite's lock); the flow run the UI
+    created. The form stays as it was after a refusal."""
+    for _ in range(3):
+        response = _post(page, page.get_by_role("button", name="Submit"), "/create_flow_run")
+        if response.status != 503:
+            break
+        page.wait_for_timeout(2000)
+    return _created(response, "run")
 
 
 def next_minute(margin_seconds: float = 10) -> datetime:
@@ -94,18 +98,24 @@ def add_interval_schedule(
 ) -> tuple[dict[str, Any], datetime]:
     """The deployment page's "+ Schedule" dialog: every `hours` from the next whole minute (UTC, the dialog's
     time input has no seconds), Parameter Overrides untouched, Save (`before_save(page)` first, to photograph
-    it); the schedule the server made, and its first run's time."""
-    page.goto(f"{ui}/v2/deployments/deployment/{deployment_id}")
-    page.get_by_role("button", name="Schedule").first.click()
-    dialog = page.get_by_role("dialog")
-    dialog.get_by_label("Value").fill(str(hours))
-    dialog.get_by_role("combobox").filter(has_text="Minutes").click()
-    page.get_by_role("option", name="Hours").click()
-    dialog.locator("button", has_text=" at ").first.click()  # the anchor date's calendar and time
-    anchor = next_minute(margin_seconds=10 if before_save is None else 20)
-    page.locator("#anchor-time").fill(anchor.strftime("%H:%M"))
-    page.keyboard.press("Escape")  # closes the calendar, not the dialog
-    if before_save is not None:
-        before_save(page)
-    (schedule,) = click_for(page, dialog.get_by_role("button", name="Save"), "/schedules", "schedule")
+    it); the schedule the server made, and its first run's time. The dialog closes whatever the answer, so a
+    503 from a busy server is met by filling it in again, as a user would."""
+    for _ in range(3):
+        page.goto(f"{ui}/v2/deployments/deployment/{deployment_id}")
+        page.get_by_role("button", name="Schedule").first.click()
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_label("Value").fill(str(hours))
+        dialog.get_by_role("combobox").filter(has_text="Minutes").click()
+        page.get_by_role("option", name="Hours").click()
+        dialog.locator("button", has_text=" at ").first.click()  # the anchor date's calendar and time
+        anchor = next_minute(margin_seconds=10 if before_save is None else 20)
+        page.locator("#anchor-time").fill(anchor.strftime("%H:%M"))
+        page.keyboard.press("Escape")  # closes the calendar, not the dialog
+        if before_save is not None:
+            before_save(page)
+        response = _post(page, dialog.get_by_role("button", name="Save"), "/schedules")
+        if response.status != 503:
+            break
+        page.wait_for_timeout(2000)
+    (schedule,) = _created(response, "schedule")
     return schedule, anchor
