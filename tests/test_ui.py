@@ -116,14 +116,16 @@ def launched(served_deployments, tmp_path_factory):
                 ("sweep-2trials", sweep, {"config": sweep_config, "sweep_dir": str(folder / "sweep")}),
             )
         }
-        soon = datetime.now(timezone.utc) + timedelta(seconds=3)
+        # The first run at the anchor: far enough ahead for the scheduler (every 2 s) to see the schedule before
+        # it passes (else the first run is an hour later), near enough to come while the runs above run.
+        soon = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=20)
         (schedule,) = client.create_deployment_schedules(train.id, [DeploymentScheduleCreate(
             schedule=IntervalSchedule(interval=timedelta(hours=1), anchor_date=soon, timezone="UTC"),
             active=True, parameters=overrides,
         )])
     try:
         yield SimpleNamespace(runs=runs, schedule=schedule, overrides=overrides, table=table, folder=folder,
-                              sweep_name=sweep_config["name"], train_id=train.id)
+                              sweep_name=sweep_config["name"], train_id=train.id, first_run_at=soon)
     finally:
         with prefect_client_on(served_deployments.api), get_client(sync_client=True) as client:
             client.delete_deployment_schedule(train.id, schedule.id)
@@ -169,7 +171,9 @@ def test_a_schedule_added_with_untouched_overrides_runs_the_deployments_config(s
             mine = [run for run in runs if run.created_by and run.created_by.id == launched.schedule.id]
             time.sleep(1)
         assert mine, "the scheduler made no run in 90 s"
-        (run,) = _wait(client, [min(mine, key=lambda run: run.expected_start_time).id])
+        first = min(mine, key=lambda run: run.expected_start_time)
+        assert first.expected_start_time == launched.first_run_at, "the scheduler saw the schedule after its anchor"
+        (run,) = _wait(client, [first.id])
         assert run.state_type.value == "COMPLETED", run.state.message
         folder = _run_folder(client, run.id)
     assert run.parameters == launched.overrides  # what Prefect's scheduler handed the flow: the override alone
