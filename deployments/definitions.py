@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+TIMEZONE = "UTC"  # of the schedules below: the nightly run starts at 02:00 UTC wherever the server runs
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,23 @@ class DeploymentSpec:
         return {"config": {**without_nulls(sweep.model_dump(mode="json")), "base": form_values(sweep.base)}}
 
     def schedule(self) -> dict[str, Any]:
+        """The schedule as `prefect.yaml` writes it: with its time zone (the UI shows it beside the schedule)
+        and a slug, the deployment's name, which keeps it apart from schedules added in the UI."""
         if self.cron:
-            return {"cron": self.cron}
+            return {"cron": self.cron, "timezone": TIMEZONE, "slug": self.name}
         if self.interval_seconds:
-            return {"interval": self.interval_seconds}
+            return {"interval": self.interval_seconds, "timezone": TIMEZONE, "slug": self.name}
         return {}
+
+    def schedules(self) -> list[Any]:
+        """The schedule for `flow.to_deployment(schedules=...)`."""
+        from prefect.schedules import Cron, Interval
+
+        if self.cron:
+            return [Cron(self.cron, timezone=TIMEZONE, slug=self.name)]
+        if self.interval_seconds:
+            return [Interval(self.interval_seconds, timezone=TIMEZONE, slug=self.name)]
+        return []
 
 
 DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
@@ -83,7 +96,7 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         flow="sweep",
         config="configs/sweep_digits.yaml",
         description="On demand: the digits MLP sweep (Optuna TPE, median pruning). Runs continue the study in "
-        "sweeps/<name>/ on the serving machine; raise n_trials to search further.",
+        "sweeps/{config.name}/ on the serving machine; raise n_trials to search further.",
         tags=("sweep", "digits"),
     ),
 )

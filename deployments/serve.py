@@ -57,8 +57,20 @@ def build(spec: DeploymentSpec) -> Any:
         parameters=spec.parameters(),
         description=spec.description,
         tags=list(spec.tags),
-        **spec.schedule(),
+        schedules=spec.schedules(),
     )
+
+
+def ui_url(api_url: str) -> str:
+    """The UI that the README describes, Prefect 3.9's newer one under /v2, for a server's API address.
+
+    PREFECT_UI_URL, when set, is kept. Prefect's own default drops `/api`, which opens the older UI at
+    every address but the bare one (http://127.0.0.1:4200/deployments).
+    """
+    if os.environ.get("PREFECT_UI_URL"):
+        return os.environ["PREFECT_UI_URL"]
+    base = api_url.rstrip("/")
+    return (base[: -len("/api")] if base.endswith("/api") else base) + "/v2"
 
 
 def prefect_yaml() -> str:
@@ -118,10 +130,12 @@ def main(argv: list[str] | None = None) -> int:
                 "export PREFECT_API_URL=http://127.0.0.1:4200/api"
             )
         from prefect import serve
+        from prefect.settings import PREFECT_UI_URL, temporary_settings
 
         check_api_reachable()  # one line naming the address, not a traceback after the first request
         deployments = [build(spec) for spec in specs]
-        serve(*deployments)
+        with temporary_settings(updates={PREFECT_UI_URL: ui_url(os.environ["PREFECT_API_URL"])}):
+            serve(*deployments)  # prints where the UI's deployments page is
         return 0
 
     return run_command(body, args.debug)

@@ -21,6 +21,7 @@ if __name__ == "__main__":  # before any other import: no module from the workin
 import argparse
 import time
 from pathlib import Path
+from typing import Annotated
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,17 +82,21 @@ if __name__ == "__main__":  # the command: before torch, Prefect and the stages 
         exit_quickly(_code)
 
 from prefect import flow
+from prefect.states import Failed
 
 from flows._cli import (
     TRAINING_IMPORTS, check_data_first, command_line, exit_quickly, prefect_session, run_command, shown_path,
 )
 from flows._callbacks import PrefectReport
+from flows._deployed import deployed_config, flow_run_name
 from flows.stages import prefect_dispatch, prefect_stages, save_model
 from flows._preflight import check_machine_first, check_parameter_size
 from schemas.base import OptionalText
+from schemas.errors import PipelineError
+from schemas.form import form_input
 from schemas.sweep import SweepConfig, load_sweep_config, sweep_to_yaml
 from schemas.trial import SweepSummary
-from tasks.common.log import pipeline_errors_in_one_line, say
+from tasks.common.log import log_to_prefect, pipeline_errors_in_one_line, say
 from tasks.common.retry import retry_options
 from tasks.recipe import prepare
 from tasks.run.outputs import record_device
@@ -115,15 +120,21 @@ from tasks.sweep import (
     sweep_folder,
     sweep_outputs,
 )
+from tasks.sweep.page import publish_sweep_page
 
 
-@flow(name="sweep", flow_run_name="sweep-{config.name}", validate_parameters=True)
-def sweep_flow(config: SweepConfig, sweep_dir: OptionalText = "") -> SweepSummary:
-    """Run (or resume) the sweep described by `config` in `sweep_dir` (default sweeps/<name>/).
+def sweep_run_name() -> str:
+    """`sweep-<config.name>`, or the name a run started by hand from a deployment was given (the form's Run Name)."""
+    return flow_run_name(SweepConfig, lambda config: f"sweep-{config.name}")
+
+
+@flow(name="sweep", flow_run_name=sweep_run_name, validate_parameters=True)
+def sweep_flow(config: Annotated[SweepConfig, form_input(SweepConfig)], sweep_dir: OptionalText = "") -> SweepSummary:
+    """Run (or resume) the sweep described by `config` in `sweep_dir` (default sweeps/{name}/).
 
     Args:
         config: The sweep: the base run, the search space, sampler, pruner, metric and trials.
-        sweep_dir: Folder of the sweep, on the machine that runs the flow. Empty: sweeps/(name)/ under the directory the flow runs in; a rerun continues the study there.
+        sweep_dir: Folder of the sweep, on the machine that runs the flow. Empty: sweeps/{name}/ under the directory the flow runs in; a rerun continues the study there.
 
     Writes sweep.yaml, device.json, study.journal, trials/<n>/, leaderboard.csv,
     best_config.yaml, best_model/ (a bundle, as flows.train saves),
@@ -134,6 +145,11 @@ def sweep_flow(config: SweepConfig, sweep_dir: OptionalText = "") -> SweepSummar
     """
     started = time.perf_counter()
     pipeline_errors_in_one_line()  # in the run's log: our errors as their message, without a traceback
+    try:
+        config = deployed_config(SweepConfig, config)  # a deployment run: a schedule's overrides, allowed code
+        check_data_first(config.base.data)  # a data problem fails here, not in the device stage's probe
+    except PipelineError as exc:
+        return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)
     base = config.base
     check_tracking(base.tracking)  # a missing tracking extra fails before any work
     if config.selection_warning:
@@ -170,6 +186,8 @@ def sweep_flow(config: SweepConfig, sweep_dir: OptionalText = "") -> SweepSummar
             device=f"{device.device} ({device.reason}; precision {device.precision})",
             warnings=[config.selection_warning] if config.selection_warning else [],
         )
+    publish_sweep_page(summary, config)  # the UI's artifacts: rounded leaderboard, best trial, plots
+    log_to_prefect(format_summary(summary))  # the run's log ends as the command line's output does
     return summary
 
 

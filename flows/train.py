@@ -17,6 +17,7 @@ if __name__ == "__main__":  # before any other import: no module from the workin
 
 import argparse
 from pathlib import Path
+from typing import Annotated
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,13 +104,15 @@ from flows._cli import (
     TRAINING_IMPORTS, check_data_first, command_line, exit_quickly, prefect_session, run_command, shown_path,
 )
 from flows._callbacks import PrefectProgress, PrefectReport
+from flows._deployed import deployed_config, flow_run_name
 from flows.stages import prefect_stages
 from flows._preflight import check_machine_first, check_parameter_size
 from schemas.errors import ConfigError, PipelineError
 from schemas.loading import absolute_paths, config_to_yaml
 from schemas.base import OptionalText
+from schemas.form import form_input
 from schemas.run import RunConfig, RunSummary
-from tasks.common.log import pipeline_errors_in_one_line
+from tasks.common.log import log_to_prefect, pipeline_errors_in_one_line
 from tasks.device import check_device_present
 from tasks.model import check_model_first
 from tasks.recipe import run_recipe
@@ -121,25 +124,22 @@ from tasks.run.trust import audit_lines, test_lines
 
 
 def run_name() -> str:
-    """The flow run's name: `config.name`, except for a run started by hand from a deployment.
+    """The flow run's name: the name it was given when started by hand from a deployment, else `config.name`.
 
-    Such a run (the UI's form, `prefect deployment run`, `run_deployment`)
-    keeps the name it was created with, the form's Run Name; scheduled and
-    command-line runs are named after the config.
+    A run started by hand (the UI's form, `prefect deployment run`,
+    `run_deployment`) keeps the name it was created with, the form's Run
+    Name, which also names its folder and artifacts (flows._deployed);
+    scheduled and command-line runs are named after the config.
     """
-    from prefect.context import FlowRunContext
-
-    context = FlowRunContext.get()
-    run = context.flow_run if context is not None else None
-    if run is not None and run.deployment_id is not None and not run.auto_scheduled:
-        return run.name
-    config = (context.parameters if context is not None else {}).get("config")
-    return getattr(config, "name", None) or RunConfig().name
+    return flow_run_name(RunConfig, lambda config: getattr(config, "name", None) or RunConfig().name)
 
 
 @flow(name="train", flow_run_name=run_name, validate_parameters=True)
 def train_flow(
-    config: RunConfig = RunConfig(), run_dir: OptionalText = "", resume: bool = False, force: bool = False
+    config: Annotated[RunConfig, form_input(RunConfig)] = RunConfig(),
+    run_dir: OptionalText = "",
+    resume: bool = False,
+    force: bool = False,
 ) -> RunSummary:
     """Train, evaluate and save one model as described by `config`.
 
@@ -149,22 +149,27 @@ def train_flow(
 
     Args:
         config: The run: device, data, model, optimizer, training, evaluation, bundle, tracking.
-        run_dir: Folder for the run's outputs, on the machine that runs the flow. Empty: runs/(time)-(name)/ under the directory the flow runs in.
+        run_dir: Folder for the run's outputs, on the machine that runs the flow. Empty: runs/{time}-{name}/ under the directory the flow runs in.
         resume: Continue the unfinished run in run_dir from its last checkpoint.
         force: With resume: continue even when run.json names a live process as running it (with a warning).
 
     A pipeline error (config, data, training, bundle) fails the run with its
     message as the state's message, once, without a traceback; the caller
-    still gets the exception.
+    still gets the exception. The run's log ends with the summary the
+    command line prints.
     """
     pipeline_errors_in_one_line()  # in the run's log: our errors as their message, without a traceback
     try:
+        config = deployed_config(RunConfig, config)  # a deployment run: its name, a schedule's overrides
         config = absolute_paths(config)  # a form's relative paths: against the flow's working directory
         check_device_present(config.device)  # a missing device fails before any task
         check_tracking(config.tracking)  # a missing extra fails before any work
-        return _train(config, _open_run_dir(config, run_dir or None, resume, force))
+        check_data_first(config.data)  # a data problem fails here, not in the device stage that peeks at the data
+        summary = _train(config, _open_run_dir(config, run_dir or None, resume, force))
     except PipelineError as exc:
         return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)
+    log_to_prefect(format_summary(summary))
+    return summary
 
 
 def _train(config: RunConfig, path: Path) -> RunSummary:

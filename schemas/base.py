@@ -38,6 +38,40 @@ def union_tag(cls: type[BaseModel]) -> tuple[str, tuple[str, ...]] | None:
     return None
 
 
+def union_keys(member: type[BaseModel]) -> frozenset[str]:
+    """Every field name of the tagged unions `member` belongs to, its own included; empty for other classes.
+
+    A union is any field of a StrictModel typed as two or more models tagged
+    by `kind` or `name` (`model`, `optimizer`, `scheduler`, `data.source`).
+    """
+    from schemas.keys import peel, union_members
+
+    names: set[str] = set()
+    for model in _subclasses(StrictModel):
+        for field in model.model_fields.values():
+            members = set(union_members(peel(field.annotation)).values())
+            if member in members and len(members) > 1:
+                names.update(*(m.model_fields for m in members))
+    return frozenset(names)
+
+
+def _subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+# A placeholder in angle brackets: `<run dir>/plots/`, `<data>-<model kind>`.
+_PLACEHOLDER = re.compile(r"<([A-Za-z][^<>]*)>")
+
+
+def plain_placeholders(text: str) -> str:
+    """`text` with each `<placeholder>` written `{placeholder}`: Prefect's older UI (and a docs page) read a
+    description as markdown, where `<data>` is an HTML tag and vanishes; the newer UI shows it as text."""
+    return _PLACEHOLDER.sub(r"{\1}", text)
+
+
 def form_title(cls: type[BaseModel]) -> str:
     """The title the Prefect UI shows for a section: a union member's tag (`mlp`, `adam`), else its name in words."""
     tag = union_tag(cls)
@@ -58,11 +92,31 @@ def form_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
     property when it checks a run's parameters; a deployment's parameters are
     checked as the schema stands, so they leave nulls out
     (`schemas.run.form_values`).
+
+    A tagged union is an `anyOf` of its members, not pydantic's `oneOf`:
+    Prefect's form (3.9) rebuilds a `oneOf` property on every render, and its
+    tabs then pick the member from the value by the keys it shares with each
+    member, so a tab snapped back (data source builtin -> csv) or kept the
+    first member's fields (model mlp -> cnn kept hidden_sizes). A member lets
+    its sibling members' keys through (the flow leaves them out, naming them:
+    `schemas.form`) and still refuses a key of no member, naming it. A
+    description's `<placeholder>` is written `{placeholder}` (plain_placeholders).
     """
     schema["title"] = form_title(cls)
     tag = union_tag(cls)
+    if tag is not None and "properties" in schema:
+        # A member's tag first, then its own fields, then those it shares with its siblings: the csv tab
+        # opens with kind, path and target, not the column lists it inherits.
+        own = [name for name in getattr(cls, "__annotations__", {}) if name in schema["properties"]]
+        order = [tag[0], *own, *schema["properties"]]
+        schema["properties"] = {name: schema["properties"][name] for name in dict.fromkeys(order)}
+    for prop in [schema, *schema.get("properties", {}).values()]:
+        if isinstance(prop.get("description"), str):
+            prop["description"] = plain_placeholders(prop["description"])
     bounds: dict[str, dict[str, Any]] = {}
     for name, prop in schema.get("properties", {}).items():
+        if "oneOf" in prop and "discriminator" in prop:
+            prop["anyOf"] = prop.pop("oneOf")
         if tag is not None and name == tag[0]:
             prop.pop("const", None)
             prop["enum"] = list(tag[1])
@@ -84,10 +138,12 @@ def form_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
         # the tag alone, so the server's message names the field and why (`config.optimizer.lr: -1 is less
         # than or equal to the minimum of 0`; `config.optimizer.lrr: 1 should not be valid under {}`),
         # not "not valid under any of the given schemas".
-        closed = schema.get("additionalProperties") is False
+        closed = schema.pop("additionalProperties", None) is False
+        own = schema.get("properties", {})
+        siblings = {name: {} for name in sorted(union_keys(cls) - set(own))}  # left out by the flow (schemas.form)
         schema["if"] = {"properties": {tag[0]: {"enum": list(tag[1])}}}
         schema["then"] = {
-            "properties": {name: bounds.get(name, {}) for name in schema.get("properties", {})} if closed else bounds,
+            "properties": {**{name: bounds.get(name, {}) for name in own}, **siblings} if closed else bounds,
             **({"additionalProperties": {"not": {}}} if closed else {}),  # an error at the unknown key itself
         }
 

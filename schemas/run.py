@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.base import StrictModel, form_schema
+from schemas.base import StrictModel, form_schema, union_keys
 from schemas.data import DataConfig
 from schemas.device import DeviceConfig
 from schemas.audit import DataAudit
@@ -22,6 +22,7 @@ from schemas.optim import (
     LossConfig,
     OptimizerConfig,
     SchedulerConfig,
+    StepLRConfig,
 )
 from schemas.tracking import TrackingConfig
 from schemas.train import TrainConfig
@@ -44,12 +45,20 @@ _NO_SCHEDULER_SCHEMA = {
 
 
 def _run_form_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
-    """form_schema, and `scheduler` as tabs none | step | cosine | plateau instead of a value-or-null switch."""
+    """form_schema, and `scheduler` as tabs none | step | cosine | plateau instead of a value-or-null switch.
+
+    The `none` tab lets the other tabs' keys through, as every union member
+    does (schemas.base.form_schema), and still refuses a key of no tab.
+    """
     form_schema(schema, cls)
     prop = schema["properties"]["scheduler"]
     (union,) = [option for option in prop.pop("anyOf") if option != {"type": "null"}]
     prop.pop("default", None)
-    prop["oneOf"] = [_NO_SCHEDULER_SCHEMA, *union["oneOf"]]
+    siblings = sorted(union_keys(StepLRConfig) - {"name"})
+    none = {key: value for key, value in _NO_SCHEDULER_SCHEMA.items() if key != "additionalProperties"}
+    none["if"] = {"properties": {"name": {"enum": ["none"]}}}
+    none["then"] = {"properties": {"name": {}, **{key: {} for key in siblings}}, "additionalProperties": {"not": {}}}
+    prop["anyOf"] = [none, *union.get("anyOf", union.get("oneOf", []))]
 
 
 def without_nulls(value: Any) -> Any:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -29,6 +35,118 @@ def prefect_api() -> str:
 
     with prefect_test_harness(server_startup_timeout=180):
         yield PREFECT_API_URL.value()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """Stop a process group we started, by its PID: SIGINT, then SIGKILL if it lingers."""
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextlib.contextmanager
+def prefect_client_on(api: str):
+    """Point this process's Prefect client at `api` (the session's test harness may point elsewhere)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        yield
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """`prefect server start` on a free loopback port with its own PREFECT_HOME, for the deployment and UI tests.
+
+    Yields SimpleNamespace(api, ui, env): env is what a client process needs. Its UI calls this API
+    (PREFECT_SERVER_API_PORT), and its scheduler looks for due schedules every 2 s (not 60).
+    """
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
+        PREFECT_SERVER_API_PORT=str(port), PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
+        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    log = open(home / "server.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert process.poll() is None, (home / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the Prefect server did not become healthy in 120 s"
+            time.sleep(0.5)
+        yield SimpleNamespace(api=api, ui=f"http://127.0.0.1:{port}", env={**env, "PREFECT_API_URL": api})
+    finally:
+        stop_process_group(process)
+        log.close()
+        assert process.poll() is not None, "the Prefect server is still running"
+
+
+@pytest.fixture(scope="session")
+def served_deployments(prefect_server, tmp_path_factory):
+    """`python -m deployments.serve` (every deployment) against `prefect_server`, from a fresh folder.
+
+    Yields SimpleNamespace(api, ui, env, workdir): runs write runs/ and sweeps/ under `workdir`. The
+    runner looks for runs every second (not 10).
+    """
+    from deployments.definitions import DEPLOYMENTS
+
+    workdir = tmp_path_factory.mktemp("served")
+    env = {**prefect_server.env, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    log = open(workdir / "serve.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deployments.serve"], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        from prefect.client.orchestration import get_client
+
+        deadline = time.monotonic() + 120
+        while True:
+            with prefect_client_on(prefect_server.api), get_client(sync_client=True) as client:
+                names = {d.name for d in client.read_deployments()}
+            if {spec.name for spec in DEPLOYMENTS} <= names:
+                break
+            assert process.poll() is None, (workdir / "serve.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "deployments were not registered in 120 s"
+            time.sleep(1)
+        yield SimpleNamespace(**vars(prefect_server), workdir=workdir)
+    finally:
+        stop_process_group(process)
+        log.close()
+
+
+@pytest.fixture
+def served(served_deployments):
+    """The served deployments, with this process's Prefect client pointed at their server for the test."""
+    with prefect_client_on(served_deployments.api):
+        yield served_deployments
 
 
 @pytest.fixture

@@ -1,21 +1,14 @@
 """Deployments against a real Prefect server: serve, schedule, trigger with overrides, artifacts, bad parameters.
 
-The module starts `prefect server start` on a free loopback port with its own
-PREFECT_HOME, serves two deployments with `python -m deployments.serve`, and
-stops both by PID at the end.
+The session's `prefect server start` (tests/conftest.py `prefect_server`, on a
+free loopback port with its own PREFECT_HOME) serves every deployment with
+`python -m deployments.serve` (`served`); both are stopped by PID at the end.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,7 +35,7 @@ def test_prefect_yaml_is_generated_from_the_definitions():
     document = yaml.safe_load(PREFECT_YAML.read_text())
     assert [d["name"] for d in document["deployments"]] == [s.name for s in DEPLOYMENTS]
     nightly = next(d for d in document["deployments"] if d["name"] == "digits-mlp-nightly")
-    assert nightly["schedules"] == [{"cron": "0 2 * * *"}] and nightly["entrypoint"] == "flows/train.py:train_flow"
+    assert nightly["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC", "slug": "digits-mlp-nightly"}] and nightly["entrypoint"] == "flows/train.py:train_flow"
     assert nightly["parameters"]["config"] == form_values(load_config(ROOT / "configs/digits_mlp.yaml", ["name=digits-mlp-nightly"]))
     assert nightly["parameters"]["config"]["scheduler"] == {"name": "none"}  # the form's tab for no scheduler
 
@@ -54,101 +47,6 @@ def test_an_unknown_deployment_is_a_clear_error(capsys):
     assert capsys.readouterr().err.strip() == (
         "error: no deployment named 'nope'; there are: " + ", ".join(s.name for s in DEPLOYMENTS)
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Stop a process group we started, by its PID: SIGINT, then SIGKILL if it lingers."""
-    if process.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A real Prefect server on a free loopback port; yields (api_url, env for clients)."""
-    home = tmp_path_factory.mktemp("prefect-server-home")
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
-        PREFECT_SERVER_API_PORT=str(port), PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    log = open(home / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert process.poll() is None, (home / "server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "the Prefect server did not become healthy in 120 s"
-            time.sleep(0.5)
-        yield api, {**env, "PREFECT_API_URL": api}
-    finally:
-        _stop(process)
-        log.close()
-        assert process.poll() is not None, "the Prefect server is still running"
-
-
-@pytest.fixture(scope="module")
-def served(server, tmp_path_factory):
-    """`python -m deployments.serve` for the on-demand and the hourly deployment; yields the client env."""
-    api, env = server
-    workdir = tmp_path_factory.mktemp("served")
-    log = open(workdir / "serve.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "deployments.serve", "--only", "digits-mlp", "--only", "iris-hourly"],
-        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        from prefect.client.orchestration import get_client
-
-        deadline = time.monotonic() + 120
-        while True:
-            with _on(api), get_client(sync_client=True) as client:
-                names = {d.name for d in client.read_deployments()}
-            if {"digits-mlp", "iris-hourly"} <= names:
-                break
-            assert process.poll() is None, (workdir / "serve.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "deployments were not registered in 120 s"
-            time.sleep(1)
-        with _on(api):
-            yield workdir
-    finally:
-        _stop(process)
-        log.close()
-
-
-@contextlib.contextmanager
-def _on(api: str):
-    """Point this process's Prefect client at `api` (the session's test harness may point elsewhere)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: api}):
-        yield
 
 
 def _deployment(client, name: str):
@@ -186,37 +84,38 @@ def test_a_triggered_run_with_overrides_completes_and_publishes_artifacts(served
 
     run_dir = tmp_path / "run"
     flow_run = run_deployment(
-        "train/digits-mlp", parameters={"config": TINY, "run_dir": str(run_dir)}, flow_run_name="named-in-the-form",
+        "train/digits-mlp", parameters={"config": TINY, "run_dir": str(run_dir)}, flow_run_name="Named in the form",
         timeout=240, poll_interval=1,
     )
     assert flow_run.state_name == "Completed", flow_run.state.message
+    # The run's own name (the form's Run Name) names it, as a folder name, instead of config.name.
     config = load_config(run_dir / "config.yaml")
     assert (config.name, config.data.source.name, config.model.hidden_sizes, config.train.epochs) == (
-        "deployed-smoke", "iris", (8,), 3,
+        "Named-in-the-form", "iris", (8,), 3,
     )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["training"]["epochs_run"] == 3 and metrics["data"]["source"] == "builtin:iris"
     assert (run_dir / "model" / "bundle.json").exists()
 
     with get_client(sync_client=True) as client:
-        assert client.read_flow_run(flow_run.id).name == "named-in-the-form"  # the form's Run Name is kept
+        assert client.read_flow_run(flow_run.id).name == "Named in the form"  # the form's Run Name is kept
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
         )
     by_key = {a.key: a for a in artifacts}
     assert None not in by_key and len(by_key) == len(artifacts)  # every artifact keyed, each key once
-    assert set(by_key) == {f"deployed-smoke-{part}" for part in ("report", "plots", "history", "model", "progress")}
-    report = by_key["deployed-smoke-report"].data
-    assert "# Run `deployed-smoke`" in report and "| accuracy |" in report and "| | |" not in report
+    assert set(by_key) == {f"named-in-the-form-{part}" for part in ("report", "plots", "history", "model", "progress")}
+    report = by_key["named-in-the-form-report"].data
+    assert "# Run `Named-in-the-form`" in report and "| accuracy |" in report and "| | |" not in report
     assert f"{metrics['test']['accuracy']:.4f}" in report and f"`{(run_dir / 'model').resolve()}`" in report
     # The plots are embedded images that render in the UI's markdown, not links to local files.
-    plots = by_key["deployed-smoke-plots"].data
+    plots = by_key["named-in-the-form-plots"].data
     assert plots.count("](data:image/png;base64,") == 3 and "Confusion matrix" in plots
-    assert str((run_dir / "model").resolve()) in by_key["deployed-smoke-model"].data
-    history = by_key["deployed-smoke-history"].data
+    assert str((run_dir / "model").resolve()) in by_key["named-in-the-form-model"].data
+    history = by_key["named-in-the-form-history"].data
     rows = json.loads(history) if isinstance(history, str) else history
     assert [row["epoch"] for row in rows] == [1, 2, 3]
-    assert by_key["deployed-smoke-progress"].data == 100.0
+    assert by_key["named-in-the-form-progress"].data == 100.0
     for artifact in artifacts:  # no link a browser will not open
         assert "file://" not in str(artifact.data) and "sqlite:///" not in str(artifact.data), artifact.key
 
@@ -232,6 +131,8 @@ def test_invalid_parameters_fail_at_once_with_the_schemas_message(served):
         ({"train": {"epochs": 0}}, "config.train.epochs"),
         ({"trian": {"epochs": 3}}, "'trian' was unexpected"),
         ({"optimizer": {"name": "adam", "lr": -1}}, "field 'config.optimizer.lr'. Failure reason: -1 is less than"),
+        # a key of no optimizer, beside a field of another one (left out by the flow): named
+        ({"optimizer": {"name": "sgd", "betas": [0.9, 0.99], "lrr": 1}}, "field 'config.optimizer.lrr'"),
     ):
         with pytest.raises(PrefectHTTPStatusError, match=message):
             run_deployment("train/digits-mlp", parameters={"config": bad}, timeout=0)
@@ -378,23 +279,23 @@ def test_the_form_shows_the_default_model_optimizer_and_scheduler_as_fields():
         ("model", "kind", {"hidden_sizes", "activation", "dropout"}),
         ("optimizer", "name", {"lr", "betas", "weight_decay"}),
     ):
-        default = _definition(schema, run[section]["oneOf"][0])
+        default = _definition(schema, run[section]["anyOf"][0])
         assert default["title"] == {"model": "mlp", "optimizer": "adam"}[section]
         assert default["properties"][tag]["enum"] == [default["title"]]  # a drop-down, not a text box
         assert fields <= set(default["properties"])
         for name in fields:
             assert default["properties"][name]["description"], f"{section}.{name}"
-    assert [_definition(schema, o)["title"] for o in run["model"]["oneOf"]] == [
+    assert [_definition(schema, o)["title"] for o in run["model"]["anyOf"]] == [
         "mlp", "cnn", "tinyvgg", "resnet", "linear / logistic", "torchvision", "custom",
     ]
     assert _definition(schema, run["data"])["title"] == "Data"  # not the class name DataConfig
-    adam = _definition(schema, run["optimizer"]["oneOf"][0])
+    adam = _definition(schema, run["optimizer"]["anyOf"][0])
     assert adam["properties"]["lr"]["type"] == "number"
     # The bound applies once the tag picked this member, so a refusal names the field (next test).
     assert adam["if"] == {"properties": {"name": {"enum": ["adam"]}}}
     assert adam["then"]["properties"]["lr"] == {"exclusiveMinimum": 0, "maximum": 10}
     # No scheduler is a tab of its own, not a null switch; optional numbers are plain inputs.
-    assert [o.get("title") or _definition(schema, o)["title"] for o in run["scheduler"]["oneOf"]] == [
+    assert [o.get("title") or _definition(schema, o)["title"] for o in run["scheduler"]["anyOf"]] == [
         "none", "step", "cosine", "plateau",
     ]
     threads = schema["definitions"]["DeviceConfig"]["properties"]["threads"]

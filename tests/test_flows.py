@@ -100,6 +100,12 @@ def test_data_error_fails_at_once_and_marks_the_run_failed(prefect_api, tmp_path
         tiny_overrides(**{"data.source": f"{{kind: csv, path: {csv_path}, target: label}}", "data.retry.retries": "3",
                           "data.retry.delay_seconds": "0", "device.threads": "1"}),  # 1: no thread probe peeks first
     )
+    # The early check (the flow's first step, before any task or folder) sees this one ...
+    with pytest.raises(DataError, match="target column 'label' not found; columns are: a, b"):
+        _train(config, tmp_path / "run")
+    assert calls == [] and not (tmp_path / "run").exists()
+    # ... and a problem only the data stage sees fails that stage at once, the run marked failed.
+    monkeypatch.setattr("flows.train.check_data_first", lambda data: None)
     with pytest.raises(DataError, match="target column 'label' not found; columns are: a, b"):
         _train(config, tmp_path / "run")
     assert len(calls) == 1  # never retried
@@ -435,7 +441,8 @@ def test_a_run_started_by_hand_from_a_deployment_keeps_its_name(monkeypatch, tin
     from flows.train import run_name
 
     def named(deployment_id, auto_scheduled):
-        run = SimpleNamespace(name="typed-in-the-form", deployment_id=deployment_id, auto_scheduled=auto_scheduled)
+        run = SimpleNamespace(name="typed-in-the-form", deployment_id=deployment_id, auto_scheduled=auto_scheduled,
+                              parameters={"config": tiny_config.model_dump(mode="json")}, created_by=None)
         context = SimpleNamespace(flow_run=run, parameters={"config": tiny_config})
         monkeypatch.setattr(prefect.context.FlowRunContext, "get", classmethod(lambda cls: context))
         return run_name()

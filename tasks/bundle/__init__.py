@@ -29,10 +29,11 @@ from __future__ import annotations
 
 from tasks.bundle._load import load_model
 from tasks.bundle._predictor import LoadedBundle, Predictor
+from tasks.bundle._trust import TRUSTED_MODULES_ENV, is_trusted
 from tasks.bundle._write import write_bundle
 from tasks.common.bundle_format import CONFIG, FORMAT, FORMAT_VERSION, MANIFEST, WEIGHTS
 
 __all__ = [
-    "CONFIG", "FORMAT", "FORMAT_VERSION", "LoadedBundle", "MANIFEST", "Predictor", "WEIGHTS",
-    "load_model", "write_bundle",
+    "CONFIG", "FORMAT", "FORMAT_VERSION", "LoadedBundle", "MANIFEST", "Predictor", "TRUSTED_MODULES_ENV", "WEIGHTS",
+    "is_trusted", "load_model", "write_bundle",
 ]

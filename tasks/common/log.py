@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 
@@ -39,7 +40,14 @@ def say(line: str) -> None:
 
 
 class _PipelineErrorsInOneLine(logging.Filter):
-    """Drops the traceback from a Prefect engine record whose exception is one of the pipeline's own errors."""
+    """A pipeline error in a Prefect engine record: its message alone, said once.
+
+    The traceback is dropped from a record whose exception is one of the
+    pipeline's own errors; a task's closing line does not repeat the error
+    its own error line said; and the engine's last word on a flow run that
+    failed with one ("Engine execution exited with unexpected exception")
+    is dropped: the run's "Finished in state Failed('DataError: ...')" said it.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         from schemas.errors import PipelineError, first_line
@@ -47,16 +55,37 @@ class _PipelineErrorsInOneLine(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, PipelineError):
             message, error = record.getMessage(), first_line(exc)
+            if message.startswith("Engine execution exited with unexpected exception"):
+                return False
             record.msg = message if error in message else f"{message}: {type(exc).__name__}: {error}"
             record.args = ()
             record.exc_info, record.exc_text = None, None
+        elif record.name.startswith("prefect.task_runs") and _TASK_FAILED.match(record.getMessage()):
+            if _TASK_FAILED.match(record.getMessage()).group(1) in _pipeline_error_names():
+                record.msg, record.args = "Finished in state Failed (the error is in the line above)", ()
         return True
+
+
+# A task's closing line after an exception: "Finished in state Failed('Task run encountered an exception X: ...')".
+_TASK_FAILED = re.compile(r"Finished in state Failed\(['\"]Task run encountered an exception (\w+): ")
+
+
+def _pipeline_error_names() -> set[str]:
+    from schemas.errors import PipelineError
+
+    names, pending = set(), [PipelineError]
+    while pending:
+        cls = pending.pop()
+        names.add(cls.__name__)
+        pending += cls.__subclasses__()
+    return names
 
 
 def pipeline_errors_in_one_line() -> None:
     """Prefect's engines log a failed run's exception with its traceback ("Engine execution exited with
-    unexpected exception", "Task run failed with exception"). The pipeline's own errors say what is wrong
-    and what to do in their message, so in the run's log they are that message alone. Idempotent."""
+    unexpected exception", "Task run failed with exception") and repeat it in each closing line. The
+    pipeline's own errors say what is wrong and what to do in their message, so in the run's log they are
+    that message alone, once per run level (the task's line, the flow run's state). Idempotent."""
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _PipelineErrorsInOneLine) for f in logger.filters):

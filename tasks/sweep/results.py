@@ -2,7 +2,7 @@
 config and the best model's bundle, and the list of what was written where.
 
     from tasks.sweep.results import publish_results, save_best_model, sweep_outputs
-    rows, records = publish_results(study, config, path)   # leaderboard.csv, the two plots, a table artifact
+    rows, records = publish_results(study, config, path)   # leaderboard.csv and the two plots
     best, params, evaluation = save_best_model(study, config, path, data.spec, save=save_model_task)
     outputs = sweep_outputs(path, tracking)                # {"leaderboard": ".../leaderboard.csv", ...}
 """
@@ -20,32 +20,23 @@ from schemas.sweep import SweepConfig
 from schemas.trial import LeaderboardRow
 from tasks.bundle import write_bundle
 from tasks.common.files import MARKER, atomic_write_text, marker_kind, replace_dir, temporary_path
-from tasks.common.log import in_prefect_run
 from tasks.sweep.folder import BEST_CONFIG, BEST_MODEL, DEVICE_FILE, LEADERBOARD, PARAM_PLOT, PLOT
 from tasks.sweep.leaderboard import leaderboard, leaderboard_records, write_leaderboard_csv
 from tasks.sweep.plots import write_param_plot, write_plot
 from tasks.sweep.study import best_trial, decode_params
 from tasks.sweep.trial import load_trial_model
-from tasks.run.artifacts import artifact_key
 
 if TYPE_CHECKING:
     from tasks.sweep.tracking import SweepTracking
 
 
 def publish_results(study: Any, config: SweepConfig, path: Path) -> tuple[list[LeaderboardRow], list[dict[str, Any]]]:
-    """Write leaderboard.csv and the plots, publish the leaderboard as a Prefect table; (rows, records)."""
+    """Write leaderboard.csv and the plots; (rows, records). The UI's artifacts are tasks.sweep.page's."""
     rows = leaderboard(study, config)
     records = leaderboard_records(rows, config)
     write_leaderboard_csv(path / LEADERBOARD, records)
     write_plot(path / PLOT, rows, config)
     write_param_plot(path / PARAM_PLOT, rows, config)
-    if in_prefect_run():
-        from prefect.artifacts import create_table_artifact
-
-        create_table_artifact(
-            table=records, key=artifact_key("sweep", config.name),
-            description=f"Sweep {config.name}: {config.metric} ({config.resolved_direction}), {len(rows)} trials",
-        )
     return rows, records
 
 
