@@ -12,8 +12,10 @@ from __future__ import annotations
 
 if __name__ == "__main__":  # before any other import: no module from the working directory (flows/_import_path.py)
     from flows._import_path import working_directory_off_path
+    from flows._starting import quiet_interrupt_while_starting
 
     working_directory_off_path()
+    quiet_interrupt_while_starting()  # Ctrl-C while torch and Prefect load: one line, exit 130
 
 import argparse
 from pathlib import Path
@@ -268,4 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from flows._starting import interrupts_as_usual
+
+    interrupts_as_usual()
     exit_quickly(main())

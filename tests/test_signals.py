@@ -340,6 +340,39 @@ def test_ctrl_c_to_the_process_group_exits_130_and_leaves_no_process(tmp_path):
     assert read_run_state(tmp_path / "run")["state"] == "failed"
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the children in /proc")
+def test_ctrl_c_while_the_command_is_still_importing_exits_130_in_one_line(tmp_path):
+    """Ctrl-C as soon as the temporary server is started, while torch and Prefect are still being imported."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_LOGGING", "PREFECT_API_URL"))}
+    env["PYTHONPATH"] = str(ROOT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.train", "--set", "device=cpu", "--run-dir", "run"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=ctrl_c_as_at_a_terminal,
+    )
+    deadline = time.monotonic() + 60
+    started: set[int] = set()
+    while not started and process.poll() is None and time.monotonic() < deadline:
+        started = _descendants(process.pid)
+        time.sleep(0.02)
+    assert started, "no temporary server was started"
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and err.rstrip().splitlines()[-1] == "interrupted", err
+    assert not (tmp_path / "run").exists()  # nothing written: the run folder comes after the imports
+    deadline = time.monotonic() + 15
+    while _alive(started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(started), f"left running after Ctrl-C: {_alive(started)}"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads start times from /proc")
 def test_the_watchdog_stops_its_servers_when_the_pipe_closes_and_spares_a_reused_pid(tmp_path):
     from flows._server import ServerWatchdog
