@@ -11,7 +11,7 @@ once, when torch loads. The cases, interleaved round by round (order rotating):
                loads (tasks.common.omp) and `device.threads: auto`, measuring
                its thread counts afresh (an empty cache: the probe is counted)
   1  threads=1 a fixed single thread, OpenMP's own default wait policy
-  N  threads=N every usable core, OpenMP's own default wait policy (the old default)
+  N  threads=N every usable core, OpenMP's own default wait policy (torch's own default)
 
 "busy" runs the same cases beside `--neighbours` CPU-bound processes (a
 Python busy loop each), started before the round and stopped after it. The

@@ -5,8 +5,8 @@
     check_machine_first(config, shape)                      # ranks and one training step fit this machine
 
 Each is answered in about a second, with one `error:` line, instead of after
-minutes (a sweep space of 100,000 choices was validated for 147 s, then
-refused by the server with HTTP 422) or never (64 ranks on 2 cores).
+minutes (a sweep space of 100,000 choices takes minutes to validate before
+the server refuses it with HTTP 422) or never (64 ranks on 2 cores).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ as the old one did:
   reason; a new numeric column starts at zero weight;
 - the weights of a removed column are dropped.
 
-Every other tensor (hidden layers, head, biases) loads by name as before.
+Every other tensor (hidden layers, head, biases) loads by name.
 This works for the built-in table networks (mlp, linear, with or without
 category embeddings); for any other network, or a source that does not
 record its columns (a checkpoint or a state dict), a first layer of another
