@@ -303,6 +303,16 @@ def _training_with_a_temporary_server(tmp_path: Path) -> tuple[subprocess.Popen,
     return process, started
 
 
+def _stderr_or_kill_group(process: subprocess.Popen, timeout: float = 60) -> str:
+    """The command's stderr once it exits; its whole process group is killed if it has not within `timeout`."""
+    try:
+        return process.communicate(timeout=timeout)[1]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the children in /proc")
 def test_kill_9_of_the_command_stops_its_temporary_server_within_seconds(tmp_path):
@@ -322,12 +332,7 @@ def test_ctrl_c_to_the_process_group_exits_130_and_leaves_no_process(tmp_path):
     process, started = _training_with_a_temporary_server(tmp_path)
     sent = time.monotonic()
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
-    try:
-        _, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+    err = _stderr_or_kill_group(process)
     seconds = time.monotonic() - sent
     assert process.returncode == 130, err
     assert err.rstrip().endswith("interrupted\nresume it with: python -m flows.train --resume run"), err
@@ -358,12 +363,7 @@ def test_ctrl_c_while_the_command_is_still_importing_exits_130_in_one_line(tmp_p
         time.sleep(0.02)
     assert started, "no temporary server was started"
     os.killpg(process.pid, signal.SIGINT)
-    try:
-        _, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+    err = _stderr_or_kill_group(process)
     assert process.returncode == 130, err
     assert "Traceback" not in err and err.rstrip().splitlines()[-1] == "interrupted", err
     assert not (tmp_path / "run").exists()  # nothing written: the run folder comes after the imports
