@@ -46,7 +46,9 @@ class DataAudit(BaseModel):
     `possible_leaks`: features that alone predict the target on the training
     split almost perfectly (kept: the user decides); `duplicated_test_rows`:
     test rows whose feature values equal a training row's; `constant`: feature
-    columns with a single value in the training split (kept; they add nothing).
+    columns with a single value in the training split (kept; they add nothing);
+    `gaps`: feature columns with missing values, and how many rows miss one
+    (filled: numbers by `data.impute`, categories as a value of their own).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -56,6 +58,8 @@ class DataAudit(BaseModel):
     duplicated_test_rows: int = 0
     test_rows: int = 0
     constant: tuple[str, ...] = ()
+    gaps: tuple[tuple[str, int], ...] = ()
+    rows: int = 0  # the table's rows, for the gaps' counts
 
     @property
     def many_duplicates(self) -> bool:
@@ -74,7 +78,8 @@ class DataAudit(BaseModel):
         kept = [c for c in self.id_like if c.kept and ids]
         if dropped:
             out.append(
-                f"left out id-like column(s) {_columns(dropped)}; list one in data.source.features to use it"
+                f"left out id-like column(s) {_columns(dropped)}; list one in data.source.features to use it as a "
+                "feature, or in data.source.id_columns to copy it into the predictions"
             )
         if kept:
             out.append(f"id-like column(s) {_columns(kept)} used as features because the config asks for them")
@@ -93,6 +98,13 @@ class DataAudit(BaseModel):
         if self.constant:
             out.append(f"constant column(s) {', '.join(repr(clip_text(c, 60)) for c in self.constant[:10])}"
                        f"{' ...' if len(self.constant) > 10 else ''}: one value in the training split, they add nothing")
+        if self.gaps:
+            shown = ", ".join(f"{clip_text(name, 60)!r} {count:,}" for name, count in self.gaps[:10])
+            out.append(
+                f"gaps filled in {len(self.gaps)} column(s) (rows missing a value, of {self.rows:,}): {shown}"
+                f"{' ...' if len(self.gaps) > 10 else ''}; numbers get data.impute's statistic of the training "
+                "split, categories a value of their own"
+            )
         return out
 
 

@@ -90,6 +90,18 @@ def test_duplicated_test_rows_and_constant_columns_are_counted(tmp_path):
     assert f"{audit.duplicated_test_rows} of {audit.test_rows} test rows" in " ".join(audit.lines())
 
 
+def test_gaps_are_counted_per_column_and_said(tmp_path, capsys):
+    frame = _clean()
+    frame.loc[[3, 7, 11], "a"] = np.nan
+    frame.loc[[5], "b"] = np.inf
+    frame.loc[[2, 4], "shop"] = None
+    audit = _prepare(tmp_path, frame).spec.audit
+    assert audit.gaps == (("a", 3), ("b", 1), ("shop", 2)) and audit.rows == 300
+    line = "gaps filled in 3 column(s) (rows missing a value, of 300): 'a' 3, 'b' 1, 'shop' 2"
+    assert audit.lines()[0].startswith(line)
+    assert line in capsys.readouterr().err  # said when the data is prepared, not only in the summary
+
+
 def test_a_builtin_matrix_is_audited_and_images_are_not():
     assert prepare_data(DataConfig(source={"kind": "builtin", "name": "wine"}), 0).spec.audit.possible_leaks == ()
     assert prepare_data(DataConfig(), 0).spec.audit is None  # digits: 8x8 images

@@ -235,12 +235,24 @@ def audit_table(
     constant = tuple(name for name in kinds if table[name].iloc[train_idx].nunique(dropna=True) <= 1)
     features = table[list(kinds)]
     return DataAudit(
+        gaps=gaps_by_column(features),
+        rows=len(table),
         id_like=id_like,
         possible_leaks=possible_leaks({k: v for k, v in columns.items() if k not in constant}, y[rows], task, seed),
         duplicated_test_rows=duplicated_rows(features.iloc[train_idx], features.iloc[test_idx]),
         test_rows=len(test_idx),
         constant=constant,
     )
+
+
+def gaps_by_column(features: pd.DataFrame) -> tuple[tuple[str, int], ...]:
+    """(column, rows missing a value) for each column with gaps: empty cells, NaN and, in numbers, inf."""
+    missing = features.isna()
+    numeric = features.select_dtypes("number")
+    if len(numeric.columns):
+        missing[numeric.columns] |= ~np.isfinite(numeric.to_numpy(dtype=float, na_value=np.nan))
+    counts = missing.sum()
+    return tuple((str(name), int(count)) for name, count in counts.items() if count > 0)
 
 
 def audit_matrix(
