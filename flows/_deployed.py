@@ -14,6 +14,9 @@ What differs from a command-line run, and is settled here before any task:
 - a custom model's `target` is imported only if the serving process allows
   its module (PYTORCH_WORKFLOW_TRUSTED_MODULES, as for bundles): anyone who
   can reach Prefect's API can start a deployment with any parameters;
+- the run's lines go to its Prefect log only (`tasks.common.log.echo_to_terminal`):
+  the serving process prints that log, so the serving terminal would show
+  each line twice;
 - a run started by hand keeps the name it was given (the form's Run Name,
   `--flow-run-name`, `run_deployment(flow_run_name=...)`): that name, as a
   folder name, becomes `config.name`, so the run folder, the artifact keys
@@ -33,7 +36,7 @@ from schemas.keys import format_validation_error
 from schemas.limits import MAX_NAME_CHARS, NAME_PATTERN
 from schemas.run import RunConfig
 from tasks.bundle import TRUSTED_MODULES_ENV, is_trusted
-from tasks.common.log import say
+from tasks.common.log import echo_to_terminal, say
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -87,6 +90,7 @@ def deployed_config(cls: type[C], config: C, log: bool = True) -> C:
     run = deployment_run()
     if run is None:
         return config
+    echo_to_terminal(False)
     raw = (run.parameters or {}).get("config")
     overrides = _schedule_overrides(run)
     if overrides is not None:

@@ -142,6 +142,16 @@ def served_deployments(prefect_server, tmp_path_factory):
         log.close()
 
 
+@pytest.fixture(autouse=True)
+def lines_echo_to_the_terminal():
+    """Each test starts with `say` writing to stderr; a test that stands in for a deployment run turns it off."""
+    from tasks.common.log import echo_to_terminal
+
+    echo_to_terminal(True)
+    yield
+    echo_to_terminal(True)
+
+
 @pytest.fixture
 def served(served_deployments):
     """The served deployments, with this process's Prefect client pointed at their server for the test."""

@@ -450,3 +450,25 @@ def test_a_run_started_by_hand_from_a_deployment_keeps_its_name(monkeypatch, tin
     assert named("a-deployment", auto_scheduled=False) == "typed-in-the-form"
     assert named("a-deployment", auto_scheduled=True) == "iris-test"
     assert named(None, auto_scheduled=False) == "iris-test"
+
+
+def test_a_deployment_runs_lines_go_to_its_prefect_log_only(monkeypatch, tiny_config, capsys):
+    """The serving process prints Prefect's run log itself: a plain copy of each line would show it twice."""
+    from types import SimpleNamespace
+
+    import prefect.context
+
+    from flows._deployed import deployed_config
+    from tasks.common.log import say
+
+    say("a command-line line")
+    assert capsys.readouterr().err == "a command-line line\n"
+    run = SimpleNamespace(name="from-the-form", deployment_id="a-deployment", auto_scheduled=False,
+                          parameters={"config": tiny_config.model_dump(mode="json")}, created_by=None)
+    monkeypatch.setattr(prefect.context.FlowRunContext, "get",
+                        classmethod(lambda cls: SimpleNamespace(flow_run=run, parameters={"config": tiny_config})))
+    logged = []
+    monkeypatch.setattr("tasks.common.log.log_to_prefect", lambda line, *a: logged.append(line))
+    deployed_config(type(tiny_config), tiny_config)
+    say("a served run's line")
+    assert capsys.readouterr().err == "" and logged == ["a served run's line"]

@@ -33,9 +33,27 @@ def log_to_prefect(line: str, level: int = logging.INFO) -> None:
         pass
 
 
+_ECHO = {"terminal": True}
+
+
+def echo_to_terminal(on: bool) -> None:
+    """Whether `say` and the epoch display write to stderr as well as to the Prefect run's log.
+
+    Off in a run a served deployment started: its process prints Prefect's
+    run log itself (each line would show twice on the serving terminal), and
+    the run's page in the UI is where its lines are read.
+    """
+    _ECHO["terminal"] = on
+
+
+def echoes_to_terminal() -> bool:
+    return _ECHO["terminal"]
+
+
 def say(line: str) -> None:
-    """One line to stderr, and to the Prefect run's log when running inside Prefect."""
-    print(line, file=sys.stderr, flush=True)
+    """One line to stderr (see `echo_to_terminal`), and to the Prefect run's log when running inside Prefect."""
+    if _ECHO["terminal"]:
+        print(line, file=sys.stderr, flush=True)
     log_to_prefect(line)
 
 

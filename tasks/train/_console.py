@@ -13,7 +13,7 @@ import sys
 
 from schemas.train import EpochRecord
 from tasks.common.callbacks import Callback
-from tasks.common.log import log_to_prefect, say
+from tasks.common.log import echoes_to_terminal, log_to_prefect, say
 
 
 def epoch_line(record: EpochRecord, total_epochs: int) -> str:
@@ -46,7 +46,7 @@ class ConsoleProgress(Callback):
 
     def on_epoch_end(self, record: EpochRecord) -> None:
         line = epoch_line(record, self.total)
-        if not self.tty:
+        if not self.tty or not echoes_to_terminal():  # no bar where the terminal shows the run's log itself
             say(line)
             return None
         if self.bar is None:  # opened at the first epoch, after any "resumed from" line; a resumed run starts there
