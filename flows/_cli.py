@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, Sequence
 
+from flows._starting import interrupts_as_usual, interrupts_end_the_process, interrupts_while_starting, starting
 from flows._server import (
     ServerStartError, reusable_server_url, server_started, stop_temporary_server, temporary_server,
 )
@@ -124,6 +125,8 @@ def exit_quickly(code: int) -> NoReturn:
     are still flushed; only objects in reference cycles are left to the
     operating system, as they may be at any interpreter exit.
     """
+    if starting():
+        interrupts_end_the_process()  # a Ctrl-C now cannot break Prefect's exit-time flush into a traceback
     gc.freeze()
     sys.exit(code)
 
@@ -164,7 +167,21 @@ def run_command(body: Callable[[], int], debug: bool, resume_hint: Callable[[], 
 
     With `debug`, the full traceback is printed too. On Ctrl-C (exit 130) or
     SIGTERM (exit 143) `resume_hint()`, when it gives a line, says how to continue.
+    In a command's own process (flows/_starting.py), Ctrl-C raises KeyboardInterrupt
+    only while `body` runs, and once one is reported the next ends the process.
     """
+    owned = starting()
+    if owned:
+        interrupts_as_usual()
+    try:
+        return _run_body(body, debug, resume_hint, owned)
+    finally:
+        if owned and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            interrupts_while_starting()  # imports may follow (the early config check); exit_quickly ends it
+
+
+def _run_body(body: Callable[[], int], debug: bool, resume_hint: Callable[[], str | None] | None,
+              owned: bool) -> int:
     try:
         with sigterm_as_interrupt():
             return body()
@@ -174,6 +191,8 @@ def run_command(body: Callable[[], int], debug: bool, resume_hint: Callable[[], 
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
+        if owned:
+            interrupts_end_the_process()  # a second Ctrl-C while the run is marked failed: out at once
         return _interrupted(exc, resume_hint)
     except OSError as exc:  # disk full, read-only file system...: name the file, no traceback
         if debug:
@@ -189,6 +208,8 @@ def run_command(body: Callable[[], int], debug: bool, resume_hint: Callable[[], 
         return 1
     except BaseException as exc:  # Prefect's TerminationSignal, when a SIGTERM is not re-raised as ours
         if _is_sigterm(exc):
+            if owned:
+                interrupts_end_the_process()
             return _interrupted(exc, resume_hint)
         raise
 

@@ -1,22 +1,29 @@
-"""Ctrl-C while a command is still starting (importing torch, Prefect, pandas) ends it with one line, exit 130.
+"""Ctrl-C at any moment of a command ends it with one line and exit 130, never a traceback.
 
     if __name__ == "__main__":          # the entry point's first lines
         quiet_interrupt_while_starting()
     ...                                 # imports of torch, Prefect and the stages
     if __name__ == "__main__":
-        interrupts_as_usual()           # from here `run_command` reports a Ctrl-C itself
-        exit_quickly(main())
+        exit_quickly(main())            # main's body runs inside flows._cli.run_command
 
-Python's own handler raises KeyboardInterrupt wherever the import happens
-to be, and the command would end in a traceback of some library's module.
-Until `interrupts_as_usual`, Ctrl-C says `interrupted` and raises SystemExit:
-the atexit handlers run, so a temporary Prefect server started early is
-stopped (its watchdog would stop it anyway), and nothing else has been
-written yet.
+Python's own handler raises KeyboardInterrupt wherever the interpreter
+happens to be, and the command would end in a traceback of some library's
+module. So a command's Ctrl-C goes through three phases:
+
+- starting (imports, before `run_command`): `interrupted`, then SystemExit(130);
+  the atexit handlers run, so a temporary Prefect server already started is
+  stopped (its watchdog would stop it anyway), and nothing else is written yet;
+- the command's body, inside `flows._cli.run_command`: Python's
+  KeyboardInterrupt, which the body cleans up after (the run is marked
+  failed, a resume hint is printed), as in any library call;
+- once the first interrupt has been reported, and while the process exits
+  (`exit_quickly`): the process ends at once with 130 (`os._exit`), so a
+  second Ctrl-C cannot break Prefect's exit-time flush into a traceback.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from types import FrameType
@@ -29,13 +36,34 @@ def _starting_interrupted(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(INTERRUPTED)
 
 
+def _ending_interrupted(signum: int, frame: FrameType | None) -> None:
+    os._exit(INTERRUPTED)  # already said, or exiting anyway; the temporary server's watchdog stops it
+
+
 def quiet_interrupt_while_starting() -> None:
-    """Until `interrupts_as_usual`, Ctrl-C prints `interrupted` and exits 130, without a traceback."""
+    """Until the command's body runs, Ctrl-C prints `interrupted` and exits 130, without a traceback."""
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when the user chose to ignore it
         signal.signal(signal.SIGINT, _starting_interrupted)
 
 
+def starting() -> bool:
+    """Whether this process is a command that has not reached its body yet (`quiet_interrupt_while_starting`)."""
+    return signal.getsignal(signal.SIGINT) is _starting_interrupted
+
+
 def interrupts_as_usual() -> None:
-    """Ctrl-C raises KeyboardInterrupt again, for the command's own handling (flows._cli.run_command)."""
-    if signal.getsignal(signal.SIGINT) is _starting_interrupted:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    """Ctrl-C raises KeyboardInterrupt again, for the body's own handling (flows._cli.run_command)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def interrupts_while_starting() -> None:
+    """Back to the starting phase: a command's early body (reading its config) is done, imports follow."""
+    signal.signal(signal.SIGINT, _starting_interrupted)
+
+
+def interrupts_end_the_process() -> None:
+    """From here a Ctrl-C ends the process at once with 130: after the first was reported, or while exiting.
+
+    Called only in a command's own process (`starting()` was true for it).
+    """
+    signal.signal(signal.SIGINT, _ending_interrupted)

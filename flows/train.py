@@ -270,7 +270,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from flows._starting import interrupts_as_usual
-
-    interrupts_as_usual()
-    exit_quickly(main())
+    exit_quickly(main())  # main's body handles Ctrl-C in flows._cli.run_command (flows/_starting.py)

@@ -3,6 +3,7 @@ a --run-dir below a file and a checkpoint holding pickled objects."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -343,6 +344,25 @@ def test_ctrl_c_to_the_process_group_exits_130_and_leaves_no_process(tmp_path):
         time.sleep(0.1)
     assert not _alive(started), f"left running after Ctrl-C: {_alive(started)}"
     assert read_run_state(tmp_path / "run")["state"] == "failed"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the children in /proc")
+def test_ctrl_c_twice_exits_130_without_a_traceback(tmp_path):
+    """The second Ctrl-C lands while the first is cleaned up after, or in Prefect's exit-time flush."""
+    process, started = _training_with_a_temporary_server(tmp_path)
+    os.killpg(process.pid, signal.SIGINT)
+    time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGINT)
+    err = _stderr_or_kill_group(process)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert "interrupted" in err
+    deadline = time.monotonic() + 15
+    while _alive(started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(started), f"left running after two Ctrl-C: {_alive(started)}"
 
 
 @pytest.mark.slow
