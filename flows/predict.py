@@ -55,12 +55,14 @@ SUFFIX_KIND = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "
 OUTPUT_KIND = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
-def check_output(output: Path, input: Path, model: Path) -> str:
+def check_output(output: Path, input: Path, model: Path, overwrite: bool = False) -> str:
     """The format to write `output` in ("csv", "parquet"), by its extension.
 
     Refused (ConfigError): another extension, a folder, the input file itself
     (the same path, through a link, or the same inode), a path inside the
-    input folder, and any path inside the bundle folder being read.
+    input folder, any path inside the bundle folder being read, and, unless
+    `overwrite`, a file (or link) already there: the command replaces only
+    what the user said it may.
     """
     if output.is_dir():
         raise ConfigError(f"--output {output}: is a directory; give a file name")
@@ -78,6 +80,10 @@ def check_output(output: Path, input: Path, model: Path) -> str:
     if kind is None:
         found = f"extension {output.suffix!r}" if output.suffix else "no extension"
         raise ConfigError(f"--output {output}: {found}; expected .csv (CSV) or .parquet (Parquet)")
+    if os.path.lexists(output) and not overwrite:
+        what = "a symbolic link" if os.path.islink(output) else "a file"
+        raise ConfigError(f"--output {output}: {what} is already there; pass --overwrite to replace it "
+                          "(a link is replaced, not what it points to), or give another name")
     return kind
 
 
@@ -155,6 +161,7 @@ def predict_to_file(
     predict: Callable[..., pd.DataFrame] = predict_rows,
     spreadsheet_safe: bool = True,
     flag_extrapolation: bool = False,
+    overwrite: bool = False,
 ) -> str:
     """Load the bundle at `model`, predict every row of `input`, write `output`; returns its absolute path.
 
@@ -162,7 +169,7 @@ def predict_to_file(
     `predict` flow with `load` and `predict` as Prefect tasks. A CSV output is
     made spreadsheet-safe (see `neutralize_formulas`) unless `spreadsheet_safe` is False.
     """
-    kind = check_output(output, input, model)
+    kind = check_output(output, input, model, overwrite)
     bundle = load(model, trust_code=trust_code)
     predictions = predict(bundle, input, flag_extrapolation) if flag_extrapolation else predict(bundle, input)
     if kind == "parquet":
@@ -205,16 +212,17 @@ def neutralize_formulas(frame: pd.DataFrame) -> pd.DataFrame:
 
 def predict(
     model: str, input: str, output: str, trust_code: bool = False, spreadsheet_safe: bool = True,
-    flag_extrapolation: bool = False,
+    flag_extrapolation: bool = False, overwrite: bool = False,
 ) -> str:
     """Load the bundle at `model`, predict every row of `input`, write `output` (CSV or Parquet, by extension).
 
     `trust_code` lets a custom-model bundle import the module it names (see `load_model`); `spreadsheet_safe`
     prefixes CSV text cells a spreadsheet would evaluate (=, +, -, @) with a quote (see `neutralize_formulas`);
-    `flag_extrapolation` adds an `extrapolation` column (what lies outside the training range, per row).
+    `flag_extrapolation` adds an `extrapolation` column (what lies outside the training range, per row);
+    `overwrite` lets `output` replace a file already there.
     """
     return predict_to_file(Path(model), Path(input), Path(output), trust_code, _lazy("load_model_task"),
-                           _lazy("predict_file"), spreadsheet_safe, flag_extrapolation)
+                           _lazy("predict_file"), spreadsheet_safe, flag_extrapolation, overwrite)
 
 
 # The `predict` flow and its tasks are made on first use (PEP 562: `from flows.predict import predict_flow`
@@ -267,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         "counted in a warning either way",
     )
     parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace a file already at --output (a link there is replaced, not what it points to)",
+    )
+    parser.add_argument(
         "--prefect", action="store_true",
         help="run as a Prefect flow (the default when PREFECT_API_URL is set); otherwise one plain process, no server",
     )
@@ -276,14 +288,16 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         if not wants_prefect(args.prefect):
             written = predict_to_file(args.model, args.input, args.output, args.trust_code,
-                                      spreadsheet_safe=args.spreadsheet_safe, flag_extrapolation=args.flag_extrapolation)
+                                      spreadsheet_safe=args.spreadsheet_safe, flag_extrapolation=args.flag_extrapolation,
+                                      overwrite=args.overwrite)
         else:
-            check_output(args.output, args.input, args.model)  # answered before Prefect's server starts
+            check_output(args.output, args.input, args.model, args.overwrite)  # answered before Prefect's server starts
             predict_flow = _lazy("predict_flow")  # imports Prefect, whose logging prefect_session then quiets
             with prefect_session(args.debug):
                 written = predict_flow(
                     model=str(args.model), input=str(args.input), output=str(args.output), trust_code=args.trust_code,
                     spreadsheet_safe=args.spreadsheet_safe, flag_extrapolation=args.flag_extrapolation,
+                    overwrite=args.overwrite,
                 )
         print(f"wrote predictions to {written}")
         return 0

@@ -64,10 +64,14 @@ def start_command(args: argparse.Namespace) -> int | None:
     configs: list = []
 
     def body() -> int:
-        config, _ = _load_config(args)
+        config, run_dir = _load_config(args)
         if args.print_config:
             print(config_to_yaml(config), end="")
         else:
+            if run_dir is not None and args.resume is None:
+                from tasks.run.rundir import check_new_run_dir
+
+                check_new_run_dir(run_dir)  # a folder that holds files: said now, not after the server and data
             configs.append(config)
         return 0
 

@@ -630,5 +630,24 @@ def test_csv_predictions_are_spreadsheet_safe_unless_asked(table_bundle, tmp_pat
     assert written["proba_a"].dtype == float  # numbers are untouched
 
 
+def test_an_existing_output_is_replaced_only_with_overwrite(table_bundle, tmp_path, capsys):
+    """A file (or a link) already at --output is the user's: refused, untouched, unless --overwrite."""
+    from flows.predict import main
+
+    pd.DataFrame({"id": ["r1", "r2"], "x": [0.1, -0.2]}).to_csv(tmp_path / "in.csv", index=False)
+    (tmp_path / "keep.csv").write_text("mine\n")
+    (tmp_path / "elsewhere.csv").write_text("linked\n")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "elsewhere.csv")
+    base = ["--model", str(table_bundle), "--input", str(tmp_path / "in.csv"), "--output"]
+    for name, what in (("keep.csv", "a file"), ("link.csv", "a symbolic link")):
+        assert main([*base, str(tmp_path / name)]) == 2
+        assert f"--output {tmp_path / name}: {what} is already there; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "keep.csv").read_text() == "mine\n" and (tmp_path / "link.csv").is_symlink()
+    assert main([*base, str(tmp_path / "keep.csv"), "--overwrite"]) == 0
+    assert main([*base, str(tmp_path / "link.csv"), "--overwrite"]) == 0
+    assert list(pd.read_csv(tmp_path / "keep.csv")["id"]) == ["r1", "r2"]
+    assert not (tmp_path / "link.csv").is_symlink() and (tmp_path / "elsewhere.csv").read_text() == "linked\n"
+
+
 def test_the_catalogue_has_at_least_40_entries():
     assert len(TRAIN_CASES) + len(PREDICT_CASES) + len(SWEEP_CASES) >= 40

@@ -193,6 +193,9 @@ def test_cli_messages_for_a_run_dir_below_a_file_a_live_run_and_a_pickled_checkp
     assert main(["--resume", "run", "--force"]) == 0
     assert "warning: --force: resuming" in capsys.readouterr().err
     assert read_run_state(tmp_path / "run")["state"] == "completed"
+    assert main([*sets, "--run-dir", "run"]) == 2  # a new run into that folder: named as the pipeline's run
+    assert f"holds an earlier run of the pipeline (state: completed); continue it with --resume {tmp_path / 'run'}" \
+        in capsys.readouterr().err
 
     (tmp_path / "run2").mkdir()
     assert main([*sets, "--run-dir", "run2", "--set", "train.epochs=3"]) == 0
@@ -344,6 +347,19 @@ def test_ctrl_c_to_the_process_group_exits_130_and_leaves_no_process(tmp_path):
         time.sleep(0.1)
     assert not _alive(started), f"left running after Ctrl-C: {_alive(started)}"
     assert read_run_state(tmp_path / "run")["state"] == "failed"
+
+
+def test_a_run_dir_that_holds_files_is_refused_before_any_server_starts(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_LOGGING", "PREFECT_API_URL"))}
+    env.update(PYTHONPATH=str(ROOT), PREFECT_HOME=str(tmp_path / "prefect-home"))
+    done = subprocess.run([sys.executable, "-m", "flows.train", "--run-dir", "full"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"error: --run-dir {tmp_path / 'full'}: already holds files; choose a new or empty directory"
+    assert not (tmp_path / "prefect-home" / "prefect.db").exists()  # no server was started for it
+    assert (tmp_path / "full" / "notes.txt").read_text() == "mine" and len(list((tmp_path / "full").iterdir())) == 1
 
 
 @pytest.mark.slow

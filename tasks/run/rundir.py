@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 from schemas.errors import ConfigError
+from schemas.limits import clip_text
 from tasks.common.files import (
     MARKER, TMP_GLOB, check_input_file, describe_contents, marker_kind, process_running, process_start_time,
     read_json, resolved, write_json, write_marker,
@@ -45,11 +46,7 @@ def create_run_dir(run_dir: str | Path | None, name: str, root: Path = DEFAULT_R
     `open_run_dir_for_resume` asks for.
     """
     if run_dir is not None:
-        path = resolved(run_dir, "--run-dir")
-        if path.exists() and not path.is_dir():
-            raise ConfigError(f"--run-dir {path}: exists and is not a directory")
-        if path.is_dir() and any(path.iterdir()):
-            raise ConfigError(f"--run-dir {path}: already holds files; choose a new or empty directory")
+        path = check_new_run_dir(run_dir)
         make_dir(path, "--run-dir")
         write_marker(path, "run")
         return path
@@ -65,6 +62,30 @@ def create_run_dir(run_dir: str | Path | None, name: str, root: Path = DEFAULT_R
         write_marker(path, "run")
         return path
     raise ConfigError(f"could not create a unique run directory under {root}")
+
+
+def check_new_run_dir(run_dir: str | Path) -> Path:
+    """`run_dir` resolved, when a new run may go there (absent, or an empty folder); else a ConfigError.
+
+    Asked before anything starts (the command's early check) and again when
+    the folder is made. A folder holding one of the pipeline's runs is named
+    as such, with its state and how to resume it.
+    """
+    path = resolved(run_dir, "--run-dir")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--run-dir {path}: exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()):
+        if marker_kind(path) == "run":
+            try:
+                state = read_run_state(path).get("state", "unknown")
+            except ConfigError:
+                state = "unknown"
+            raise ConfigError(
+                f"--run-dir {path}: holds an earlier run of the pipeline (state: {clip_text(str(state), 40)}); "
+                f"continue it with --resume {path}, or choose a new or empty directory"
+            )
+        raise ConfigError(f"--run-dir {path}: already holds files; choose a new or empty directory")
+    return path
 
 
 def make_dir(path: Path, option: str) -> None:
