@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -36,14 +37,21 @@ OUT = Path(os.environ.get("OUT") or ROOT / "docs" / "img")
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
-def api(route: str, body: Any = None, method: str | None = None) -> Any:
+def api(route: str, body: Any = None, method: str | None = None, tries: int = 10) -> Any:
+    """Prefect's API at `route`; a 503 from a busy server (SQLite, while runs write) is asked again."""
     request = urllib.request.Request(
         f"{UI}/api{route}", data=None if body is None else json.dumps(body).encode(), method=method,
         headers={"content-type": "application/json"},
     )
-    with urllib.request.urlopen(request) as response:
-        text = response.read()
-    return json.loads(text) if text else None
+    for attempt in range(tries):
+        try:
+            with urllib.request.urlopen(request) as response:
+                text = response.read()
+            return json.loads(text) if text else None
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or attempt == tries - 1:
+                raise
+            time.sleep(2)
 
 
 def deployment(name: str) -> dict[str, Any]:
