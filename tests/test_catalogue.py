@@ -630,6 +630,20 @@ def test_csv_predictions_are_spreadsheet_safe_unless_asked(table_bundle, tmp_pat
     assert written["proba_a"].dtype == float  # numbers are untouched
 
 
+def test_a_table_bundle_whose_input_names_disagree_names_the_first_one(table_bundle, tmp_path, capsys):
+    """As many names on both sides but not the same ones: the first that differs is named, exit 5."""
+    from flows.predict import main
+
+    def rename(spec):
+        spec["preprocessing"]["feature_names"][0] = "renamed"
+
+    model, _ = _crafted(table_bundle, tmp_path, spec=rename)
+    pd.DataFrame({"id": ["r1"], "x": [0.1]}).to_csv(tmp_path / "in.csv", index=False)
+    assert main(["--model", str(model), "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "o.csv")]) == 5
+    assert ("model input 1 is 'x' in spec.preprocessing.table but 'renamed' in spec.preprocessing.feature_names"
+            in capsys.readouterr().err)
+
+
 def test_an_existing_output_is_replaced_only_with_overwrite(table_bundle, tmp_path, capsys):
     """A file (or a link) already at --output is the user's: refused, untouched, unless --overwrite."""
     from flows.predict import main

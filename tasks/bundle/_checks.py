@@ -115,9 +115,15 @@ def _check_preprocessing(pre: Preprocessing, manifest: Path) -> None:
         for i, column in enumerate(pre.table.columns):
             _unique(column.categories, f"spec.preprocessing.table.columns[{i}].categories ({clip_text(column.name, 80)!r})",
                     manifest)
-        if pre.table.feature_names != pre.feature_names:
-            raise _crafted(manifest, f"spec.preprocessing.table describes {len(pre.table.feature_names):,} model inputs "
-                                     f"but spec.preprocessing.feature_names lists {n:,}")
+        described, listed = pre.table.feature_names, pre.feature_names
+        if len(described) != len(listed):
+            raise _crafted(manifest, f"spec.preprocessing.table describes {len(described):,} model inputs "
+                                     f"but spec.preprocessing.feature_names lists {len(listed):,}")
+        if described != listed:
+            i = next(i for i, (a, b) in enumerate(zip(described, listed)) if a != b)
+            raise _crafted(manifest, f"model input {i + 1:,} is {clip_text(str(described[i]), 80)!r} in "
+                                     f"spec.preprocessing.table but {clip_text(str(listed[i]), 80)!r} in "
+                                     "spec.preprocessing.feature_names")
 
 
 def _unique(values: Sequence[str], field: str, manifest: Path) -> None:
