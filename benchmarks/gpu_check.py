@@ -270,7 +270,10 @@ def check_throughput(ctx: Context) -> Row:
     info = plan(config)
     library, _ = train(config, info)
     data, parts = prepare(config)
-    hand = hand_loop(parts, data, config.train.epochs, config.train.batch_size, ctx.device, config.seed)
+    from tasks.train import batch_size_for
+
+    batch, _ = batch_size_for(config.train, None, len(data.X_train))  # the batch train_model trains with
+    hand = hand_loop(parts, data, config.train.epochs, batch, ctx.device, config.seed)
     ratio = library.samples_per_second / hand
     return Row("throughput (CNN)", "train_model >= 0.9x a hand loop",
                f"train_model {library.samples_per_second:,.0f}, hand loop {hand:,.0f} samples/s: {ratio:.2f}x",

@@ -85,7 +85,7 @@ from tasks.device import available_cores
 from schemas.model import TrainingComponents
 from tasks.model import build_model
 from tasks.nets.optim import build_optimizer
-from tasks.train import EVAL_CHUNK, train_model
+from tasks.train import EVAL_CHUNK, batch_size_for, train_model
 
 TARGET = 0.97  # the project's target for A/B (with validation)
 TARGET_LIGHTNING = 2.0  # the project's target for A/D
@@ -205,6 +205,9 @@ def load_workload(workload: Workload, restore_best: bool = True) -> tuple[RunCon
     data = prepare_data(config.data, seed=config.seed)
     if data.spec.task != "classification" or config.scheduler is not None:
         raise ValueError(f"{workload.name}: the baselines support classification without an LR scheduler")
+    # Every case trains with the batch size train_model uses (capped for a small table).
+    batch, _ = batch_size_for(config.train, None, len(data.X_train))
+    config = config.model_copy(update={"train": config.train.model_copy(update={"batch_size": batch})})
     return config, data
 
 
