@@ -151,12 +151,14 @@ def test_nan_loss_stops_with_a_clear_error():
 
 
 def test_gradient_clipping_bounds_the_update():
+    """Each SGD step (lr 1) moves the weights by at most the clipping norm: one epoch of 4 steps, at most 4x it."""
     config, data, parts = _setup("train.grad_clip_norm=0.001", "optimizer.name=sgd", "optimizer.momentum=0",
-                                 "optimizer.lr=1", "train.epochs=1", "train.batch_size=200")
+                                 "optimizer.lr=1", "train.epochs=1", "train.batch_size=26")
     before = [p.detach().clone() for p in parts.model.parameters()]
-    train_model(parts, data, config.train, CPU, config.seed)
-    step = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(parts.model.parameters(), before)))
-    assert float(step) <= 0.001 + 1e-6
+    result = train_model(parts, data, config.train, CPU, config.seed)
+    steps = -(-data.spec.n_train // result.batch_size)
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(parts.model.parameters(), before)))
+    assert steps == 4 and float(moved) <= steps * 0.001 + 1e-6
 
 
 def test_a_batch_is_at_most_a_quarter_of_the_training_rows():
