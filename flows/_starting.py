@@ -23,6 +23,7 @@ module. So a command's Ctrl-C goes through three phases:
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -65,5 +66,20 @@ def interrupts_end_the_process() -> None:
     """From here a Ctrl-C ends the process at once with 130: after the first was reported, or while exiting.
 
     Called only in a command's own process (`starting()` was true for it).
+    From the atexit callbacks on (after threading's shutdown, where Prefect
+    flushes its logs), Ctrl-C is ignored: the interpreter's own finalization
+    resets Python's handlers to the default action, and a Ctrl-C landing
+    there would end the process by the signal instead of with 130; what is
+    left (asking a temporary server to stop, without waiting) is quick.
     """
     signal.signal(signal.SIGINT, _ending_interrupted)
+    if not _IGNORE_AT_THE_END["registered"]:
+        _IGNORE_AT_THE_END["registered"] = True
+        atexit.register(_ignore_interrupts)  # the last registered: the first atexit callback to run
+
+
+_IGNORE_AT_THE_END = {"registered": False}
+
+
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
