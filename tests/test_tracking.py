@@ -262,6 +262,8 @@ def test_tensorboard_and_mlflow_record_what_the_run_wrote(prefect_api, tmp_path,
     assert {"config.yaml", "metrics.json", "history.csv", "report.md", "plots", "model"} <= artifacts
     assert {Path(a.path).name for a in client.list_artifacts(mlrun.info.run_id, "model")} >= {
         "weights.safetensors", "bundle.json", "config.yaml"}
+    store = Path(uri[len("sqlite:///"):]).parent  # a local store's artifacts lie beside it, not in the working directory
+    assert mlrun.info.artifact_uri.startswith((store / "mlruns").as_uri()) and not (tmp_path / "mlruns").exists()
     local = Path(client.download_artifacts(mlrun.info.run_id, "config.yaml", str(tmp_path / "dl")))
     assert local.read_text() == (run / "config.yaml").read_text()
     _assert_png(Path(client.download_artifacts(mlrun.info.run_id, "plots/loss.png", str(tmp_path / "dl"))))

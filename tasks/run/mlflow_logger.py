@@ -102,7 +102,8 @@ class MLflowLogger(Callback):
             experiment = client.get_experiment_by_name(self.config.experiment)
             if experiment is None:
                 try:
-                    self._experiment_id = client.create_experiment(self.config.experiment)
+                    self._experiment_id = client.create_experiment(
+                        self.config.experiment, artifact_location=local_artifact_location(self._uri))
                 except MlflowException:  # created meanwhile by a parallel run
                     self._experiment_id = client.get_experiment_by_name(self.config.experiment).experiment_id
             else:
@@ -219,6 +220,18 @@ class MLflowLogger(Callback):
 def mlflow_tracking_uri(config: TrackingConfig) -> str:
     """tracking.mlflow_uri, else $MLFLOW_TRACKING_URI, else the local store `sqlite:///mlflow.db`."""
     return config.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_MLFLOW_URI
+
+
+def local_artifact_location(uri: str) -> str | None:
+    """For a local SQLite store, its experiments' artifacts beside the database file (`<its folder>/mlruns`).
+
+    MLflow's own default is `./mlruns` of whatever folder the first run
+    happens to start in; None (MLflow's choice) for any other store.
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri[len("sqlite:///"):]).expanduser().absolute()
+    return (database.parent / "mlruns").as_uri()
 
 
 def param_text(value: Any) -> str:
