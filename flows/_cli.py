@@ -11,11 +11,11 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Sequence
 
 from flows._starting import interrupts_as_usual, interrupts_end_the_process, interrupts_while_starting, starting
 from flows._server import (
-    ServerStartError, reusable_server_url, server_started, stop_temporary_server, temporary_server,
+    ServerStartError, reusable_server_url, server_started, start_early, stop_temporary_server, temporary_server,
 )
 from flows._preflight import check_api_reachable
 from schemas.errors import PipelineError
@@ -114,6 +114,47 @@ def _temporary_server_url(warm_imports: Sequence[str], quiet: bool) -> str:
     except ServerStartError as exc:
         raise PipelineError(str(exc)) from None
     return server.api_url
+
+
+def start_command(
+    load: Callable[[], Any], to_yaml: Callable[[Any], str], data_source: Callable[[Any], Any], print_config: bool,
+    debug: bool,
+) -> int | None:
+    """A training command's first step, on the schemas alone: its exit code if it runs no flow, else None.
+
+    Run before torch and Prefect are imported: `load()` reads the config (a
+    config that does not load is reported in one `error:` line with its exit
+    code), `print_config` prints it with `to_yaml`, neither starting a Prefect
+    server. For a run, the temporary server starts now (`start_early`) and
+    comes up while torch, Prefect and the stages are imported and the data is
+    checked; not when the data file `data_source(config)` names is missing,
+    which the data check then reports.
+    """
+    configs: list[Any] = []
+
+    def body() -> int:
+        config = load()
+        if print_config:
+            print(to_yaml(config), end="")
+        else:
+            configs.append(config)
+        return 0
+
+    code = run_command(body, debug)
+    if not configs:
+        return code
+    start_early(debug, data_path=getattr(data_source(configs[0]), "path", None))
+    return None
+
+
+def start_or_exit(start: Callable[[], int | None]) -> None:
+    """A command's `__main__` start: OpenMP's wait policy, then `start()`; exit with its code if it runs no flow."""
+    from tasks.common.omp import passive_openmp_default
+
+    passive_openmp_default()  # OpenMP reads its wait policy once, when torch loads (tasks/common/omp.py)
+    code = start()
+    if code is not None:
+        exit_quickly(code)
 
 
 def exit_quickly(code: int) -> NoReturn:

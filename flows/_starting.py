@@ -1,7 +1,7 @@
 """Ctrl-C at any moment of a command ends it with one line and exit 130, never a traceback.
 
     if __name__ == "__main__":          # the entry point's first lines
-        quiet_interrupt_while_starting()
+        command_begins()                # (and the working directory off the import path)
     ...                                 # imports of torch, Prefect and the stages
     if __name__ == "__main__":
         exit_quickly(main())            # main's body runs inside flows._cli.run_command
@@ -18,7 +18,8 @@ module. So a command's Ctrl-C goes through three phases:
   failed, a resume hint is printed), as in any library call;
 - once the first interrupt has been reported, and while the process exits
   (`exit_quickly`): the process ends at once with 130 (`os._exit`), so a
-  second Ctrl-C cannot break Prefect's exit-time flush into a traceback.
+  second Ctrl-C cannot break Prefect's exit-time flush into a traceback;
+  from the atexit callbacks on, Ctrl-C is ignored.
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ def _starting_interrupted(signum: int, frame: FrameType | None) -> None:
 
 def _ending_interrupted(signum: int, frame: FrameType | None) -> None:
     os._exit(INTERRUPTED)  # already said, or exiting anyway; the temporary server's watchdog stops it
+
+
+def command_begins() -> None:
+    """An entry point's first lines, before any other import: no module from the working directory
+    (flows/_import_path.py), and Ctrl-C quiet while torch and Prefect load."""
+    from flows._import_path import working_directory_off_path
+
+    working_directory_off_path()
+    quiet_interrupt_while_starting()
 
 
 def quiet_interrupt_while_starting() -> None:

@@ -25,11 +25,9 @@ stays for deployments and the UI.
 from __future__ import annotations
 
 if __name__ == "__main__":  # before any other import: no module from the working directory (flows/_import_path.py)
-    from flows._import_path import working_directory_off_path
-    from flows._starting import quiet_interrupt_while_starting
+    from flows._starting import command_begins
 
-    working_directory_off_path()
-    quiet_interrupt_while_starting()  # Ctrl-C while torch and Prefect load: one line, exit 130
+    command_begins()  # and Ctrl-C while torch and Prefect load: one line, exit 130 (flows/_starting.py)
     # before torch is first imported: OpenMP reads its wait policy once (tasks/common/omp.py)
     from tasks.common.omp import passive_openmp_default
 

@@ -14,11 +14,9 @@ same command again resumes the sweep there.
 from __future__ import annotations
 
 if __name__ == "__main__":  # before any other import: no module from the working directory (flows/_import_path.py)
-    from flows._import_path import working_directory_off_path
-    from flows._starting import quiet_interrupt_while_starting
+    from flows._starting import command_begins
 
-    working_directory_off_path()
-    quiet_interrupt_while_starting()  # Ctrl-C while torch and Prefect load: one line, exit 130
+    command_begins()  # and Ctrl-C while torch and Prefect load: one line, exit 130 (flows/_starting.py)
 
 import argparse
 import time
@@ -44,44 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def start_command(args: argparse.Namespace) -> int | None:
-    """The command's first step, on the schemas alone: its exit code if it runs no flow, else None.
-
-    Run before torch and Prefect are imported: --print-config prints the
-    config, and a config that does not load is reported (one `error:` line)
-    with its exit code, neither starting a Prefect server. For a run, the
-    temporary server starts now (`flows._server.start_early`) and comes up
-    while torch, Prefect and the stages are imported and the data is checked;
-    not when the data file is missing, which the data check then reports.
-    """
-    from flows._cli import run_command
-    from flows._server import start_early
+    """The command's first step, before torch and Prefect are imported (`flows._cli.start_command`)."""
+    from flows._cli import start_command as start
     from schemas.sweep import load_sweep_config, sweep_to_yaml
 
-    configs: list = []
-
-    def body() -> int:
-        config = load_sweep_config(args.config, args.overrides)
-        if args.print_config:
-            print(sweep_to_yaml(config), end="")
-        else:
-            configs.append(config)
-        return 0
-
-    code = run_command(body, args.debug)
-    if not configs:
-        return code
-    start_early(args.debug, data_path=getattr(configs[0].base.data.source, "path", None))
-    return None
+    return start(lambda: load_sweep_config(args.config, args.overrides), sweep_to_yaml,
+                 lambda config: config.base.data.source, args.print_config, args.debug)
 
 
 if __name__ == "__main__":  # the command: before torch, Prefect and the stages below are imported
-    from flows._cli import exit_quickly
-    from tasks.common.omp import passive_openmp_default
+    from flows._cli import start_or_exit
 
-    passive_openmp_default()  # OpenMP reads its wait policy once, when torch loads (tasks/common/omp.py)
-    _code = start_command(build_parser().parse_args())  # --help and a bad option end in parse_args
-    if _code is not None:
-        exit_quickly(_code)
+    start_or_exit(lambda: start_command(build_parser().parse_args()))  # --help and a bad option end in parse_args
 
 from prefect import flow
 from prefect.states import Failed

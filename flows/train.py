@@ -11,11 +11,9 @@ starts a temporary local one, so nothing needs setting up.
 from __future__ import annotations
 
 if __name__ == "__main__":  # before any other import: no module from the working directory (flows/_import_path.py)
-    from flows._import_path import working_directory_off_path
-    from flows._starting import quiet_interrupt_while_starting
+    from flows._starting import command_begins
 
-    working_directory_off_path()
-    quiet_interrupt_while_starting()  # Ctrl-C while torch and Prefect load: one line, exit 130
+    command_begins()  # and Ctrl-C while torch and Prefect load: one line, exit 130 (flows/_starting.py)
 
 import argparse
 from pathlib import Path
@@ -48,38 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def start_command(args: argparse.Namespace) -> int | None:
-    """The command's first step, on the schemas alone: its exit code if it runs no flow, else None.
+    """The command's first step, before torch and Prefect are imported (`flows._cli.start_command`).
 
-    Run before torch and Prefect are imported: --print-config prints the
-    config, and a config that does not load is reported (one `error:` line)
-    with its exit code, neither starting a Prefect server. For a run, the
-    temporary server starts now (`flows._server.start_early`) and comes up
-    while torch, Prefect and the stages are imported and the data is checked;
-    not when the data file is missing, which the data check then reports.
+    A `--run-dir` that already holds files is refused here too, before a server starts.
     """
-    from flows._cli import run_command
-    from flows._server import start_early
+    from flows._cli import start_command as start
     from schemas.loading import config_to_yaml
 
-    configs: list = []
-
-    def body() -> int:
+    def load() -> RunConfig:
         config, run_dir = _load_config(args)
-        if args.print_config:
-            print(config_to_yaml(config), end="")
-        else:
-            if run_dir is not None and args.resume is None:
-                from tasks.run.rundir import check_new_run_dir
+        if run_dir is not None and args.resume is None and not args.print_config:
+            from tasks.run.rundir import check_new_run_dir
 
-                check_new_run_dir(run_dir)  # a folder that holds files: said now, not after the server and data
-            configs.append(config)
-        return 0
+            check_new_run_dir(run_dir)
+        return config
 
-    code = run_command(body, args.debug)
-    if not configs:
-        return code
-    start_early(args.debug, data_path=getattr(configs[0].data.source, "path", None))
-    return None
+    return start(load, config_to_yaml, lambda config: config.data.source, args.print_config, args.debug)
 
 
 def _load_config(args: argparse.Namespace) -> tuple[RunConfig, str | None]:
@@ -95,13 +77,9 @@ def _load_config(args: argparse.Namespace) -> tuple[RunConfig, str | None]:
 
 
 if __name__ == "__main__":  # the command: before torch, Prefect and the stages below are imported
-    from flows._cli import exit_quickly
-    from tasks.common.omp import passive_openmp_default
+    from flows._cli import start_or_exit
 
-    passive_openmp_default()  # OpenMP reads its wait policy once, when torch loads (tasks/common/omp.py)
-    _code = start_command(build_parser().parse_args())  # --help and a bad option end in parse_args
-    if _code is not None:
-        exit_quickly(_code)
+    start_or_exit(lambda: start_command(build_parser().parse_args()))  # --help and a bad option end in parse_args
 
 from prefect import flow
 from prefect.states import Failed
